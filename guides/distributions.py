@@ -1,0 +1,109 @@
+"""Guide distributions: diagonal-Gaussian mixtures for MoE and MoPoE guides.
+
+Shapes use one alphabet: ``S`` particles, ``B`` batch, ``K`` mixture components, ``D`` latent.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions import Categorical, Normal, TorchDistribution, constraints
+
+
+class DiagNormalMixture(TorchDistribution):
+    r"""Mixture of diagonal Gaussians over :math:`\mathbb R^D`,
+
+    .. math:: q(z) = \sum_{k=1}^K \pi_k\,\mathcal N(z;\mu_k,\operatorname{diag}\sigma_k^2),
+        \qquad \pi = \operatorname{softmax}(\text{logits}).
+
+    Components with logit ``-inf`` are switched off exactly: they never get sampled, add
+    nothing to :meth:`log_prob` and pass no gradient (this is how masked-out modalities
+    leave a MoE or MoPoE guide).
+
+    :param logits: ``(..., K)`` mixture logits (``-inf`` allowed, at least one finite per row).
+    :param locs: ``(..., K, D)`` component means.
+    :param scales: ``(..., K, D)`` component standard deviations.
+
+    ``rsample`` draws a component and then a reparameterised sample from it: the gradient
+    reaches the component parameters but **not** the logits. That is exact for guides whose
+    weights are constants given the mask (MoE, MoPoE); the multimodal bounds can also
+    stratify over components through :attr:`component_distribution` and
+    :attr:`mixture_distribution` (``MixtureMultimodalELBO(form="stratified")``), which is fully
+    differentiable in the weights.
+    """
+
+    arg_constraints = {"logits": constraints.real, "locs": constraints.real,
+                       "scales": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, logits, locs, scales, validate_args=None):
+        if locs.dim() < 2:
+            raise ValueError(f"locs must have shape (..., K, D), got {tuple(locs.shape)}")
+        batch_shape = torch.broadcast_shapes(logits.shape[:-1], locs.shape[:-2],
+                                             scales.shape[:-2])
+        k, d = locs.shape[-2:]
+        if logits.shape[-1] != k:
+            raise ValueError(f"logits have {logits.shape[-1]} components but locs have {k}")
+        self.logits = logits.expand(batch_shape + (k,))
+        self.locs = locs.expand(batch_shape + (k, d))
+        self.scales = scales.expand(batch_shape + (k, d))
+        super().__init__(batch_shape, torch.Size((d,)), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiagNormalMixture, _instance)
+        batch_shape = torch.Size(batch_shape)
+        k, d = self.locs.shape[-2:]
+        new.logits = self.logits.expand(batch_shape + (k,))
+        new.locs = self.locs.expand(batch_shape + (k, d))
+        new.scales = self.scales.expand(batch_shape + (k, d))
+        super(DiagNormalMixture, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        return new
+
+    @property
+    def num_components(self) -> int:
+        return self.locs.shape[-2]
+
+    @property
+    def mixture_distribution(self) -> Categorical:
+        """``Categorical`` over components, batch shape ``(...)``."""
+        return Categorical(logits=self.logits)
+
+    @property
+    def component_distribution(self):
+        """Independent diagonal Normals with batch shape ``(..., K)`` and event ``(D,)``."""
+        return Normal(self.locs, self.scales).to_event(1)
+
+    @property
+    def mean(self):
+        w = self.logits.softmax(-1).unsqueeze(-1)
+        return (w * self.locs).sum(-2)
+
+    @property
+    def variance(self):
+        w = self.logits.softmax(-1).unsqueeze(-1)
+        second = (w * (self.scales ** 2 + self.locs ** 2)).sum(-2)
+        return second - self.mean ** 2
+
+    def log_prob(self, value):
+        # value: (..., D) -> (..., 1, D) against components (..., K, D)
+        comp = Normal(self.locs, self.scales).log_prob(value.unsqueeze(-2)).sum(-1)  # (..., K)
+        log_w = self.logits.log_softmax(-1)
+        # -inf weights must not meet non-finite component terms: where() keeps them exact.
+        joint = torch.where(log_w > -float("inf"), log_w + comp,
+                            torch.full_like(comp, -float("inf")))
+        return joint.logsumexp(-1)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)  # sample + batch + (D,)
+        k = Categorical(logits=self.logits).sample(sample_shape)  # sample + batch
+        index = k[..., None, None].expand(*k.shape, 1, self.event_shape[0])
+        locs = self.locs.expand(shape[:-1] + self.locs.shape[-2:])
+        scales = self.scales.expand(shape[:-1] + self.scales.shape[-2:])
+        loc = locs.gather(-2, index).squeeze(-2)
+        scale = scales.gather(-2, index).squeeze(-2)
+        eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
+        return loc + scale * eps
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)

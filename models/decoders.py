@@ -1,0 +1,69 @@
+"""Decoders: ``z (..., B, D) -> p(x_m | z)`` with batch ``(..., B)`` and the modality's event.
+
+Each decoder wraps a network ``net: z -> parameters`` whose output has the modality's shape
+after the batch dims, e.g. ``(..., B, D_m)`` or ``(..., B, C, H, W)``; all trailing output
+dimensions beyond ``z``'s batch dims are treated as event dimensions. Networks must broadcast
+over leading (particle, subset) dimensions, as ``nn.Linear`` and :class:`~pyro_mmvae.nn.MLP` do.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from pyro.distributions import Bernoulli, Laplace, Normal
+from torch import nn
+
+from pyro_mmvae.nn import inverse_positive_scale, positive_scale
+
+
+def _event_dims(z: torch.Tensor, out: torch.Tensor) -> int:
+    return out.dim() - (z.dim() - 1)
+
+
+class _LocScaleDecoder(nn.Module):
+    family = None
+
+    def __init__(self, net: nn.Module, scale: Union[float, Sequence[float], torch.Tensor] = 1.0,
+                 learn_scale: bool = False, min_scale: float = 1e-3):
+        super().__init__()
+        self.net = net
+        self.min_scale = min_scale
+        raw = inverse_positive_scale(torch.as_tensor(scale, dtype=torch.get_default_dtype()),
+                                     min_scale)
+        if learn_scale:
+            self.raw_scale = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_scale", raw)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return positive_scale(self.raw_scale, self.min_scale)
+
+    def forward(self, z):
+        loc = self.net(z)
+        return self.family(loc, self.scale.expand(loc.shape)).to_event(_event_dims(z, loc))
+
+
+class GaussianDecoder(_LocScaleDecoder):
+    """``p(x|z) = Normal(net(z), scale)``; ``scale`` fixed or learned (scalar or per feature)."""
+
+    family = Normal
+
+
+class LaplaceDecoder(_LocScaleDecoder):
+    """``p(x|z) = Laplace(net(z), scale)`` (MoPoE's image likelihood)."""
+
+    family = Laplace
+
+
+class BernoulliDecoder(nn.Module):
+    """``p(x|z) = Bernoulli(logits=net(z))`` for binary (or [0, 1]-valued) data."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z):
+        logits = self.net(z)
+        return Bernoulli(logits=logits, validate_args=False).to_event(_event_dims(z, logits))

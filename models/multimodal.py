@@ -1,0 +1,46 @@
+"""``MultimodalModel``: a prior over ``z`` and one decoder per modality, as a Pyro model."""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import pyro
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyro_mmvae.protocol import DATA_PLATE, LATENT_SITE, batch_size, full_mask, observe
+
+
+class MultimodalModel(PyroModule):
+    r"""Generative model :math:`p(z)\prod_m p(x_m\mid z)` following the multimodal protocol.
+
+    ``model(data, mask)`` samples ``"z"`` from ``prior()`` inside ``pyro.plate("data", B)`` and
+    observes every modality at ``"x_<m>"`` under ``poutine.mask(mask[m])``. Modalities absent
+    from ``data`` are sampled, which is how unconditional generation works
+    (``poutine.uncondition`` samples every modality).
+
+    :param prior: module returning the distribution of ``z`` (event ``(D,)``), e.g.
+        :class:`~models.StandardNormalPrior`.
+    :param decoders: ``{modality: decoder}``, each ``decoder(z)`` returning ``p(x_m | z)``.
+    """
+
+    def __init__(self, prior: nn.Module, decoders: Mapping[str, nn.Module],
+                 latent_site: str = LATENT_SITE):
+        super().__init__()
+        self.modalities = list(decoders)
+        self.prior = prior
+        self.decoders = nn.ModuleDict(dict(decoders))
+        self.latent_site = latent_site
+
+    def forward(self, data, mask: Optional[Mapping] = None, num_samples: Optional[int] = None):
+        unknown = sorted(set(data) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"unknown modality '{unknown[0]}': the model has decoders for "
+                             f"{self.modalities}")
+        n = batch_size(data) if data else num_samples
+        mask = full_mask(data) if mask is None else mask
+        with pyro.plate(DATA_PLATE, n):
+            z = pyro.sample(self.latent_site, self.prior())
+            for m, decoder in self.decoders.items():
+                observe(m, decoder(z), data, mask if m in mask else None)
+        return z

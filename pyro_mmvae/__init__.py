@@ -1,0 +1,23 @@
+"""pyro_mmvae: multimodal variational autoencoders for Pyro.
+
+The multimodal protocol (batches, masks, site names) lives in :mod:`pyro_mmvae.protocol`; the
+bounds in :mod:`pyro_mmvae.infer`; evaluation in :mod:`pyro_mmvae.eval`. Generative models are
+in the top-level package ``models`` and guides in ``guides``.
+"""
+
+from .infer import (MaskedMultimodalELBO, MixtureMultimodalELBO, MultimodalELBO,
+                    SubsampledMultimodalELBO)
+from .protocol import full_mask, obs_site, observe, validate_batch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MaskedMultimodalELBO",
+    "MixtureMultimodalELBO",
+    "MultimodalELBO",
+    "SubsampledMultimodalELBO",
+    "full_mask",
+    "obs_site",
+    "observe",
+    "validate_batch",
+]

@@ -1,0 +1,6 @@
+"""Datasets and the batch/mask conventions."""
+
+from .linear_gaussian import (LinearGaussianData, illustrative_bimodal, shared_latent_study,
+                              simulate)
+
+__all__ = ["LinearGaussianData", "illustrative_bimodal", "shared_latent_study", "simulate"]

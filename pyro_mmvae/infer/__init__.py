@@ -1,0 +1,16 @@
+"""Multimodal bounds as ``pyro.infer.ELBO`` subclasses (one bound per module)."""
+
+from .base import MultimodalELBO
+from .masked_elbo import MaskedMultimodalELBO
+from .masking import MASKINGS, get_masking
+from .mixture_elbo import MixtureMultimodalELBO
+from .subsampled_elbo import SubsampledMultimodalELBO
+
+__all__ = [
+    "MASKINGS",
+    "MaskedMultimodalELBO",
+    "MixtureMultimodalELBO",
+    "MultimodalELBO",
+    "SubsampledMultimodalELBO",
+    "get_masking",
+]

@@ -1,0 +1,146 @@
+"""``MultimodalELBO``: what the three multimodal bounds share.
+
+Subclasses implement :meth:`MultimodalELBO._terms`, returning per-datapoint terms; this class
+validates the batch, runs the terms, and exposes Pyro's ELBO interface (``loss``,
+``loss_and_grads``, ``differentiable_loss``) so a bound works in ``pyro.infer.SVI`` and in a
+plain torch loop alike.
+
+Particles are vectorised: model and guide run once inside ``pyro.plate("particles", S)`` at
+dim ``-(max_plate_nesting + 1)``; further plates a bound adds (stacked subsets, mixture
+components) sit left of it, so the particle dim of every term is ``-(max_plate_nesting + 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping, Optional
+
+import torch
+from pyro.infer import ELBO
+from pyro.infer.util import torch_item
+
+from pyro_mmvae.protocol import stack_mask, unstack_mask, validate_batch
+
+from .masking import Masking, get_masking
+from .traces import dreg_surrogate, log_mean_exp
+
+Estimator = Literal["standard", "stl", "dreg"]
+
+
+class MultimodalELBO(ELBO):
+    r"""Base class of the multimodal bounds.
+
+    :param num_particles: samples per data point (vectorised).
+    :param beta: weight :math:`\beta` of every rate (KL) term.
+    :param likelihood_weights: ``{modality: w_m}``; each ``log p(x_m|z)`` is multiplied by
+        ``w_m`` (training only; evaluation never weights).
+    :param masking: the masking distribution :math:`\rho` over subsets
+        (see :mod:`pyro_mmvae.infer.masking`).
+    :param iwae: replace each expectation by its importance-weighted bound,
+        :math:`\log\frac1S\sum_s w_s` (Burda et al. 2016); with ``num_particles=1`` this is the
+        ELBO.
+    :param estimator: gradient estimator for the guide densities. ``"stl"`` (sticking the
+        landing, Roeder et al. 2017; default for the ELBO) evaluates the guide's own density with
+        detached parameters; ``"dreg"`` (Tucker et al. 2019; default with ``iwae=True``) is
+        its unbiased IWAE counterpart; ``"standard"`` keeps the score term.
+    :param analytic_kl: use a registered closed-form KL where one exists (ELBO only; IWAE
+        needs sampled densities). STL has no effect on closed-form KL terms.
+    :param max_plate_nesting: data plates in the model (1 under the protocol).
+    """
+
+    def __init__(self, num_particles: int = 1, *, beta: float = 1.0,
+                 likelihood_weights: Optional[Mapping[str, float]] = None,
+                 masking: Masking = "iid_half", iwae: bool = False,
+                 estimator: Optional[Estimator] = None, analytic_kl: bool = True,
+                 max_plate_nesting: int = 1):
+        # Particles are vectorised by this class itself (see particle_plate), so Pyro's own
+        # vectorize_particles stays off and max_plate_nesting counts the data plates only.
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+        if estimator is None:
+            estimator = "dreg" if iwae else "stl"
+        if estimator not in ("standard", "stl", "dreg"):
+            raise ValueError(f"estimator must be 'standard', 'stl' or 'dreg', got {estimator!r}")
+        if estimator == "dreg" and not iwae:
+            raise ValueError("estimator='dreg' is the IWAE gradient; with iwae=False use 'stl' "
+                             "(DReG reduces to it)")
+        if estimator == "stl" and iwae:
+            raise ValueError("estimator='stl' is biased for the IWAE bound; use 'dreg'")
+        if beta <= 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+        self.beta = float(beta)
+        self.likelihood_weights = dict(likelihood_weights or {})
+        self.masking_name = masking if isinstance(masking, str) else getattr(
+            masking, "__name__", "custom")
+        self.masking = get_masking(masking)
+        self.iwae = iwae
+        self.estimator = estimator
+        self.analytic_kl = analytic_kl and not iwae
+
+    # --- Pyro's ELBO interface -----------------------------------------------------------
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError(f"{type(self).__name__} builds its own traces; call "
+                                  "differentiable_loss, loss or loss_and_grads")
+
+    def differentiable_loss(self, model, guide, data, mask=None):
+        """Negative bound summed over the batch, differentiable (for torch optimisers)."""
+        return -self.terms(model, guide, data, mask)["elbo"].sum()
+
+    def loss(self, model, guide, data, mask=None):
+        """Negative bound summed over the batch, as a float."""
+        with torch.no_grad():
+            return torch_item(self.differentiable_loss(model, guide, data, mask))
+
+    def loss_and_grads(self, model, guide, data, mask=None):
+        """Negative bound as a float; gradients accumulated into the parameters."""
+        loss = self.differentiable_loss(model, guide, data, mask)
+        loss.backward()
+        return torch_item(loss)
+
+    # --- the bound ------------------------------------------------------------------------
+    def terms(self, model, guide, data, mask=None) -> dict:
+        """Per-datapoint terms ``{name: (B,)}``; ``"elbo"`` is the bound itself.
+
+        Raises ``ValueError`` (naming the modality) for bad input before any computation.
+        """
+        mask = validate_batch(data, mask, require_observed=True)
+        unknown = sorted(set(self.likelihood_weights) - set(data))
+        if unknown:
+            raise ValueError(f"likelihood_weights name unknown modality '{unknown[0]}': data has "
+                             f"{sorted(data)}")
+        modalities = list(data)
+        return self._terms(model, guide, data, stack_mask(mask, modalities), modalities)
+
+    def _terms(self, model, guide, data, observed, modalities) -> dict:
+        raise NotImplementedError
+
+    # --- helpers for subclasses -------------------------------------------------------------
+    @property
+    def particle_dim(self) -> int:
+        return -(self.max_plate_nesting + 1)
+
+    def particle_plate(self):
+        return ("particles", self.num_particles, self.particle_dim)
+
+    def outer_dim(self) -> int:
+        """Dim of a plate stacked left of the particle plate (subsets, components)."""
+        return -(self.max_plate_nesting + 2)
+
+    @property
+    def stop_gradient(self) -> bool:
+        return self.estimator != "standard"
+
+    @staticmethod
+    def masks(tensor, modalities):
+        return unstack_mask(tensor, modalities)
+
+    def reduce_particles(self, value, samples=()):
+        """Combine per-particle estimates: mean (ELBO) or log-mean-exp (IWAE, DReG grads)."""
+        dim = self.particle_dim
+        if not self.iwae:
+            return value.mean(dim)
+        bound = log_mean_exp(value, dim)
+        if self.estimator == "dreg":
+            surrogate = dreg_surrogate(value, samples, dim)
+            return bound + (surrogate - surrogate.detach())
+        return bound

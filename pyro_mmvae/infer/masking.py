@@ -1,0 +1,87 @@
+r"""Masking distributions :math:`\rho(S)` over modality subsets (seed 004, Remark 6).
+
+A masking distribution is a callable ``rho(observed) -> subset`` on bool tensors ``(B, M)``
+that returns, per data point, a subset S of the observed set O (``subset <= observed``).
+Named choices:
+
+- ``"iid_half"``: :math:`m_j\sim\mathrm{Bern}(1/2)` independently, i.e. uniform over all
+  :math:`2^{|O|}` subsets including the empty set and O (the authors' released code).
+- ``"hierarchical"``: :math:`\lambda\sim\mathcal U(0,1)`, then :math:`m_j\mid\lambda\sim
+  \mathrm{Bern}(\lambda)` (the paper's text): uniform over cardinalities.
+- ``"singletons"``: one observed modality, uniformly (MMVAE).
+- ``"nonempty"``: uniform over the non-empty subsets of O (MoPoE).
+- ``"mvae"``: MVAE's random subsets (Wu & Goodman 2018, code): a size uniform in
+  ``2..|O|-1``, then a uniform subset of that size; empty when ``|O| < 3``.
+- ``"all"``: S = O.
+- ``"none"``: S = ∅.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Union
+
+import torch
+
+MaskingName = Literal["iid_half", "hierarchical", "singletons", "nonempty", "mvae", "all", "none"]
+Masking = Union[MaskingName, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def iid_half(observed):
+    return observed & (torch.rand(observed.shape, device=observed.device) < 0.5)
+
+
+def hierarchical(observed):
+    lam = torch.rand(observed.shape[:-1] + (1,), device=observed.device)
+    return observed & (torch.rand(observed.shape, device=observed.device) < lam)
+
+
+def nonempty(observed):
+    # Rejection sampling of iid-half subsets; each retry keeps the rows already non-empty.
+    subset = iid_half(observed)
+    redo = ~subset.any(-1) & observed.any(-1)
+    while redo.any():
+        subset = torch.where(redo.unsqueeze(-1), iid_half(observed), subset)
+        redo = ~subset.any(-1) & observed.any(-1)
+    return subset
+
+
+def _random_top(observed, size):
+    """Per row, a uniformly random subset of ``size`` observed modalities (size may vary)."""
+    keys = torch.rand(observed.shape, device=observed.device).masked_fill(~observed, -1.0)
+    rank = keys.argsort(-1, descending=True).argsort(-1)
+    return observed & (rank < size.unsqueeze(-1))
+
+
+def singletons(observed):
+    return _random_top(observed, torch.ones(observed.shape[:-1], dtype=torch.long,
+                                            device=observed.device))
+
+
+def mvae(observed):
+    count = observed.sum(-1)
+    choices = (count - 2).clamp_min(0)  # sizes 2..count-1
+    size = 2 + (torch.rand(count.shape, device=observed.device) * choices).long()
+    return _random_top(observed, torch.where(count >= 3, size, torch.zeros_like(size)))
+
+
+def all_observed(observed):
+    return observed.clone()
+
+
+def empty(observed):
+    return torch.zeros_like(observed)
+
+
+MASKINGS = {"iid_half": iid_half, "hierarchical": hierarchical, "singletons": singletons,
+            "nonempty": nonempty, "mvae": mvae, "all": all_observed, "none": empty}
+
+
+def get_masking(masking: Masking) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Resolve a masking name (or pass a callable through)."""
+    if callable(masking):
+        return masking
+    try:
+        return MASKINGS[masking]
+    except KeyError:
+        raise ValueError(f"unknown masking distribution {masking!r}; choose one of "
+                         f"{sorted(MASKINGS)} or pass a callable") from None
