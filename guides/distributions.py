@@ -66,7 +66,7 @@ class DiagNormalMixture(TorchDistribution):
     @property
     def mixture_distribution(self) -> Categorical:
         """``Categorical`` over components, batch shape ``(...)``."""
-        return Categorical(logits=self.logits)
+        return Categorical(logits=self.logits, validate_args=False)  # -inf logits are legal
 
     @property
     def component_distribution(self):
@@ -95,7 +95,7 @@ class DiagNormalMixture(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)  # sample + batch + (D,)
-        k = Categorical(logits=self.logits).sample(sample_shape)  # sample + batch
+        k = self.mixture_distribution.sample(sample_shape)  # sample + batch
         index = k[..., None, None].expand(*k.shape, 1, self.event_shape[0])
         locs = self.locs.expand(shape[:-1] + self.locs.shape[-2:])
         scales = self.scales.expand(shape[:-1] + self.scales.shape[-2:])

@@ -56,19 +56,19 @@ class LinearGaussianModel(MultimodalModel):
         return dec.net.weight, dec.net.bias, dec.scale
 
     def _natural_posterior(self, data, mask):
+        # masks (..., B) may carry leading (stacked-subset) dims; everything broadcasts.
         mask = full_mask(data) if mask is None else mask
         d = self.latent_dim
         ref = next(iter(data.values()))
-        lam = torch.eye(d, dtype=ref.dtype, device=ref.device).expand(ref.shape[0], d, d)
-        eta = ref.new_zeros(ref.shape[0], d)
-        log_noise = ref.new_zeros(ref.shape[0])
+        lam = torch.eye(d, dtype=ref.dtype, device=ref.device)  # (D, D)
+        eta = log_noise = 0.0
         for m in self.modalities:
             w, b, s = self.linear_parameters(m)
-            on = mask[m].to(ref.dtype)
+            on = mask[m].to(ref.dtype)  # (..., B)
             prec = s.pow(-2)  # scalar
-            r = data[m] - b
-            lam = lam + on[:, None, None] * prec * (w.T @ w)
-            eta = eta + on[:, None] * prec * (r @ w)
+            r = data[m] - b  # (B, D_m)
+            lam = lam + on[..., None, None] * prec * (w.T @ w)
+            eta = eta + on[..., None] * prec * (r @ w)
             log_noise = log_noise + on * Normal(b, s).log_prob(data[m]).sum(-1)
         return lam, eta, log_noise
 

@@ -92,7 +92,8 @@ def validate_batch(data: Data, mask: Optional[Mask] = None, *, modalities=None,
     Raises ``ValueError`` naming the modality and the problem for: an empty batch, a
     non-tensor, modality tensors with different leading dimension, an unknown modality (a mask
     key, or a name outside ``modalities``), NaN or infinite values in observed entries, a
-    non-boolean or wrongly shaped mask, and (with ``require_observed``) a data point with no
+    non-boolean or wrongly shaped mask, NaN anywhere (missing entries must hold a finite
+    placeholder, or they would poison gradients), and (with ``require_observed``) a data point with no
     observed modality.
     """
     if not isinstance(data, Mapping) or not data:
@@ -131,11 +132,14 @@ def validate_batch(data: Data, mask: Optional[Mask] = None, *, modalities=None,
                                  f"{tuple(mk.shape)}")
     for m, x in data.items():
         if x.is_floating_point() or x.is_complex():
-            bad = ~torch.isfinite(x.reshape(n, -1)).all(-1) & mask[m]
+            bad = ~torch.isfinite(x.reshape(n, -1)).all(-1)
             if bad.any():
-                idx = bad.nonzero().flatten()[:5].tolist()
-                raise ValueError(f"modality '{m}': NaN or infinite values in observed data "
-                                 f"points {idx} (fill missing entries with zeros and mask them)")
+                seen = bad & mask[m]
+                where = "observed" if seen.any() else "masked-out"
+                idx = (seen if seen.any() else bad).nonzero().flatten()[:5].tolist()
+                raise ValueError(f"modality '{m}': NaN or infinite values in {where} data points "
+                                 f"{idx}; fill missing entries with a finite placeholder (zeros) "
+                                 "and mask them out")
     if require_observed:
         none = ~stack_mask(mask, list(data)).any(-1)
         if none.any():

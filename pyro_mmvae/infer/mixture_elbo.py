@@ -43,7 +43,8 @@ Form = Literal["stratified", "average", "sampled"]
 
 def is_mixture(fn) -> bool:
     """Whether a distribution exposes ``mixture_distribution`` and ``component_distribution``."""
-    return hasattr(fn, "mixture_distribution") and hasattr(fn, "component_distribution")
+    cls = type(fn)
+    return hasattr(cls, "mixture_distribution") and hasattr(cls, "component_distribution")
 
 
 def components_first(mixture):
@@ -68,7 +69,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         guides (all three coincide otherwise).
 
     ``terms()`` returns per-datapoint ``elbo``, ``reconstruction`` (of all observed
-    modalities) and ``rate``.
+    modalities), ``rate`` and ``subset_size``.
     """
 
     def __init__(self, num_particles: int = 1, *, masking="all", form: Form = "stratified",
@@ -90,7 +91,8 @@ class MixtureMultimodalELBO(MultimodalELBO):
             if len(latents) > 1:
                 raise NotImplementedError("form='stratified'/'average' supports a single latent "
                                           "site; use form='sampled'")
-            return self._per_component(model, q_site, data, o_mask, plates)
+            out = self._per_component(model, q_site, data, o_mask, plates)
+            return {**out, "subset_size": subset.sum(-1)}
         model_s = trace_model(model, guide_s, data, o_mask, plates)
         if is_validation_enabled():
             check_model_guide(model_s, latents, data)
@@ -101,7 +103,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
                                      [guide_s.nodes[n]["value"] for n in latents])
         dim = self.particle_dim
         return {"elbo": elbo, "reconstruction": rec.mean(dim).detach(),
-                "rate": kl.mean(dim).detach()}
+                "rate": kl.mean(dim).detach(), "subset_size": subset.sum(-1)}
 
     def _per_component(self, model, q_site, data, o_mask, plates):
         """Stratified / average forms: one draw per mixture component, in one model call."""

@@ -13,6 +13,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import detach, scale_and_mask
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from pyro_mmvae.protocol import site_modality
@@ -41,9 +42,11 @@ def trace_model(model, guide_trace, data, mask, plates: Sequence[Plate] = ()):
 
 
 def latent_sites(guide_trace):
-    """Names of the sampled (non-observed) sites of a guide trace, in order."""
+    """Names of the sampled (non-observed) sites of a guide trace, in order (plate subsample
+    sites excluded)."""
     return [name for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]]
+            if site["type"] == "sample" and not site["is_observed"]
+            and not site_is_subsample(site)]
 
 
 def check_model_guide(model_trace, latents, data):

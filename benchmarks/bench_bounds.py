@@ -1,0 +1,632 @@
+r"""Step-time benchmark of the multimodal bounds, and of Pyro's overhead over plain PyTorch.
+
+Two tables:
+
+1. **Bounds × aggregators.** Median wall time of one ``pyro.infer.SVI.step`` (forward, backward
+   and a ``pyro.optim.Adam`` step) for each bound (``MaskedMultimodalELBO``,
+   ``MixtureMultimodalELBO(form="stratified")``, ``SubsampledMultimodalELBO``), each with its
+   default masking, and each aggregator (``PoE``, ``MoE``, ``MoPoE``) at ``M`` modalities; the
+   ratio of each to the masked-bound/PoE step at the same ``M``; and the growth factor from the
+   smallest to the largest ``M``.
+2. **Pyro overhead.** The masked bound with a PoE guide (analytic KL, STL: the library's
+   defaults) run four ways on identical networks and data:
+
+   - ``svi``: ``SVI(model, guide, pyro.optim.Adam, MaskedMultimodalELBO()).step``;
+   - ``loss+adam``: ``elbo.differentiable_loss(model, guide, data, mask)`` and a single
+     ``torch.optim.Adam`` over all parameters (the library's traces, without ``SVI`` or
+     ``pyro.optim``);
+   - ``torch x2``: a hand-written PyTorch loss that, like the library's guide, runs the
+     encoders once per PoE encoding (twice per step);
+   - ``torch``: the same loss with the encoders run once and both PoEs built from the same
+     features (what one writes by hand).
+
+   Before timing, the script checks that the library and the hand-written loss agree: same seed,
+   so the same random subset ``S ~ iid_half`` and the same reparameterisation noise, validation
+   on; it compares the loss values and every parameter gradient and prints the largest
+   differences.
+
+Model: ``models.LinearGaussianModel`` (linear Gaussian decoders, unit noise, ``N(0, I)`` prior);
+guide: ``guides.MultimodalGuide`` with one MLP ``guides.expert_encoder`` per modality; data:
+``pyro_mmvae.data.linear_gaussian.shared_latent_study`` with every modality observed.
+
+Measurement:
+
+- float32; ``pyro.enable_validation(False)`` while timing (validation stays on for the
+  equality check).
+- ``torch.set_num_threads(--threads)``, default 1: the reference machine has 2 cores shared with
+  other jobs, and one thread gives the steadiest ratios for these small matrices (256 × 128).
+- Variants at one ``M`` are timed *interleaved*: every round runs one step of each variant, in
+  an order rotated every round, so drifting machine load affects all variants alike; the first
+  ``--warmup`` rounds are discarded and the median of the rest is reported. A variant stops
+  after ``--min-repeats`` timed steps once its timed steps exceed ``--max-seconds``.
+- Each SVI variant has its own Pyro param store (swapped in outside the timed region), since
+  ``PyroModule`` parameters of same-named modules would otherwise collide in the global store.
+- The stratified mixture bound evaluates the mixture density of each of the ``K`` component
+  draws against all ``K`` components, a ``(K, S, B, K, D)`` tensor: MoPoE at ``M = 10`` (1024
+  components with the prior) needs 8 GiB per such tensor at ``B = 256``. A case over
+  ``--max-pairwise-mb`` is timed at the largest batch under it instead, and its ratios are per
+  data point (marked † in the table).
+
+Run ``python benchmarks/bench_bounds.py --output benchmarks/results/bounds.md``; ``--quick`` is
+a smoke run, ``--profile BOUND/AGGREGATOR/M`` prints a cProfile of one case instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import datetime
+import io
+import os
+import platform
+import pstats
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI
+from pyro.nn.module import to_pyro_module_
+from torch.distributions import Normal, kl_divergence
+
+try:  # the packages are installed (editable); fall back to the checkout this script sits in
+    import guides  # noqa: F401
+except ModuleNotFoundError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
+from models import LinearGaussianModel
+from pyro_mmvae import (MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO,
+                        full_mask)
+from pyro_mmvae.data.linear_gaussian import shared_latent_study
+
+BOUNDS: Dict[str, Callable[[], object]] = {
+    "masked": lambda: MaskedMultimodalELBO(),
+    "mixture": lambda: MixtureMultimodalELBO(form="stratified"),
+    "subsampled": lambda: SubsampledMultimodalELBO(),
+}
+LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-4  # float32 tolerances of the equality check
+AGGREGATORS: Dict[str, Callable[[], torch.nn.Module]] = {"PoE": PoE, "MoE": MoE, "MoPoE": MoPoE}
+
+
+# --- problem ---------------------------------------------------------------------------------
+def make_data(num_modalities: int, dim: int, latent_dim: int, batch: int, seed: int):
+    """``({m: (B, D_m)}, {m: (B,)} all True)`` from the linear-Gaussian simulator."""
+    sim = shared_latent_study(num_points=batch, num_modalities=num_modalities,
+                              latent_dim=latent_dim, dim_range=(dim, dim + 1), seed=seed,
+                              dtype=torch.float32)
+    return sim.data, full_mask(sim.data)
+
+
+def make_model_guide(data, latent_dim: int, hidden: Sequence[int], aggregator: str, seed: int):
+    """Linear-Gaussian model and an MLP-encoder guide, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    dims = {m: x.shape[1] for m, x in data.items()}
+    model = LinearGaussianModel(dims, latent_dim)
+    encoders = {m: expert_encoder(d, latent_dim, hidden) for m, d in dims.items()}
+    guide = MultimodalGuide(encoders, AGGREGATORS[aggregator]())
+    return model, guide
+
+
+def num_components(aggregator: str, num_modalities: int) -> int:
+    """Mixture components of the guide, counting the prior component SubsetMixture appends."""
+    if aggregator == "PoE":
+        return 1
+    if aggregator == "MoE":
+        return num_modalities + 1
+    return 2 ** num_modalities  # 2^M - 1 subsets + the prior
+
+
+def pairwise_bytes(bound: str, aggregator: str, num_modalities: int, batch: int,
+                   latent_dim: int) -> int:
+    """Size of the largest tensor of one step: the (K, S, B, K, D) stratified mixture density."""
+    if bound != "mixture" or aggregator == "PoE":
+        return 0
+    k = num_components(aggregator, num_modalities)
+    return 4 * k * k * batch * latent_dim
+
+
+# --- timing ----------------------------------------------------------------------------------
+class Variant:
+    """A named training step with its own Pyro param store, timed interleaved with others."""
+
+    def __init__(self, name: str, step: Callable[[], object], own_store: bool = True):
+        self.name = name
+        self.step = step
+        self.store = ({}, {}, {}) if own_store else None
+        self.times: List[float] = []
+        self.done = False
+
+    def activate(self):
+        if self.store is not None:
+            ps = pyro.get_param_store()
+            ps._params, ps._param_to_name, ps._constraints = self.store
+
+
+def time_interleaved(variants: Sequence[Variant], warmup: int, repeats: int, min_repeats: int,
+                     max_seconds: float) -> None:
+    """Round-robin steps of all variants (rotated order); fills ``variant.times`` (seconds)."""
+    rounds = warmup + repeats
+    for r in range(rounds):
+        active = [v for v in variants if not v.done]
+        if not active:
+            break
+        shift = r % len(active)
+        for v in active[shift:] + active[:shift]:
+            v.activate()
+            t0 = time.perf_counter()
+            v.step()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                v.times.append(dt)
+                if len(v.times) >= min_repeats and sum(v.times) > max_seconds:
+                    v.done = True
+    pyro.get_param_store()._params, pyro.get_param_store()._param_to_name, \
+        pyro.get_param_store()._constraints = {}, {}, {}
+
+
+def median_ms(v: Variant) -> float:
+    return 1e3 * statistics.median(v.times)
+
+
+def svi_variant(name: str, bound: str, data, mask, model, guide, lr: float) -> Variant:
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss=BOUNDS[bound]())
+    return Variant(name, lambda: svi.step(data, mask))
+
+
+# --- the hand-written masked bound -----------------------------------------------------------
+class TorchMaskedPoE:
+    r"""Plain-PyTorch masked bound with a PoE guide, mirroring ``MaskedMultimodalELBO`` (one
+    particle, ``masking="iid_half"``, analytic KL):
+
+    .. math:: \log p(x_S\mid z_S) - \mathrm{KL}(q_S\,\|\,\mathcal N(0,I))
+        + \log p(x_{O\setminus S}\mid z_O) - \mathrm{KL}(q_O\,\|\,q_S),
+
+    with :math:`q_A` the PoE (prior expert on) of the experts in :math:`A`, :math:`z_A` a
+    reparameterised draw from it, and Gaussian decoders. Works on copies of the library
+    model's and guide's networks, so it starts from the same weights.
+
+    :param encode_per_call: run the encoders once per PoE encoding, on inputs zeroed outside
+        the subset, as ``MultimodalGuide`` does (False: once per step).
+    """
+
+    def __init__(self, model, guide, lr: float, encode_per_call: bool = False):
+        self.modalities = list(guide.modalities)
+        self.encoders = [copy.deepcopy(guide.encoders[m]) for m in self.modalities]
+        self.decoders = [copy.deepcopy(model.decoders[m].net) for m in self.modalities]
+        self.noise_scales = [model.decoders[m].scale.detach().clone() for m in self.modalities]
+        self.min_scale = guide.aggregator.min_scale
+        self.encode_per_call = encode_per_call
+        params = [p for net in self.encoders + self.decoders for p in net.parameters()]
+        self.optim = torch.optim.Adam(params, lr=lr)
+
+    def parameters(self):
+        """Parameters in the order of ``library_parameters``."""
+        return [p for net in self.encoders + self.decoders for p in net.parameters()]
+
+    def _experts(self, xs, subset):
+        """Expert means and precisions ``(B, M, D)``; inputs outside ``subset`` zeroed."""
+        feats = []
+        for i, (enc, x) in enumerate(zip(self.encoders, xs)):
+            if subset is not None:
+                x = torch.where(subset[:, i:i + 1], x, torch.zeros_like(x))
+            feats.append(enc(x))
+        loc, raw = torch.stack(feats, dim=-2).chunk(2, dim=-1)
+        return loc, (F.softplus(raw) + self.min_scale).pow(-2)
+
+    @staticmethod
+    def _poe(loc, prec, subset):
+        w = subset.to(prec.dtype).unsqueeze(-1)  # (B, M, 1)
+        total = (w * prec).sum(-2) + 1.0  # prior expert N(0, I)
+        return (w * prec * loc).sum(-2) / total, total.rsqrt()
+
+    def loss(self, xs: Sequence[torch.Tensor], observed: torch.Tensor) -> torch.Tensor:
+        """Negative bound summed over the batch; ``observed`` is bool ``(B, M)``."""
+        subset = observed & (torch.rand(observed.shape) < 0.5)  # S ~ iid_half, inside O
+        if self.encode_per_call:
+            loc_s, sd_s = self._poe(*self._experts(xs, subset), subset)
+            loc_o, sd_o = self._poe(*self._experts(xs, observed), observed)
+        else:
+            loc, prec = self._experts(xs, None)
+            loc_s, sd_s = self._poe(loc, prec, subset)
+            loc_o, sd_o = self._poe(loc, prec, observed)
+        q_s, q_o = Normal(loc_s, sd_s), Normal(loc_o, sd_o)
+        z_s = q_s.rsample()  # same draws as the library: S first, then O
+        z_o = q_o.rsample()
+        rest = observed & ~subset
+        rec_s = rec_c = 0.0
+        for i, (dec, x, sigma) in enumerate(zip(self.decoders, xs, self.noise_scales)):
+            rec_s = rec_s + torch.where(subset[:, i], Normal(dec(z_s), sigma).log_prob(x).sum(-1),
+                                        0.0)
+            rec_c = rec_c + torch.where(rest[:, i], Normal(dec(z_o), sigma).log_prob(x).sum(-1),
+                                        0.0)
+        prior = Normal(torch.zeros_like(loc_s), torch.ones_like(sd_s))
+        kl_s = kl_divergence(q_s, prior).sum(-1)
+        kl_c = kl_divergence(q_o, q_s).sum(-1)
+        return -(rec_s - kl_s + rec_c - kl_c).sum()
+
+    def step(self, xs, observed) -> float:
+        self.optim.zero_grad(set_to_none=True)
+        loss = self.loss(xs, observed)
+        loss.backward()
+        self.optim.step()
+        return loss.item()
+
+
+def library_parameters(model, guide):
+    """Library parameters in the order of ``TorchMaskedPoE.parameters``."""
+    return ([p for m in guide.modalities for p in guide.encoders[m].parameters()]
+            + [p for m in guide.modalities for p in model.decoders[m].net.parameters()])
+
+
+def pyro_module_encoders(model, guide):
+    """Copies of ``model`` and ``guide`` whose encoders are ``PyroModule``\ s.
+
+    ``PyroModule.__getattr__`` issues ``pyro.module(...)``, one ``pyro.param`` statement per
+    parameter of the whole submodule, on every access of a plain ``nn.Module`` attribute;
+    ``MultimodalGuide.features`` reads ``self.encoders`` once per modality, so a guide call makes
+    ``M`` times as many param statements as there are encoder parameters. Converted to
+    ``PyroModule``\ s, each parameter is registered once, when its layer runs.
+    """
+    model, guide = copy.deepcopy(model), copy.deepcopy(guide)
+    to_pyro_module_(guide.encoders)
+    return model, guide
+
+
+def check_equal(data, mask, model, guide, seed: int) -> dict:
+    """Library loss and gradients vs each alternative, all under one seed (validation on).
+
+    Alternatives: the hand-written loss (encoders once, and per call) and the library with
+    ``PyroModule`` encoders. Returns ``{name: {"library", "value", "rel_loss_diff",
+    "max_rel_grad_diff", "ok"}}``.
+    """
+    pyro.enable_validation(True)
+    xs = [data[m] for m in guide.modalities]
+    observed = torch.stack([mask[m] for m in guide.modalities], -1)
+    elbo = MaskedMultimodalELBO()
+
+    def run(loss_fn, params):
+        for p in params:
+            p.grad = None
+        pyro.clear_param_store()
+        torch.manual_seed(seed)
+        loss = loss_fn()
+        loss.backward()
+        grads = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        return loss.item(), grads
+
+    lib, lib_grads = run(lambda: elbo.differentiable_loss(model, guide, data, mask),
+                         library_parameters(model, guide))
+    once = TorchMaskedPoE(model, guide, lr=1e-3, encode_per_call=False)
+    twice = TorchMaskedPoE(model, guide, lr=1e-3, encode_per_call=True)
+    pm_model, pm_guide = pyro_module_encoders(model, guide)
+    alternatives = {
+        "torch": (lambda: once.loss(xs, observed), once.parameters()),
+        "torch x2": (lambda: twice.loss(xs, observed), twice.parameters()),
+        "svi-pm": (lambda: elbo.differentiable_loss(pm_model, pm_guide, data, mask),
+                   library_parameters(pm_model, pm_guide)),
+    }
+    out = {}
+    for name, (loss_fn, params) in alternatives.items():
+        value, grads = run(loss_fn, params)
+        grad_diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+                        for a, b in zip(lib_grads, grads))
+        rel = abs(lib - value) / abs(value)
+        out[name] = {"library": lib, "value": value, "rel_loss_diff": rel,
+                     "max_rel_grad_diff": grad_diff,
+                     "ok": rel <= LOSS_RTOL and grad_diff <= GRAD_RTOL}
+    pyro.clear_param_store()
+    pyro.enable_validation(False)
+    return out
+
+
+# --- the two tables --------------------------------------------------------------------------
+def bounds_table(args) -> dict:
+    """``{(bound, aggregator, M): {"ms": float, "n": int, "batch": int, "note": str}}``."""
+    results = {}
+    limit = args.max_pairwise_mb * 2 ** 20
+    for m_count in args.modalities:
+        data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
+        variants, batches, notes = [], {}, {}
+        for agg in AGGREGATORS:
+            for bound in BOUNDS:
+                name = f"{bound}/{agg}"
+                size = pairwise_bytes(bound, agg, m_count, args.batch, args.latent_dim)
+                b = args.batch
+                if size > limit:  # too large at the full batch: time a smaller one
+                    b = max(1, min(args.batch, int(limit // (size // args.batch))))
+                    k = num_components(agg, m_count)
+                    notes[name] = (f"{name} at M={m_count}: the stratified mixture density is a "
+                                   f"(K, S, B, K, D) = ({k}, 1, {args.batch}, {k}, "
+                                   f"{args.latent_dim}) tensor, {size / 2 ** 30:.1f} GiB at "
+                                   f"B={args.batch} (over --max-pairwise-mb "
+                                   f"{args.max_pairwise_mb:g}); timed at B={b} instead, so its ratio "
+                                   "and growth compare time per data point.")
+                sub = {key: x[:b] for key, x in data.items()}
+                sub_mask = {key: x[:b] for key, x in mask.items()}
+                model, guide = make_model_guide(sub, args.latent_dim, args.hidden, agg, args.seed)
+                variants.append(svi_variant(name, bound, sub, sub_mask, model, guide, args.lr))
+                batches[name] = b
+        print(f"[M={m_count}] timing {len(variants)} variants interleaved ...", flush=True)
+        t0 = time.perf_counter()
+        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
+        print(f"[M={m_count}] {time.perf_counter() - t0:.0f} s", flush=True)
+        for v in variants:
+            bound, agg = v.name.split("/")
+            results[(bound, agg, m_count)] = {"ms": median_ms(v), "n": len(v.times),
+                                              "batch": batches[v.name],
+                                              "note": notes.get(v.name, "")}
+    return results
+
+
+def overhead_table(args) -> dict:
+    """``{M: {"check": ..., variant: ms, "n": ...}}`` for the masked bound with a PoE guide."""
+    results = {}
+    for m_count in args.modalities:
+        data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
+        model, guide = make_model_guide(data, args.latent_dim, args.hidden, "PoE", args.seed)
+        check = check_equal(data, mask, model, guide, args.seed)
+        for name, c in check.items():
+            print(f"[check M={m_count}] {'PASS' if c['ok'] else 'FAIL'}: library loss "
+                  f"{c['library']:.6f}  {name} loss {c['value']:.6f}  rel. diff "
+                  f"{c['rel_loss_diff']:.1e}  max rel. grad diff {c['max_rel_grad_diff']:.1e}",
+                  flush=True)
+        # Every variant trains its own copy from the same initial weights.
+        xs = [data[m] for m in guide.modalities]
+        observed = torch.stack([mask[m] for m in guide.modalities], -1)
+        twice = TorchMaskedPoE(model, guide, args.lr, encode_per_call=True)
+        once = TorchMaskedPoE(model, guide, args.lr, encode_per_call=False)
+        pm_model, pm_guide = pyro_module_encoders(model, guide)
+        m2, g2 = copy.deepcopy(model), copy.deepcopy(guide)
+        elbo = MaskedMultimodalELBO()
+        adam = torch.optim.Adam(library_parameters(m2, g2), lr=args.lr)
+
+        def loss_adam():
+            adam.zero_grad(set_to_none=True)
+            elbo.differentiable_loss(m2, g2, data, mask).backward()
+            adam.step()
+
+        variants = [svi_variant("svi", "masked", data, mask, model, guide, args.lr),
+                    svi_variant("svi-pm", "masked", data, mask, pm_model, pm_guide, args.lr),
+                    Variant("loss+adam", loss_adam),
+                    Variant("torch x2", lambda: twice.step(xs, observed), own_store=False),
+                    Variant("torch", lambda: once.step(xs, observed), own_store=False)]
+        print(f"[overhead M={m_count}] timing ...", flush=True)
+        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
+        results[m_count] = {"check": check, "n": min(len(v.times) for v in variants),
+                            **{v.name: median_ms(v) for v in variants}}
+    return results
+
+
+# --- output ----------------------------------------------------------------------------------
+def format_bounds(results, modalities, batch: int) -> str:
+    lo, hi = min(modalities), max(modalities)
+    head = ["bound", "aggregator"] + [f"M={m} ms (× masked/PoE)" for m in modalities]
+    head.append(f"M={hi} / M={lo}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+
+    def per_point(r):
+        return r["ms"] / r["batch"]
+
+    for agg in AGGREGATORS:
+        for bound in BOUNDS:
+            row = [bound, agg]
+            for m in modalities:
+                r = results[(bound, agg, m)]
+                ratio = per_point(r) / per_point(results[("masked", "PoE", m)])
+                if r["batch"] == batch:
+                    row.append(f"{r['ms']:.1f} ({ratio:.1f}×)")
+                else:
+                    notes.append(r["note"])
+                    row.append(f"{r['ms']:.0f} at B={r['batch']}† ({ratio:.3g}× per data point)")
+            a, b = results[(bound, agg, hi)], results[(bound, agg, lo)]
+            mark = "†" if batch != a["batch"] or batch != b["batch"] else ""
+            row.append(f"{per_point(a) / per_point(b):.3g}×{mark}")
+            lines.append("| " + " | ".join(row) + " |")
+    counts = sorted({r["n"] for r in results.values()})
+    lines.append("")
+    lines.append(f"Timed steps per cell (after warm-up): {counts[0]}–{counts[-1]}.")
+    for n in notes:
+        lines.append("")
+        lines.append(f"† {n}")
+    return "\n".join(lines)
+
+
+def format_overhead(results) -> str:
+    head = ["M", "svi ms", "svi-pm ms", "loss+adam ms", "torch x2 ms", "torch ms",
+            "**svi / torch**", "svi-pm / torch", "svi / svi-pm", "svi / loss+adam",
+            "loss+adam / torch x2", "torch x2 / torch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, r in results.items():
+        lines.append("| " + " | ".join(
+            [str(m)] + [f"{r[k]:.1f}" for k in ("svi", "svi-pm", "loss+adam", "torch x2", "torch")]
+            + [f"**{r['svi'] / r['torch']:.2f}×**"]
+            + [f"{r[a] / r[b]:.2f}×" for a, b in (("svi-pm", "torch"), ("svi", "svi-pm"),
+                                                 ("svi", "loss+adam"), ("loss+adam", "torch x2"),
+                                                 ("torch x2", "torch"))]) + " |")
+    lines.append("")
+    lines.append(f"Timed steps per variant: {min(r['n'] for r in results.values())}–"
+                 f"{max(r['n'] for r in results.values())}.")
+    lines.append("")
+    lines.append("Equality check (before timing; library `differentiable_loss` vs each "
+                 "alternative under one seed, so the same subset S and the same noise; validation "
+                 "on). `rel`: relative difference of the loss; `grad`: the largest over parameters "
+                 "of max|Δgrad| / max|grad|; pass means "
+                 f"rel ≤ {LOSS_RTOL:g} and grad ≤ {GRAD_RTOL:g}.")
+    lines.append("")
+    lines.append("| M | library loss | " + " | ".join(next(iter(results.values()))["check"])
+                 + " |")
+    lines.append("|" + "---|" * (2 + len(next(iter(results.values()))["check"])))
+    for m, r in results.items():
+        c = r["check"]
+        cells = [f"{'pass' if v['ok'] else 'FAIL'}: {v['value']:.4f} (rel {v['rel_loss_diff']:.0e}"
+                 f", grad {v['max_rel_grad_diff']:.0e})" for v in c.values()]
+        lines.append(f"| {m} | {next(iter(c.values()))['library']:.4f} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment(args) -> str:
+
+    return (f"torch {torch.__version__}, pyro {pyro.__version__}, Python "
+            f"{platform.python_version()}, {cpu_name()} ({os.cpu_count()} cores), "
+            f"torch threads {torch.get_num_threads()}, float32, CPU")
+
+
+def library_revision() -> str:
+    """``git`` commit of the checkout, and which library files differ from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pyro_mmvae", "models",
+                                "guides"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    dirty = [line[3:] for line in dirty if line.strip()]
+    return commit + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else "")
+
+
+def render(args, argv, bounds, overhead, elapsed) -> str:
+    cmd = "python benchmarks/bench_bounds.py " + " ".join(shlex.quote(a) for a in argv)
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    parts = [
+        "# Multimodal bounds: step time and Pyro overhead", "",
+        f"- Command: `{cmd.strip()}`",
+        f"- Date: {date}; total run time {elapsed:.0f} s",
+        f"- Environment: {environment(args)}",
+        f"- Library: commit {library_revision()}",
+        f"- Problem: linear-Gaussian model ({args.dim} features per modality, latent "
+        f"{args.latent_dim}), MLP encoders (hidden {list(args.hidden)}), batch {args.batch}, "
+        "every modality observed, one particle, Adam lr "
+        f"{args.lr}; `pyro.enable_validation(False)` while timing",
+        f"- Timing: median over interleaved steps after {args.warmup} warm-up rounds (at most "
+        f"{args.repeats} timed steps, fewer once a variant's timed steps exceed "
+        f"{args.max_seconds:g} s, never fewer than {args.min_repeats})", ""]
+    if bounds is not None:
+        parts += ["## 1. Step time of each bound and aggregator", "",
+                  "`SVI.step` (forward + backward + `pyro.optim.Adam`). Bounds with their default "
+                  "masking: masked = `MaskedMultimodalELBO()` (iid_half, analytic KL, STL); "
+                  "mixture = `MixtureMultimodalELBO(form='stratified')` (S = O); subsampled = "
+                  "`SubsampledMultimodalELBO()` (full + M unimodal + 1 random subset). In "
+                  "parentheses: the ratio to masked/PoE at the same M.", "",
+                  format_bounds(bounds, args.modalities, args.batch), ""]
+    if overhead is not None:
+        parts += ["## 2. Pyro overhead: masked bound, PoE guide", "",
+                  "`svi`: `SVI(..., pyro.optim.Adam, MaskedMultimodalELBO()).step`; `svi-pm`: "
+                  "the same with the encoders converted to `PyroModule`s "
+                  "(`pyro.nn.module.to_pyro_module_(guide.encoders)`, a user-side work-around "
+                  "for the per-access `pyro.module` registration); `loss+adam`: "
+                  "`differentiable_loss` + one `torch.optim.Adam`; `torch x2`: hand-written "
+                  "PyTorch, encoders run per PoE encoding (as the library's guide); `torch`: "
+                  "hand-written, encoders run once per step. Same networks, same initial "
+                  "weights, same data.", "",
+                  format_overhead(overhead), ""]
+    return "\n".join(parts)
+
+
+# --- profiling -------------------------------------------------------------------------------
+def profile(args, spec: str) -> None:
+    bound, agg, m_count = spec.split("/")
+    m_count = int(m_count)
+    data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
+    model, guide = make_model_guide(data, args.latent_dim, args.hidden, agg, args.seed)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=BOUNDS[bound]())
+    for _ in range(args.warmup):
+        svi.step(data, mask)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(args.repeats):
+        svi.step(data, mask)
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).sort_stats(args.profile_sort)
+    stats.print_stats(args.profile_lines)
+    print(f"cProfile of {args.repeats} SVI steps, {bound} bound, {agg}, M={m_count}, "
+          f"batch {args.batch}, sorted by {args.profile_sort}")
+    print(out.getvalue())
+
+
+# --- entry point -----------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modalities", type=int, nargs="+", default=[2, 5, 10], help="values of M")
+    p.add_argument("--dim", type=int, default=32, help="features per modality D_m")
+    p.add_argument("--latent-dim", type=int, default=8)
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128],
+                   help="encoder hidden layer widths")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=3, help="discarded rounds")
+    p.add_argument("--repeats", type=int, default=30, help="most timed steps per variant")
+    p.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per variant")
+    p.add_argument("--max-seconds", type=float, default=10.0,
+                   help="stop timing a variant once its timed steps exceed this (per M)")
+    p.add_argument("--max-pairwise-mb", type=float, default=256.0,
+                   help="largest (K, S, B, K, D) stratified-mixture tensor to run at full batch; "
+                   "larger cases run at the batch that fits")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tables", nargs="+", choices=["bounds", "overhead"],
+                   default=["bounds", "overhead"])
+    p.add_argument("--output", help="write the markdown report here")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: M = 2 3, batch 32, 1 warm-up, 3 repeats")
+    p.add_argument("--profile", metavar="BOUND/AGGREGATOR/M",
+                   help="cProfile --repeats SVI steps of one case (e.g. mixture/MoPoE/10) instead")
+    p.add_argument("--profile-sort", default="tottime", help="pstats sort key")
+    p.add_argument("--profile-lines", type=int, default=25)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.modalities, args.batch, args.warmup, args.repeats = [2, 3], 32, 1, 3
+        args.min_repeats = 1
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(torch.float32)
+    pyro.enable_validation(False)
+    if args.profile:
+        profile(args, args.profile)
+        return None
+    t0 = time.perf_counter()
+    overhead = overhead_table(args) if "overhead" in args.tables else None
+    bounds = bounds_table(args) if "bounds" in args.tables else None
+    report = render(args, argv, bounds, overhead, time.perf_counter() - t0)
+    print(report)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(report)
+    return {"bounds": bounds, "overhead": overhead}
+
+
+if __name__ == "__main__":
+    main()

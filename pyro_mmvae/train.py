@@ -1,0 +1,461 @@
+"""A small SVI training loop with checkpoints, for Python use and for the ``pyro-mmvae`` CLI.
+
+:func:`fit` trains a model and guide that follow the multimodal protocol (``model(data, mask)``,
+``guide(data, mask)``) with :class:`pyro.infer.SVI` and :class:`pyro.optim.Adam` (or
+:class:`pyro.optim.ClippedAdam`) on shuffled mini-batches of a dict-of-tensors dataset.
+
+With a ``run_dir`` it writes, after every epoch, an atomically replaced ``checkpoint.pt``
+(model and guide ``state_dict``, optimiser state, epoch, RNG states, history) plus
+``config.json``, ``metrics.json`` and ``loss_curve.png``. Every file is first written to a
+temporary file in the same directory and then moved into place with :func:`os.replace`, so a
+crash mid-write never leaves a truncated file.
+
+Divergence: a non-finite loss (or gradient) stops training *before* the optimiser applies the
+step, so the in-memory parameters are those of the last finite step. :func:`fit` then raises
+:class:`TrainingDiverged` (carrying the epoch, step and loss); the checkpoint on disk is the one
+of the last completed epoch and is never overwritten by a diverged state. ``metrics.json``
+records ``"status": "diverged"``.
+
+Example::
+
+    history = fit(model, guide, MaskedMultimodalELBO(), data, epochs=10, batch_size=128,
+                  lr=1e-3, run_dir="runs/demo")
+    load_checkpoint("runs/demo/checkpoint.pt", model, guide)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI
+from tqdm.auto import tqdm
+
+from pyro_mmvae.protocol import batch_size as data_size, validate_batch
+
+PathLike = Union[str, os.PathLike]
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+LOSS_CURVE = "loss_curve.png"
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised by :func:`fit` when a step produces a non-finite loss or gradient.
+
+    The failing step is not applied. Attributes: ``epoch`` (1-based epoch of the failure),
+    ``step`` (1-based step within that epoch), ``global_step`` (1-based over the run), ``loss``
+    (the offending value, ``nan``/``inf``), ``checkpoint`` (path of the last good checkpoint, or
+    None if no epoch completed or no ``run_dir`` was given) and ``history`` (what was recorded
+    up to the failure).
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int, global_step: int, loss: float,
+                 checkpoint: Optional[Path], history: dict):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.global_step = global_step
+        self.loss = loss
+        self.checkpoint = checkpoint
+        self.history = history
+
+
+class _NonFinite(Exception):
+    """Internal: a step produced a non-finite loss or gradient (``what`` says which)."""
+
+    def __init__(self, loss: float, what: str):
+        super().__init__(what)
+        self.loss = loss
+        self.what = what
+
+
+# --- devices and data ----------------------------------------------------------------------
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``"cpu"``/``"cuda"``/``"cuda:1"``/None (cpu) -> ``torch.device``.
+
+    Raises ``ValueError`` when CUDA is requested but not available.
+    """
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r} requested but CUDA is not available on this "
+                         "machine (torch.cuda.is_available() is False); use device 'cpu'")
+    return dev
+
+
+def to_device(tensors: Optional[Mapping[str, torch.Tensor]], device: torch.device):
+    """Move a dict of tensors to ``device`` (None passes through)."""
+    if tensors is None:
+        return None
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def iterate_minibatches(data: Mapping[str, torch.Tensor], mask: Optional[Mapping] = None, *,
+                        batch_size: int, generator: torch.Generator
+                        ) -> Iterator[Tuple[dict, Optional[dict]]]:
+    """Yield shuffled ``(batch, mask)`` pairs covering ``data`` once; the last incomplete batch
+    is dropped.
+
+    :param data: ``{modality: (N, ...)}``; ``mask``: ``{modality: (N,)}`` bool or None.
+    :param generator: a CPU ``torch.Generator`` that drives the permutation (seeded by
+        :func:`fit`, saved in checkpoints).
+    :yields: ``({m: (batch_size, ...)}, {m: (batch_size,)} or None)``.
+    """
+    n = data_size(data)
+    perm = torch.randperm(n, generator=generator)
+    for start in range(0, n - batch_size + 1, batch_size):
+        idx = perm[start:start + batch_size]
+        ref = next(iter(data.values()))
+        idx = idx.to(ref.device)
+        batch = {m: x[idx] for m, x in data.items()}
+        yield batch, (None if mask is None else {m: mk[idx] for m, mk in mask.items()})
+
+
+# --- atomic files -------------------------------------------------------------------------
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` through a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use ordinary permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (non-finite floats become ``null``)."""
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n"
+    _atomic_write(Path(path), lambda f: f.write(text), mode="w")
+
+
+def _json_safe(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer)):
+        return _json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def plot_loss_curve(path: PathLike, history: Mapping) -> None:
+    """Atomically write a PNG of the per-step and per-epoch loss per data point.
+
+    Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    steps_per_epoch = max(int(history.get("steps_per_epoch", 1)), 1)
+    step_loss = history.get("step_loss", [])
+    if step_loss:
+        x = [(i + 1) / steps_per_epoch for i in range(len(step_loss))]
+        ax.plot(x, step_loss, color="0.7", lw=0.8, label="per step")
+    epochs = history.get("epoch", [])
+    if epochs:
+        # an epoch's mean sits at the middle of the steps it averages
+        ax.plot([e - 0.5 for e in epochs], history["loss"], "o-", color="C0", ms=3,
+                label="epoch mean")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per data point")
+    ax.set_title("training loss")
+    if step_loss or epochs:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _atomic_write(Path(path), lambda f: fig.savefig(f, format="png"))
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+def rng_state(generator: Optional[torch.Generator] = None) -> dict:
+    """All RNG states a run depends on, as tensors and plain Python values (so the checkpoint
+    loads with ``torch.load(..., weights_only=True)``)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
+                  "cached_gaussian": float(np_gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["shuffle"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: Mapping, generator: Optional[torch.Generator] = None) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "shuffle" in state:
+        generator.set_state(state["shuffle"])
+
+
+def save_checkpoint(path: PathLike, model, guide, optim, *, epoch: int, history: Mapping,
+                    generator: Optional[torch.Generator] = None,
+                    config: Optional[Mapping] = None) -> None:
+    """Atomically save model/guide ``state_dict``, optimiser state, epoch, RNG states, history.
+
+    :param optim: a :class:`pyro.optim.PyroOptim` (its ``get_state()`` is stored) or None.
+    """
+    ckpt = {
+        "epoch": int(epoch),
+        "model": _cpu_state(model.state_dict()),
+        "guide": _cpu_state(guide.state_dict()),
+        "optimizer": None if optim is None else optim.get_state(),
+        "rng": rng_state(generator),
+        "history": _json_safe(history),
+        "config": _json_safe(dict(config or {})),
+    }
+    _atomic_write(Path(path), lambda f: torch.save(ckpt, f))
+
+
+def _cpu_state(state_dict):
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state_dict.items()}
+
+
+def load_checkpoint(path: PathLike, model=None, guide=None, optim=None, *,
+                    map_location: Union[str, torch.device, None] = "cpu") -> dict:
+    """Load a checkpoint written by :func:`fit` / :func:`save_checkpoint`.
+
+    Restores ``model`` and ``guide`` parameters (``load_state_dict``, strict) and, if given, the
+    optimiser state of a :class:`pyro.optim.PyroOptim` (applied when each parameter is next
+    seen). RNG states are *not* restored here (see :func:`set_rng_state`). Returns the
+    checkpoint dict (keys ``epoch``, ``model``, ``guide``, ``optimizer``, ``rng``, ``history``,
+    ``config``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if model is not None:
+        model.load_state_dict(ckpt["model"])
+    if guide is not None:
+        guide.load_state_dict(ckpt["guide"])
+    if optim is not None and ckpt.get("optimizer") is not None:
+        optim.set_state(ckpt["optimizer"])
+    return ckpt
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def make_optimizer(lr: float, clip_norm: Optional[float] = None,
+                   betas: Tuple[float, float] = (0.9, 0.999)) -> pyro.optim.PyroOptim:
+    """``pyro.optim.Adam`` (or ``ClippedAdam`` with gradient-norm clipping at ``clip_norm``)."""
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if clip_norm is None:
+        return pyro.optim.Adam({"lr": lr, "betas": betas})
+    if clip_norm <= 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    return pyro.optim.ClippedAdam({"lr": lr, "betas": betas, "clip_norm": clip_norm})
+
+
+def _guarded(loss_and_grads):
+    """Wrap ``SVI.loss_and_grads`` so a non-finite loss or gradient raises before the update."""
+
+    def wrapped(model, guide, *args, **kwargs):
+        loss = loss_and_grads(model, guide, *args, **kwargs)
+        value = float(loss)
+        if not math.isfinite(value):
+            raise _NonFinite(value, "loss")
+        grads = [p.grad for p in pyro.get_param_store().values() if p.grad is not None]
+        if grads and not torch.stack([g.isfinite().all() for g in grads]).all():
+            raise _NonFinite(value, "gradient")
+        return loss
+
+    return wrapped
+
+
+def _zero_param_grads():
+    for p in pyro.get_param_store().values():
+        p.grad = None
+
+
+def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
+        mask: Optional[Mapping[str, torch.Tensor]] = None, epochs: int, batch_size: int,
+        lr: float = 1e-3, clip_norm: Optional[float] = None,
+        run_dir: Optional[PathLike] = None, seed: int = 0,
+        device: Union[str, torch.device, None] = "cpu", progress: bool = True,
+        eval_fn: Optional[Callable[[int], Mapping[str, float]]] = None,
+        config: Optional[Mapping[str, Any]] = None,
+        resume_from: Optional[PathLike] = None) -> dict:
+    """Train ``model`` and ``guide`` with SVI on shuffled mini-batches; return the history.
+
+    :param model: Pyro program ``model(data, mask)`` (an ``nn.Module``, e.g. a ``PyroModule``).
+    :param guide: Pyro program ``guide(data, mask)`` (an ``nn.Module``).
+    :param loss: a ``pyro.infer.ELBO`` (e.g. :class:`~pyro_mmvae.infer.MaskedMultimodalELBO`);
+        ``loss_and_grads`` must return the loss *summed* over the batch.
+    :param train_data: ``{modality: (N, ...)}``. ``mask``: ``{modality: (N,)}`` bool, True where
+        observed (None: all observed). Both are moved to ``device``.
+    :param epochs: total number of epochs (with ``resume_from``, including those already done).
+    :param batch_size: mini-batch size; the last incomplete batch of each epoch is dropped.
+    :param lr: Adam learning rate. ``clip_norm``: use ``ClippedAdam`` with this gradient norm.
+    :param run_dir: where to write ``checkpoint.pt`` (after every epoch), ``config.json``,
+        ``metrics.json`` and ``loss_curve.png``; None writes nothing.
+    :param seed: seeds ``pyro.set_rng_seed`` and the shuffling generator.
+    :param device: ``"cpu"`` or ``"cuda"`` (``ValueError`` if CUDA is unavailable).
+    :param progress: show a tqdm bar with the running mean loss per data point of the epoch.
+    :param eval_fn: called as ``eval_fn(epoch)`` after each epoch (model and guide in their
+        current state); its dict of numbers is stored in ``history["eval"]``.
+    :param config: extra entries for ``config.json`` and the checkpoint (e.g. CLI arguments).
+    :param resume_from: a checkpoint to continue from: restores parameters, optimiser state,
+        RNG states and history, then trains epochs ``ckpt["epoch"] + 1 .. epochs``.
+    :returns: history dict: ``epoch`` (list of 1-based epochs), ``loss`` (mean loss per data
+        point of each epoch), ``epoch_time`` (seconds), ``step_loss`` (loss per data point of
+        every step), ``eval`` (list of ``eval_fn`` results), ``steps_per_epoch``, ``status``
+        (``"completed"``).
+    :raises TrainingDiverged: on a non-finite loss or gradient (see the module docstring).
+    :raises ValueError: bad arguments or data (before any step).
+
+    The global Pyro param store is cleared at the start.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    checked = validate_batch(train_data, mask)  # ValueError naming the modality
+    mask = None if mask is None else checked
+    n = data_size(train_data)
+    if batch_size > n:
+        raise ValueError(f"batch_size ({batch_size}) is larger than the training set ({n} data "
+                         "points); no complete batch can be formed")
+    steps_per_epoch = n // batch_size
+
+    dev = resolve_device(device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(dev)
+    guide.to(dev)
+    train_data = to_device(train_data, dev)
+    mask = to_device(mask, dev)
+
+    optim = make_optimizer(lr, clip_norm)
+    history = {"epoch": [], "loss": [], "epoch_time": [], "step_loss": [], "eval": [],
+               "steps_per_epoch": steps_per_epoch, "status": "running"}
+    start_epoch = 0
+    ckpt_path = None
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, model, guide, optim, map_location=dev)
+        set_rng_state(ckpt["rng"], generator)
+        history.update({k: ckpt["history"][k] for k in ("epoch", "loss", "epoch_time",
+                                                         "step_loss", "eval")
+                        if k in ckpt["history"]})
+        start_epoch = int(ckpt["epoch"])
+        ckpt_path = Path(resume_from)
+
+    run_dir = Path(run_dir) if run_dir is not None else None
+    full_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                   "clip_norm": clip_norm, "seed": seed, "device": str(dev),
+                   "num_train": n, "steps_per_epoch": steps_per_epoch,
+                   "loss": type(loss).__name__, **dict(config or {})}
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, full_config)
+
+    svi = SVI(model, guide, optim, loss=loss)
+    svi.loss_and_grads = _guarded(svi.loss_and_grads)
+
+    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, disable=not progress,
+               unit="step", dynamic_ncols=True, leave=True)
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            model.train()
+            guide.train()
+            t0 = time.perf_counter()
+            total = 0.0
+            batches = iterate_minibatches(train_data, mask, batch_size=batch_size,
+                                          generator=generator)
+            for step, (batch, batch_mask) in enumerate(batches, start=1):
+                try:
+                    value = svi.step(batch, batch_mask) / batch_size
+                except _NonFinite as err:
+                    _zero_param_grads()
+                    _diverged(err, epoch, step, steps_per_epoch, history, run_dir, ckpt_path)
+                total += value
+                history["step_loss"].append(value)
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{total / step:.4g}",
+                                refresh=False)
+            history["epoch"].append(epoch)
+            history["loss"].append(total / steps_per_epoch)
+            history["epoch_time"].append(time.perf_counter() - t0)
+            if eval_fn is not None:
+                model.eval()
+                guide.eval()
+                history["eval"].append(dict(eval_fn(epoch)))
+            if run_dir is not None:
+                ckpt_path = run_dir / CHECKPOINT
+                save_checkpoint(ckpt_path, model, guide, optim, epoch=epoch, history=history,
+                                generator=generator, config=full_config)
+                _write_metrics(run_dir, history)
+    finally:
+        bar.close()
+    history["status"] = "completed"
+    if run_dir is not None:
+        _write_metrics(run_dir, history)
+    return history
+
+
+def _write_metrics(run_dir: Path, history: Mapping, extra: Optional[Mapping] = None) -> None:
+    write_json(run_dir / METRICS, {"history": history, **dict(extra or {})})
+    plot_loss_curve(run_dir / LOSS_CURVE, history)
+
+
+def _diverged(err: _NonFinite, epoch, step, steps_per_epoch, history, run_dir, ckpt_path):
+    global_step = (epoch - 1) * steps_per_epoch + step
+    history["status"] = "diverged"
+    history["diverged_at"] = {"epoch": epoch, "step": step, "global_step": global_step,
+                              "loss": err.loss, "non_finite": err.what}
+    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt_path}"
+            if ckpt_path is not None else "no checkpoint was written")
+    message = (f"training diverged: non-finite {err.what} (loss {err.loss}) at epoch {epoch}, "
+               f"step {step}; the step was not applied and {kept}. Try a lower learning rate "
+               "or gradient clipping (clip_norm).")
+    if run_dir is not None:
+        _write_metrics(run_dir, history)
+    raise TrainingDiverged(message, epoch=epoch, step=step, global_step=global_step,
+                           loss=err.loss, checkpoint=ckpt_path, history=history) from None

@@ -1,0 +1,51 @@
+"""Shared fixtures-as-functions for the test suite."""
+
+import pyro
+import torch
+
+from guides import MultimodalGuide, PoE, expert_encoder
+from models import LinearGaussianModel
+from pyro_mmvae.protocol import DATA_PLATE, batch_size, full_mask
+
+DIMS = {"a": 3, "b": 4, "c": 2}
+
+
+def linear_problem(n=8, dims=DIMS, latent_dim=2, seed=0, noise=1.0):
+    """A random linear-Gaussian model and data drawn from it."""
+    torch.manual_seed(seed)
+    model = LinearGaussianModel(dims, latent_dim, noise_scale=noise)
+    z = torch.randn(n, latent_dim)
+    data = {}
+    for m in dims:
+        w, b, s = model.linear_parameters(m)
+        data[m] = (z @ w.T + b + s * torch.randn(n, dims[m])).detach()
+    return model, data
+
+
+def make_guide(aggregator=None, dims=DIMS, latent_dim=2, hidden=(8,)):
+    return MultimodalGuide({m: expert_encoder(d, latent_dim, hidden) for m, d in dims.items()},
+                           aggregator if aggregator is not None else PoE())
+
+
+class ExactPosteriorGuide:
+    """Guide sampling z from the model's exact posterior p(z | x_S) (masks may be stacked)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, data, mask=None):
+        mask = full_mask(data) if mask is None else mask
+        q = self.model.exact_posterior(data, mask)
+        with pyro.plate(DATA_PLATE, batch_size(data)):
+            return pyro.sample("z", q)
+
+
+def random_mask(data, p=0.6, seed=1, at_least_one=True):
+    g = torch.Generator().manual_seed(seed)
+    n = batch_size(data)
+    mask = {m: torch.rand(n, generator=g) < p for m in data}
+    if at_least_one:
+        first = next(iter(data))
+        none = ~torch.stack(list(mask.values())).any(0)
+        mask[first] = mask[first] | none
+    return mask

@@ -1,0 +1,73 @@
+"""Experiment scripts: helper checks and one tiny-budget smoke run per script."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    """Import ``experiments/<name>.py`` as a module (``experiments`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}",
+                                                  ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian():
+    return load_script("linear_gaussian")
+
+
+def test_weak_mcc_is_invariant_to_invertible_linear_maps(linear_gaussian):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2000, 3))
+    mixed = z @ rng.standard_normal((3, 3)) + 5.0
+    assert linear_gaussian.weak_mcc(z, mixed) == pytest.approx(1.0, abs=1e-6)
+    assert linear_gaussian.weak_mcc(z, rng.standard_normal((2000, 3))) < 0.15
+
+
+def test_weak_mcc_of_a_noisy_copy_matches_its_correlation(linear_gaussian):
+    # z_hat = z + noise of variance v: each canonical correlation is 1 / sqrt(1 + v).
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((20000, 2))
+    z_hat = (z + 0.5 * rng.standard_normal(z.shape)) @ np.array([[1.0, 2.0], [0.0, 1.0]])
+    assert linear_gaussian.weak_mcc(z, z_hat) == pytest.approx(1 / math.sqrt(1.25), abs=0.01)
+
+
+def test_fixed_noise_mle_is_bounded_by_pca_and_beats_the_truth(linear_gaussian):
+    from models import pca_maximum_likelihood
+    from pyro_mmvae.data.linear_gaussian import illustrative_bimodal
+
+    ds = illustrative_bimodal(2000, seed=3, dtype=torch.float64)
+    x = torch.cat(list(ds.data.values()), -1)
+    noise = torch.tensor([0.1, 10.0], dtype=torch.float64)
+    floor = linear_gaussian.fixed_noise_mle(x, noise, 1)
+    truth = linear_gaussian.true_model(ds, torch.float64).exact_log_likelihood(ds.data).sum()
+    # D = 1 of 2 dimensions: the PCA fit is the saturated Gaussian, an upper bound.
+    assert float(truth) <= floor <= float(pca_maximum_likelihood(x, 1)[3]) + 1e-6
+
+
+@pytest.mark.slow
+def test_linear_gaussian_smoke(linear_gaussian, tmp_path):
+    payload = linear_gaussian.main(["--quick", "--output-dir", str(tmp_path)])
+    for name in ("table1.md", "table2.md", "table1.png", "table2.png", "results.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == len(payload["runs"]) == 2 * 3 * 2  # tables x aggs x bounds
+    for run in saved["runs"]:
+        keys = ["rel_llh_gap", "full_reconstruction", "full_rate", "cross_reconstruction",
+                "cross_rate", "llh_model"] + (["mcc"] if run["table"] == 2 else [])
+        for key in keys:
+            assert math.isfinite(run[key]), (run["table"], run["aggregator"], run["bound"], key)
+    for table in ("table1.md", "table2.md"):
+        text = (tmp_path / table).read_text()
+        assert "| PoE | this run |" in text and "| MoPoE | this run |" in text
+        assert "n/a" not in text.split("| PoE | this run |")[1].split("\n")[0]

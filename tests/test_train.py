@@ -1,0 +1,194 @@
+"""The SVI training loop: loss decrease, checkpoints, resuming and divergence handling."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from guides import MultimodalGuide, PoE, expert_encoder
+from models import LinearGaussianModel
+from pyro_mmvae.data import shared_latent_study
+from pyro_mmvae.infer import MaskedMultimodalELBO
+from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, TrainingDiverged, fit,
+                              iterate_minibatches, load_checkpoint, resolve_device)
+
+LATENT = 2
+
+
+@pytest.fixture
+def data():
+    """Tiny linear-Gaussian problem: 2 modalities of dims 3..5, 128 points."""
+    return shared_latent_study(num_points=128, num_modalities=2, latent_dim=LATENT,
+                               dim_range=(3, 6), seed=1).data
+
+
+def build(data, seed=0):
+    torch.manual_seed(seed)
+    dims = {m: x.shape[1] for m, x in data.items()}
+    model = LinearGaussianModel(dims, LATENT)
+    guide = MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(16,)) for m, d in dims.items()},
+                            PoE())
+    return model, guide
+
+
+def state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+class NaNAfter(MaskedMultimodalELBO):
+    """The masked bound, but every step after the first ``after`` reports a NaN loss."""
+
+    def __init__(self, after, **kwargs):
+        super().__init__(**kwargs)
+        self.after = after
+        self.calls = 0
+
+    def loss_and_grads(self, model, guide, data, mask=None):
+        self.calls += 1
+        value = super().loss_and_grads(model, guide, data, mask)
+        return float("nan") if self.calls > self.after else value
+
+
+def test_loss_decreases(data):
+    model, guide = build(data)
+    history = fit(model, guide, MaskedMultimodalELBO(), data, epochs=6, batch_size=32, lr=2e-2,
+                  progress=False)
+    assert history["status"] == "completed"
+    assert history["epoch"] == [1, 2, 3, 4, 5, 6]
+    assert history["steps_per_epoch"] == 4
+    assert len(history["step_loss"]) == 24
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert history["loss"][-1] < history["loss"][0] - 1.0
+
+
+def test_minibatches_shuffle_and_drop_last(data):
+    gen = torch.Generator().manual_seed(0)
+    mask = {m: torch.arange(128) % 2 == 0 for m in data}
+    batches = list(iterate_minibatches(data, mask, batch_size=50, generator=gen))
+    assert len(batches) == 2  # 128 = 2 * 50 + 28 dropped
+    first = next(iter(data))
+    seen = torch.cat([b[first] for b, _ in batches])
+    assert seen.shape == (100, data[first].shape[1])
+    assert not torch.equal(seen, data[first][:100])  # shuffled
+    for batch, bmask in batches:  # data and mask rows stay aligned
+        rows = (batch[first][:, None, :] == data[first][None]).all(-1).float().argmax(-1)
+        assert torch.equal(bmask[first], rows % 2 == 0)
+
+
+def test_checkpoint_written_and_restores(data, tmp_path):
+    model, guide = build(data)
+    history = fit(model, guide, MaskedMultimodalELBO(), data, epochs=2, batch_size=32,
+                  lr=1e-2, run_dir=tmp_path, progress=False, config={"note": "test"})
+    for name in (CHECKPOINT, CONFIG, METRICS, LOSS_CURVE):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert (tmp_path / LOSS_CURVE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((tmp_path / CONFIG).read_text())
+    assert config["epochs"] == 2 and config["note"] == "test"
+    metrics = json.loads((tmp_path / METRICS).read_text())
+    assert metrics["history"]["loss"] == pytest.approx(history["loss"])
+
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)  # loadable without pickle
+    assert ckpt["epoch"] == 2
+    assert ckpt["history"]["loss"] == pytest.approx(history["loss"])
+    assert ckpt["optimizer"]  # one Adam state per parameter
+    assert {"torch", "numpy", "python", "shuffle"} <= set(ckpt["rng"])
+
+    fresh_model, fresh_guide = build(data, seed=123)
+    assert not torch.equal(fresh_model.state_dict()["decoders.m0.net.weight"],
+                           model.state_dict()["decoders.m0.net.weight"])
+    out = load_checkpoint(tmp_path / CHECKPOINT, fresh_model, fresh_guide)
+    assert out["epoch"] == 2
+    assert_same_state(state(fresh_model), state(model))
+    assert_same_state(state(fresh_guide), state(guide))
+    with torch.no_grad():
+        assert torch.allclose(fresh_model.exact_log_likelihood(data),
+                              model.exact_log_likelihood(data))
+
+
+def test_resume_matches_uninterrupted_run(data, tmp_path):
+    model, guide = build(data)
+    full = fit(model, guide, MaskedMultimodalELBO(), data, epochs=3, batch_size=32, lr=1e-2,
+               progress=False)
+    expected = state(model)
+
+    model, guide = build(data)
+    fit(model, guide, MaskedMultimodalELBO(), data, epochs=1, batch_size=32, lr=1e-2,
+        run_dir=tmp_path / "a", progress=False)
+    model, guide = build(data, seed=7)  # parameters come from the checkpoint
+    resumed = fit(model, guide, MaskedMultimodalELBO(), data, epochs=3, batch_size=32, lr=1e-2,
+                  run_dir=tmp_path / "b", progress=False,
+                  resume_from=tmp_path / "a" / CHECKPOINT)
+    assert resumed["epoch"] == [1, 2, 3]
+    assert resumed["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    for k, v in state(model).items():
+        assert torch.allclose(v, expected[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    model, guide = build(data)
+    snapshots = {}
+
+    def snapshot(epoch):  # runs right before the epoch's checkpoint is written
+        snapshots[epoch] = (state(model), state(guide))
+        return {}
+
+    # 4 steps per epoch: steps 1-6 are finite, step 7 (epoch 2, step 3) is NaN.
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss .* epoch 2, step 3") as info:
+        fit(model, guide, NaNAfter(6), data, epochs=5, batch_size=32, lr=1e-2,
+            run_dir=tmp_path, progress=False, eval_fn=snapshot)
+    err = info.value
+    assert (err.epoch, err.step, err.global_step) == (2, 3, 7)
+    assert math.isnan(err.loss)
+    assert err.checkpoint == tmp_path / CHECKPOINT
+    assert err.history["epoch"] == [1] and len(err.history["step_loss"]) == 6
+    assert list(snapshots) == [1]
+
+    # The checkpoint is still the one of epoch 1, untouched by the failing epoch.
+    fresh_model, fresh_guide = build(data, seed=5)
+    ckpt = load_checkpoint(err.checkpoint, fresh_model, fresh_guide)
+    assert ckpt["epoch"] == 1
+    assert_same_state(state(fresh_model), snapshots[1][0])
+    assert_same_state(state(fresh_guide), snapshots[1][1])
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    # The failing step was not applied: the in-memory parameters are finite.
+    assert all(torch.isfinite(v).all() for v in state(model).values())
+    metrics = json.loads((tmp_path / METRICS).read_text())
+    assert metrics["history"]["status"] == "diverged"
+    assert metrics["history"]["diverged_at"]["epoch"] == 2
+
+
+def test_divergence_in_first_epoch_without_run_dir(data):
+    model, guide = build(data)
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written") as info:
+        fit(model, guide, NaNAfter(0), data, epochs=2, batch_size=32, progress=False)
+    assert (info.value.epoch, info.value.step) == (1, 1)
+    assert info.value.checkpoint is None
+
+
+def test_bad_arguments(data):
+    model, guide = build(data)
+    with pytest.raises(ValueError, match="larger than the training set"):
+        fit(model, guide, MaskedMultimodalELBO(), data, epochs=1, batch_size=1000,
+            progress=False)
+    bad = dict(data)
+    bad["m1"] = bad["m1"].clone()
+    bad["m1"][3, 0] = float("nan")
+    with pytest.raises(ValueError, match="modality 'm1'"):
+        fit(model, guide, MaskedMultimodalELBO(), bad, epochs=1, batch_size=32, progress=False)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        fit(model, guide, MaskedMultimodalELBO(), data, epochs=1, batch_size=32, lr=0.0,
+            progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_unavailable_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
