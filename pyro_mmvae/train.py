@@ -32,7 +32,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pyro
@@ -114,11 +114,10 @@ def iterate_minibatches(data: Mapping[str, torch.Tensor], mask: Optional[Mapping
     :yields: ``({m: (batch_size, ...)}, {m: (batch_size,)} or None)``.
     """
     n = data_size(data)
-    perm = torch.randperm(n, generator=generator)
+    device = next(iter(data.values())).device
+    perm = torch.randperm(n, generator=generator).to(device)  # drawn on CPU: reproducible
     for start in range(0, n - batch_size + 1, batch_size):
         idx = perm[start:start + batch_size]
-        ref = next(iter(data.values()))
-        idx = idx.to(ref.device)
         batch = {m: x[idx] for m, x in data.items()}
         yield batch, (None if mask is None else {m: mk[idx] for m, mk in mask.items()})
 

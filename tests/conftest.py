@@ -2,6 +2,10 @@ import pyro
 import pytest
 import torch
 
+# The suite's problems are tiny: one intra-op thread avoids thread-pool contention, which on a
+# busy 2-core machine made each step ~30x slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _pyro_defaults():

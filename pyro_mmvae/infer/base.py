@@ -142,5 +142,5 @@ class MultimodalELBO(ELBO):
         bound = log_mean_exp(value, dim)
         if self.estimator == "dreg":
             surrogate = dreg_surrogate(value, samples, dim)
-            return bound + (surrogate - surrogate.detach())
+            return bound.detach() + (surrogate - surrogate.detach())
         return bound

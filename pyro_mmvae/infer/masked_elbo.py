@@ -16,6 +16,7 @@ term. With :math:`S=O` the bound is the ordinary ELBO; with exact posteriors it 
 
 from __future__ import annotations
 
+import torch
 from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
@@ -65,6 +66,10 @@ class MaskedMultimodalELBO(MultimodalELBO):
                                self.stop_gradient) for n in latents)
         kl_c = sum(kl_estimate(guide_o.nodes[n], guide_s.nodes[n], self.analytic_kl,
                                self.stop_gradient) for n in latents)
+        # With S = O the conditional term is exactly 0 (KL(q || q)); its one-sample estimate
+        # is 0 too but its STL gradient is a zero-mean score term (kept by the authors' code).
+        # Dropping it there removes that variance without changing the bound.
+        kl_c = torch.where((observed & ~subset).any(-1), kl_c, torch.zeros_like(kl_c))
         marginal = self.reduce_particles(rec_s - self.beta * kl_s,
                                          [guide_s.nodes[n]["value"] for n in latents])
         conditional = self.reduce_particles(rec_c - self.beta * kl_c,

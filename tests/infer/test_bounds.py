@@ -143,7 +143,8 @@ def test_masked_out_values_change_neither_loss_nor_gradients(bound, agg):
 @pytest.mark.parametrize("bound", sorted(BOUNDS))
 @pytest.mark.parametrize("agg", sorted(AGGREGATORS))
 def test_each_bound_trains_and_reaches_every_parameter(bound, agg):
-    model, data = linear_problem(n=32)
+    _, data = linear_problem(n=32)
+    model, _ = linear_problem(seed=1)  # a model that is not the one that made the data
     guide = make_guide(AGGREGATORS[agg]())
     elbo = BOUNDS[bound]()
     loss = elbo.differentiable_loss(model, guide, data)
@@ -153,34 +154,35 @@ def test_each_bound_trains_and_reaches_every_parameter(bound, agg):
     assert_trains(model, guide, elbo, data)
 
 
-def assert_trains(model, guide, elbo, data, steps=100):
+def assert_trains(model, guide, elbo, data, steps=200):
     """SVI lowers the loss and raises the exact log-likelihood of the (linear) model."""
     pyro.clear_param_store()
     before = model.exact_log_likelihood(data).sum().item()
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), loss=elbo)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), loss=elbo)
     losses = [svi.step(data) for _ in range(steps)]
-    assert sum(losses[-20:]) < sum(losses[:20]), type(elbo).__name__
+    assert sum(losses[-40:]) < sum(losses[:40]), type(elbo).__name__
     assert model.exact_log_likelihood(data).sum().item() > before + 1.0, type(elbo).__name__
 
 
 @pytest.mark.parametrize("agg", sorted(AGGREGATORS))
 def test_pyro_builtin_elbos_train_the_same_model_and_guide(agg):
-    model, data = linear_problem(n=32)
-    guide = make_guide(AGGREGATORS[agg]())
+    _, data = linear_problem(n=32)
     losses = [Trace_ELBO(), RenyiELBO(alpha=0, num_particles=2)]
     if agg == "PoE":
         losses.append(TraceMeanField_ELBO())
     for loss in losses:
-        assert_trains(model, guide, loss, data)
+        model, _ = linear_problem(seed=1)
+        assert_trains(model, make_guide(AGGREGATORS[agg]()), loss, data)
 
 
 def test_differentiable_loss_in_a_plain_torch_loop():
-    model, data = linear_problem(n=32)
-    guide = make_guide(PoE())
-    opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=0.02)
-    elbo = MaskedMultimodalELBO()
-    first = None
+    _, data = linear_problem(n=32)
     with pyro.settings.context(module_local_params=True):
+        model, _ = linear_problem(seed=1)
+        guide = make_guide(PoE())
+        opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=0.02)
+        elbo = MaskedMultimodalELBO()
+        first = None
         for _ in range(100):
             opt.zero_grad()
             loss = elbo.differentiable_loss(model, guide, data)
