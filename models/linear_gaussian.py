@@ -117,7 +117,8 @@ def pca_maximum_likelihood(x: torch.Tensor, latent_dim: int):
 
 def relative_llh_gap(mle_log_likelihood: float, model_log_likelihood: float) -> float:
     r"""Seed 004's relative LLH gap :math:`(\ell_{\rm MLE}-\ell)/|\ell_{\rm MLE}|`."""
-    return (float(mle_log_likelihood) - float(model_log_likelihood)) / abs(
-        float(mle_log_likelihood))
+    mle, ours = (float(torch.as_tensor(v).detach()) for v in (mle_log_likelihood,
+                                                              model_log_likelihood))
+    return (mle - ours) / abs(mle)
 
 
