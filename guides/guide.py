@@ -53,12 +53,13 @@ class MultimodalGuide(PyroModule):
 
     def features(self, data, mask) -> torch.Tensor:
         """Encoder outputs ``(B, M, E)``; inputs never observed in ``mask`` are zeroed first."""
+        encoders = self.encoders  # one PyroModule attribute access: one param registration
         feats = []
         for m in self.modalities:
             x = data[m]
             seen = mask[m].reshape(-1, x.shape[0]).any(0) if mask[m].dim() > 1 else mask[m]
             seen = seen.reshape(seen.shape + (1,) * (x.dim() - 1))
-            feats.append(self.encoders[m](torch.where(seen, x, torch.zeros_like(x))))
+            feats.append(encoders[m](torch.where(seen, x, torch.zeros_like(x))))
         return torch.stack(feats, dim=-2)
 
     def distribution(self, data, mask: Optional[Mapping] = None):
