@@ -16,8 +16,9 @@ class MultimodalModel(PyroModule):
 
     ``model(data, mask)`` samples ``"z"`` from ``prior()`` inside ``pyro.plate("data", B)`` and
     observes every modality at ``"x_<m>"`` under ``poutine.mask(mask[m])``. Modalities absent
-    from ``data`` are sampled, which is how unconditional generation works
-    (``poutine.uncondition`` samples every modality).
+    from ``data`` are sampled, which is how unconditional generation works:
+    ``model({}, num_samples=n)`` draws ``n`` joint samples (``poutine.uncondition`` samples
+    every modality even when data is given).
 
     :param prior: module returning the distribution of ``z`` (event ``(D,)``), e.g.
         :class:`~models.StandardNormalPrior`.
@@ -37,8 +38,10 @@ class MultimodalModel(PyroModule):
         if unknown:
             raise ValueError(f"unknown modality '{unknown[0]}': the model has decoders for "
                              f"{self.modalities}")
+        if not data and num_samples is None:
+            raise ValueError("pass data, or num_samples to generate from the prior")
         n = batch_size(data) if data else num_samples
-        mask = full_mask(data) if mask is None else mask
+        mask = (full_mask(data) if data else {}) if mask is None else mask
         with pyro.plate(DATA_PLATE, n):
             z = pyro.sample(self.latent_site, self.prior())
             for m, decoder in self.decoders.items():

@@ -1,0 +1,63 @@
+import pyro
+import pytest
+import torch
+from pyro.distributions import Laplace, Normal
+from pyro.infer import SVI
+
+from guides import MultimodalGuide, MoPoE, expert_encoder
+from models import (BernoulliDecoder, GaussianDecoder, LaplaceDecoder, MultimodalModel,
+                    StandardNormalPrior)
+from pyro_mmvae import MaskedMultimodalELBO
+from pyro_mmvae.nn import MLP
+
+
+@pytest.mark.parametrize("cls, base", [(GaussianDecoder, Normal), (LaplaceDecoder, Laplace)])
+def test_loc_scale_decoders(cls, base):
+    net = MLP(2, (8,), 5)
+    dec = cls(net, scale=0.5, learn_scale=True)
+    z = torch.randn(3, 4, 2)  # (particles, batch, D)
+    p = dec(z)
+    assert p.batch_shape == (3, 4) and p.event_shape == (5,)
+    x = torch.randn(4, 5)
+    expected = base(net(z), 0.5).log_prob(x).sum(-1)
+    assert torch.allclose(p.log_prob(x), expected, atol=1e-6)
+    p.log_prob(x).sum().backward()
+    assert dec.raw_scale.grad is not None
+
+
+def test_fixed_scale_is_a_buffer_and_per_feature_scales_work():
+    dec = GaussianDecoder(MLP(2, (), 3), scale=[0.1, 1.0, 2.0])
+    assert "raw_scale" not in dict(dec.named_parameters())
+    assert torch.allclose(dec.scale, torch.tensor([0.1, 1.0, 2.0]))
+
+
+def test_bernoulli_decoder_and_image_event_dims():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 12), torch.nn.Unflatten(-1, (3, 4)))
+    p = BernoulliDecoder(net)(torch.randn(5, 2))
+    assert p.batch_shape == (5,) and p.event_shape == (3, 4)
+    x = (torch.rand(5, 3, 4) < 0.5).double()
+    assert torch.isfinite(p.log_prob(x)).all()
+
+
+def test_mixed_likelihood_model_trains_with_mlp_decoders():
+    n, latent = 64, 2
+    torch.manual_seed(0)
+    z = torch.randn(n, latent)
+    data = {"g": z @ torch.randn(latent, 4) + 0.1 * torch.randn(n, 4),
+            "l": z @ torch.randn(latent, 3) + 0.1 * torch.randn(n, 3),
+            "b": (z @ torch.randn(latent, 6) > 0).double()}
+    model = MultimodalModel(StandardNormalPrior(latent), {
+        "g": GaussianDecoder(MLP(latent, (16,), 4), learn_scale=True),
+        "l": LaplaceDecoder(MLP(latent, (16,), 3), learn_scale=True),
+        "b": BernoulliDecoder(MLP(latent, (16,), 6))})
+    guide = MultimodalGuide({m: expert_encoder(x.shape[1], latent, (16,))
+                             for m, x in data.items()}, MoPoE())
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), loss=MaskedMultimodalELBO())
+    losses = [svi.step(data) for _ in range(300)]
+    assert sum(losses[-30:]) < 0.8 * sum(losses[:30])
+
+
+def test_model_samples_missing_modalities_for_generation():
+    model = MultimodalModel(StandardNormalPrior(2), {"a": GaussianDecoder(MLP(2, (), 3))})
+    tr = pyro.poutine.trace(model).get_trace({}, None, num_samples=7)
+    assert tr.nodes["x_a"]["value"].shape == (7, 3) and not tr.nodes["x_a"]["is_observed"]
