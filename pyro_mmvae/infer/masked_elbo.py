@@ -17,11 +17,49 @@ term. With :math:`S=O` the bound is the ordinary ELBO; with exact posteriors it 
 from __future__ import annotations
 
 import torch
+from pyro.distributions import Independent, Laplace, MultivariateNormal, Normal
+from pyro.distributions.util import detach, scale_and_mask
 from pyro.infer.util import is_validation_enabled
+from torch.distributions import kl_divergence
 
 from .base import MultimodalELBO
 from .traces import (check_model_guide, kl_estimate, latent_sites, log_likelihood, trace_guide,
                      trace_model)
+
+
+def swap_pair(fn):
+    """A distribution with batch ``(2, ...)`` with its two rows swapped, or None if unknown."""
+    base = fn.base_dist if isinstance(fn, Independent) else fn
+    if isinstance(base, (Normal, Laplace)):
+        swapped = type(base)(base.loc.flip(0), base.scale.flip(0))
+    elif isinstance(base, MultivariateNormal):
+        swapped = MultivariateNormal(base.loc.flip(0), scale_tril=base.scale_tril.flip(0))
+    else:
+        return None
+    return Independent(swapped, fn.reinterpreted_batch_ndims) if base is not fn else swapped
+
+
+def conditional_kl(site, analytic: bool, stop_gradient: bool):
+    r""":math:`\mathrm{KL}(q(z\mid x_O)\,\|\,q(z\mid x_S))` from one guide site holding both
+    encodings stacked as rows ``[S, O]`` (batch ``(2, ...)``); returns shape ``(...)``.
+
+    Analytic where the pair can be swapped and the registry has the KL; otherwise the
+    one-sample log-ratio at :math:`z_O`, the conditional prior :math:`\log q(z_O\mid x_S)` live.
+    """
+    fn, z = site["fn"], site["value"]
+    if analytic:
+        swapped = swap_pair(fn)
+        if swapped is not None:
+            try:
+                kl = kl_divergence(fn, swapped)  # row 1: KL(q_O || q_S)
+            except NotImplementedError:
+                pass
+            else:
+                return scale_and_mask(kl, site["scale"], site["mask"])[1]
+    own = (detach(fn) if stop_gradient else fn).log_prob(z)  # row 1: log q_O(z_O)
+    cross = fn.log_prob(z.flip(0))  # row 0: log q_S(z_O)
+    return (scale_and_mask(own, site["scale"], site["mask"])[1]
+            - scale_and_mask(cross, site["scale"], site["mask"])[0])
 
 
 class MaskedMultimodalELBO(MultimodalELBO):
@@ -30,13 +68,17 @@ class MaskedMultimodalELBO(MultimodalELBO):
 
     Each step draws one subset per data point from ``masking`` (default ``"iid_half"``, the
     authors' code; ``"hierarchical"`` is the paper's text), intersected with that data point's
-    observed modalities, and makes two guide calls (``mask=S`` and ``mask=O``) and two model
-    calls (scoring ``x_S`` with :math:`z_S`, and ``x_{O\setminus S}`` with :math:`z_O`).
+    observed modalities. Both encodings, :math:`q(z\mid x_S)` and :math:`q(z\mid x_O)`, come
+    from **one** guide call whose masks are stacked as ``(2, 1, B)`` along a plate left of the
+    particle plate (so the modality encoders run once), and one model call scores ``x_S`` with
+    :math:`z_S` and :math:`x_{O\setminus S}` with :math:`z_O`.
 
     The KL terms are analytic where the registry has them (Gaussian guides) and otherwise the
     one-sample log-ratios of the paper's Algorithm 1, with STL on the guide's own density; the
-    conditional prior :math:`\log q(z_O\mid x_S)` is never detached. With ``iwae=True`` each of
-    the two terms becomes its importance-weighted bound.
+    conditional prior :math:`\log q(z_O\mid x_S)` is never detached. Where S = O the conditional
+    term is identically zero and is left out (its STL gradient, which the authors' code keeps,
+    is pure variance). With ``iwae=True`` each of the two terms becomes its importance-weighted
+    bound.
 
     ``terms()`` returns per-datapoint ``elbo``, ``marginal`` (:math:`\mathcal L_S`),
     ``conditional`` (:math:`\mathcal L_{\setminus S}`), ``reconstruction``, ``rate``,
@@ -46,42 +88,33 @@ class MaskedMultimodalELBO(MultimodalELBO):
 
     def _terms(self, model, guide, data, observed, modalities):
         subset = self.masking(observed) & observed
-        s_mask = self.masks(subset, modalities)
-        o_mask = self.masks(observed, modalities)
-        c_mask = self.masks(observed & ~subset, modalities)
-        plates = [self.particle_plate()]
-
-        guide_s = trace_guide(guide, data, s_mask, plates)  # z_S ~ q(z | x_S)
-        model_s = trace_model(model, guide_s, data, s_mask, plates)  # scores x_S
-        guide_o = trace_guide(guide, data, o_mask, plates)  # z_O ~ q(z | x_O)
-        model_o = trace_model(model, guide_o, data, c_mask, plates)  # scores x_{O \ S}
-        latents = latent_sites(guide_s)
+        rest = observed & ~subset
+        encode = self.masks(torch.stack([subset, observed]).unsqueeze(1), modalities)
+        score = self.masks(torch.stack([subset, rest]).unsqueeze(1), modalities)
+        plates = [("masked_pair", 2, self.outer_dim()), self.particle_plate()]
+        guide_tr = trace_guide(guide, data, encode, plates)  # z: rows z_S, z_O
+        model_tr = trace_model(model, guide_tr, data, score, plates)
+        latents = latent_sites(guide_tr)
         if is_validation_enabled():
-            check_model_guide(model_s, latents, data)
+            check_model_guide(model_tr, latents, data)
 
-        w = self.likelihood_weights
-        rec_s = log_likelihood(model_s, latents, w)
-        rec_c = log_likelihood(model_o, latents, w)
-        kl_s = sum(kl_estimate(guide_s.nodes[n], model_s.nodes[n], self.analytic_kl,
-                               self.stop_gradient) for n in latents)
-        kl_c = sum(kl_estimate(guide_o.nodes[n], guide_s.nodes[n], self.analytic_kl,
-                               self.stop_gradient) for n in latents)
-        # With S = O the conditional term is exactly 0 (KL(q || q)); its one-sample estimate
-        # is 0 too but its STL gradient is a zero-mean score term (kept by the authors' code).
-        # Dropping it there removes that variance without changing the bound.
-        kl_c = torch.where((observed & ~subset).any(-1), kl_c, torch.zeros_like(kl_c))
-        marginal = self.reduce_particles(rec_s - self.beta * kl_s,
-                                         [guide_s.nodes[n]["value"] for n in latents])
-        conditional = self.reduce_particles(rec_c - self.beta * kl_c,
-                                            [guide_o.nodes[n]["value"] for n in latents])
+        rec = log_likelihood(model_tr, latents, self.likelihood_weights)  # (2, S, B)
+        kl_s = sum(kl_estimate(guide_tr.nodes[n], model_tr.nodes[n], self.analytic_kl,
+                               self.stop_gradient)[0] for n in latents)
+        kl_c = sum(conditional_kl(guide_tr.nodes[n], self.analytic_kl, self.stop_gradient)
+                   for n in latents)
+        kl_c = torch.where(rest.any(-1), kl_c, torch.zeros_like(kl_c))
+        kl = torch.stack(torch.broadcast_tensors(kl_s, kl_c))
+        value = self.reduce_particles(rec - self.beta * kl,
+                                      [guide_tr.nodes[n]["value"] for n in latents])  # (2, B)
         dim = self.particle_dim
         return {
-            "elbo": marginal + conditional,
-            "marginal": marginal,
-            "conditional": conditional,
-            "reconstruction": rec_s.mean(dim).detach(),
-            "rate": kl_s.mean(dim).detach(),
-            "conditional_reconstruction": rec_c.mean(dim).detach(),
-            "conditional_rate": kl_c.mean(dim).detach(),
+            "elbo": value.sum(0),
+            "marginal": value[0],
+            "conditional": value[1],
+            "reconstruction": rec[0].mean(dim).detach(),
+            "rate": kl[0].mean(dim).detach(),
+            "conditional_reconstruction": rec[1].mean(dim).detach(),
+            "conditional_rate": kl[1].mean(dim).detach(),
             "subset_size": subset.sum(-1),
         }
