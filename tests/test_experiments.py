@@ -61,7 +61,11 @@ def test_linear_gaussian_smoke(linear_gaussian, tmp_path):
     payload = linear_gaussian.main(["--quick", "--output-dir", str(tmp_path)])
     for name in ("table1.md", "table2.md", "table1.png", "table2.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0, name
-    saved = json.loads((tmp_path / "results.json").read_text())
+
+    def reject(constant):
+        raise AssertionError(f"results.json holds {constant}")
+
+    saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
     assert len(saved["runs"]) == len(payload["runs"]) == 2 * 3 * 2  # tables x aggs x bounds
     for run in saved["runs"]:
         keys = ["rel_llh_gap", "full_reconstruction", "full_rate", "cross_reconstruction",
