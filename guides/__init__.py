@@ -4,15 +4,22 @@ from .aggregators import MoE, MoPoE, PoE, SubsetMixture, product_of_gaussians
 from .distributions import DiagNormalMixture
 from .encoders import MLPEncoder, expert_encoder
 from .guide import MultimodalGuide
+from .pooling import (MaskedSelfAttentionBlock, SelfAttention, SelfAttentionMixture, SumPooling,
+                      SumPoolingMixture)
 
 __all__ = [
     "DiagNormalMixture",
     "MLPEncoder",
     "MoE",
     "MoPoE",
+    "MaskedSelfAttentionBlock",
     "MultimodalGuide",
     "PoE",
+    "SelfAttention",
+    "SelfAttentionMixture",
     "SubsetMixture",
+    "SumPooling",
+    "SumPoolingMixture",
     "expert_encoder",
     "product_of_gaussians",
 ]

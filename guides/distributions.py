@@ -23,12 +23,11 @@ class DiagNormalMixture(TorchDistribution):
     :param locs: ``(..., K, D)`` component means.
     :param scales: ``(..., K, D)`` component standard deviations.
 
-    ``rsample`` draws a component and then a reparameterised sample from it: the gradient
-    reaches the component parameters but **not** the logits. That is exact for guides whose
-    weights are constants given the mask (MoE, MoPoE); the multimodal bounds can also
-    stratify over components through :attr:`component_distribution` and
-    :attr:`mixture_distribution` (``MixtureMultimodalELBO(form="stratified")``), which is fully
-    differentiable in the weights.
+    ``rsample`` returns exact mixture samples with implicit reparameterisation gradients
+    (Figurnov et al. 2018) that reach the means, the scales and the logits, so learned mixture
+    weights (:class:`~guides.SumPoolingMixture`) train by the pathwise estimator. The multimodal
+    bounds can also stratify over components through :attr:`component_distribution` and
+    :attr:`mixture_distribution` (``MixtureMultimodalELBO(form="stratified")``).
     """
 
     arg_constraints = {"logits": constraints.real, "locs": constraints.real,
@@ -94,6 +93,24 @@ class DiagNormalMixture(TorchDistribution):
         return joint.logsumexp(-1)
 
     def rsample(self, sample_shape=torch.Size()):
+        r"""Draw a component, then a Gaussian sample from it; differentiate implicitly.
+
+        The value is an exact mixture sample. Its gradient is the implicit
+        reparameterisation gradient (Figurnov et al. 2018) through the multivariate
+        distributional transform: coordinate ``d`` has the conditional CDF
+        :math:`F_d(z_d\mid z_{<d})=\sum_k w_k(z_{<d})\,\Phi((z_d-\mu_{kd})/\sigma_{kd})` with
+        :math:`w_k(z_{<d})\propto\pi_k\prod_{j<d}\mathcal N(z_j;\mu_{kj},\sigma_{kj})`, and
+        :math:`\partial z_d/\partial\theta = -(\partial F_d/\partial\theta)/q(z_d\mid z_{<d})`,
+        chained through the earlier coordinates. Gradients reach the means, the scales **and**
+        the logits.
+        """
+        with torch.no_grad():
+            z = self._draw(sample_shape)
+        if not any(t.requires_grad for t in (self.logits, self.locs, self.scales)):
+            return z
+        return self._implicit(z)
+
+    def _draw(self, sample_shape):
         shape = self._extended_shape(sample_shape)  # sample + batch + (D,)
         k = self.mixture_distribution.sample(sample_shape)  # sample + batch
         index = k[..., None, None].expand(*k.shape, 1, self.event_shape[0])
@@ -101,8 +118,23 @@ class DiagNormalMixture(TorchDistribution):
         scales = self.scales.expand(shape[:-1] + self.scales.shape[-2:])
         loc = locs.gather(-2, index).squeeze(-2)
         scale = scales.gather(-2, index).squeeze(-2)
-        eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
-        return loc + scale * eps
+        return loc + scale * torch.randn(shape, dtype=loc.dtype, device=loc.device)
+
+    def _implicit(self, z):
+        """Surrogate with the value of ``z`` and the implicit gradient (see :meth:`rsample`)."""
+        log_w = self.logits.log_softmax(-1)  # (..., K): log weights given z_{<d}
+        coords = []
+        for d in range(z.shape[-1]):  # the transform is sequential in the latent coordinates
+            comp = Normal(self.locs[..., d], self.scales[..., d])  # batch (..., K)
+            zd = z[..., d].unsqueeze(-1)  # (..., 1), detached value
+            cdf = (log_w.exp() * comp.cdf(zd)).sum(-1)
+            density = (log_w + comp.log_prob(zd)).logsumexp(-1).exp()
+            tiny = torch.finfo(density.dtype).tiny
+            coord = zd.squeeze(-1) - (cdf - cdf.detach()) / density.detach().clamp_min(tiny)
+            coords.append(coord)
+            # condition the weights on this coordinate (through the differentiable surrogate)
+            log_w = (log_w + comp.log_prob(coord.unsqueeze(-1))).log_softmax(-1)
+        return torch.stack(coords, dim=-1)
 
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
