@@ -4,10 +4,14 @@ from .aggregators import MoE, MoPoE, PoE, SubsetMixture, product_of_gaussians
 from .distributions import DiagNormalMixture
 from .encoders import MLPEncoder, expert_encoder
 from .guide import MultimodalGuide
+from .private import AttentionPrivate, IndependentPrivate, PooledPrivate
 from .pooling import (MaskedSelfAttentionBlock, SelfAttention, SelfAttentionMixture, SumPooling,
                       SumPoolingMixture)
 
 __all__ = [
+    "AttentionPrivate",
+    "IndependentPrivate",
+    "PooledPrivate",
     "DiagNormalMixture",
     "MLPEncoder",
     "MoE",

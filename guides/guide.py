@@ -6,10 +6,12 @@ from typing import Mapping, Optional
 
 import pyro
 import torch
+from pyro.distributions import Normal
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_mmvae.protocol import DATA_PLATE, LATENT_SITE, batch_size, full_mask, stack_mask
+from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, batch_size, full_mask, private_site,
+                                 stack_mask)
 
 
 class MultimodalGuide(PyroModule):
@@ -26,10 +28,18 @@ class MultimodalGuide(PyroModule):
 
     Call it as a Pyro program, ``guide(data, mask)``: it samples site ``"z"`` inside
     ``pyro.plate("data", B)``. :meth:`distribution` returns ``q(z | x_S)`` without sampling.
+
+    **Private latents.** With a ``private`` head (:class:`~guides.IndependentPrivate`,
+    :class:`~guides.PooledPrivate`, :class:`~guides.AttentionPrivate`) the guide then samples
+    ``"w_<m>"`` for every modality from ``q(w_m | z, x_S)`` when ``m`` is in S and from the prior
+    :math:`\mathcal N(0, I)` otherwise (seed 004 eq. 10). ``shared_features`` feeds only the
+    first that many features to the aggregator (PE-PoE: the shared expert, the rest being the
+    private expert).
     """
 
     def __init__(self, encoders: Mapping[str, nn.Module], aggregator: nn.Module,
-                 latent_site: str = LATENT_SITE):
+                 latent_site: str = LATENT_SITE, private: Optional[nn.Module] = None,
+                 shared_features: Optional[int] = None):
         super().__init__()
         if not encoders:
             raise ValueError("MultimodalGuide needs at least one modality encoder")
@@ -37,6 +47,8 @@ class MultimodalGuide(PyroModule):
         self.encoders = nn.ModuleDict(dict(encoders))
         self.aggregator = aggregator
         self.latent_site = latent_site
+        self.private = private
+        self.shared_features = shared_features
 
     def _check(self, data, mask):
         unknown = sorted(set(data) - set(self.modalities))
@@ -66,9 +78,26 @@ class MultimodalGuide(PyroModule):
         """``q(z | x_S)`` with batch shape ``mask.shape`` (``(..., B)``) and event ``(D,)``."""
         mask = full_mask(data) if mask is None else mask
         self._check(data, mask)
-        return self.aggregator(self.features(data, mask), stack_mask(mask, self.modalities))
+        return self._shared(self.features(data, mask), stack_mask(mask, self.modalities))
+
+    def _shared(self, features, mask):
+        if self.shared_features is not None:
+            features = features[..., :self.shared_features]
+        return self.aggregator(features, mask)
 
     def forward(self, data, mask: Optional[Mapping] = None):
-        q = self.distribution(data, mask)
+        mask = full_mask(data) if mask is None else mask
+        self._check(data, mask)
+        features = self.features(data, mask)
+        stacked = stack_mask(mask, self.modalities)
         with pyro.plate(DATA_PLATE, batch_size(data)):
-            return pyro.sample(self.latent_site, q)
+            z = pyro.sample(self.latent_site, self._shared(features, stacked))
+            if self.private is None:
+                return z
+            loc, scale = self.private(features, stacked, z)  # (..., B, M, D_w)
+            on = stacked.unsqueeze(-1)
+            loc = torch.where(on, loc, torch.zeros_like(loc))
+            scale = torch.where(on, scale, torch.ones_like(scale))
+            for i, m in enumerate(self.modalities):
+                pyro.sample(private_site(m), Normal(loc[..., i, :], scale[..., i, :]).to_event(1))
+            return z

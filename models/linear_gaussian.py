@@ -31,34 +31,54 @@ from .priors import StandardNormalPrior
 
 
 class LinearGaussianModel(MultimodalModel):
-    """Linear decoders with Gaussian noise and a standard-normal prior.
+    r"""Linear decoders with Gaussian noise and a standard-normal prior.
+
+    With ``private_dim`` each modality also has a private latent ``w_m`` (seed 004 eq. 8):
+    :math:`x_m = W_m z + V_m w_m + b_m + \sigma_m\epsilon_m`, i.e. a linear-Gaussian model in
+    the stacked latent :math:`u=(z, w_1, \dots, w_M)` with block-sparse loadings, so the
+    closed forms below apply to ``u``.
 
     :param modality_dims: ``{modality: D_m}``.
-    :param latent_dim: ``D``.
+    :param latent_dim: ``D`` (the shared latent).
     :param noise_scale: initial (or fixed) noise standard deviation, shared or per modality.
     :param learn_noise: learn the noise scale (one scalar per modality).
+    :param private_dim: size of each private latent (0: none).
     """
 
     def __init__(self, modality_dims: Mapping[str, int], latent_dim: int,
-                 noise_scale=1.0, learn_noise: bool = False):
+                 noise_scale=1.0, learn_noise: bool = False, private_dim: int = 0):
         scales = noise_scale if isinstance(noise_scale, Mapping) else {
             m: noise_scale for m in modality_dims}
-        decoders = {m: GaussianDecoder(nn.Linear(latent_dim, d), scale=float(scales[m]),
-                                       learn_scale=learn_noise)
+        decoders = {m: GaussianDecoder(nn.Linear(latent_dim + private_dim, d),
+                                       scale=float(scales[m]), learn_scale=learn_noise)
                     for m, d in modality_dims.items()}
-        super().__init__(StandardNormalPrior(latent_dim), decoders)
+        super().__init__(StandardNormalPrior(latent_dim), decoders,
+                         private_dim=private_dim or None)
         self.latent_dim = latent_dim
         self.modality_dims = dict(modality_dims)
 
+    @property
+    def stacked_dim(self) -> int:
+        """Size of the stacked latent ``u = (z, w_1, ..., w_M)``."""
+        return self.latent_dim + len(self.modalities) * (self.private_dim or 0)
+
     def linear_parameters(self, modality: str):
-        """``(W_m (D_m, D), b_m (D_m,), sigma_m)`` of one modality's decoder."""
+        """``(A_m (D_m, stacked_dim), b_m (D_m,), sigma_m)``: the loading of ``x_m`` on the
+        stacked latent ``u`` (just ``W_m`` without private latents)."""
         dec = self.decoders[modality]
-        return dec.net.weight, dec.net.bias, dec.scale
+        w = dec.net.weight
+        if not self.private_dim:
+            return w, dec.net.bias, dec.scale
+        d, p = self.latent_dim, self.private_dim
+        i = self.modalities.index(modality)
+        blocks = [w[:, :d], w.new_zeros(w.shape[0], i * p), w[:, d:],
+                  w.new_zeros(w.shape[0], (len(self.modalities) - i - 1) * p)]
+        return torch.cat(blocks, dim=1), dec.net.bias, dec.scale
 
     def _natural_posterior(self, data, mask):
         # masks (..., B) may carry leading (stacked-subset) dims; everything broadcasts.
         mask = full_mask(data) if mask is None else mask
-        d = self.latent_dim
+        d = self.stacked_dim
         ref = next(iter(data.values()))
         lam = torch.eye(d, dtype=ref.dtype, device=ref.device)  # (D, D)
         eta = log_noise = 0.0
@@ -73,7 +93,8 @@ class LinearGaussianModel(MultimodalModel):
         return lam, eta, log_noise
 
     def exact_posterior(self, data, mask: Optional[Mapping] = None) -> MultivariateNormal:
-        """``p(z | x_O)`` for each data point, a full-covariance Gaussian with batch ``(B,)``."""
+        """``p(u | x_O)`` for each data point (``u = z``, or ``(z, w_1, ..., w_M)`` with private
+        latents), a full-covariance Gaussian with batch ``(B,)``."""
         lam, eta, _ = self._natural_posterior(data, mask)
         chol = torch.linalg.cholesky(lam)
         mean = torch.cholesky_solve(eta.unsqueeze(-1), chol).squeeze(-1)

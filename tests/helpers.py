@@ -2,6 +2,7 @@
 
 import pyro
 import torch
+from pyro.distributions import MultivariateNormal
 
 from guides import MultimodalGuide, PoE, expert_encoder
 from models import LinearGaussianModel
@@ -49,3 +50,42 @@ def random_mask(data, p=0.6, seed=1, at_least_one=True):
         none = ~torch.stack(list(mask.values())).any(0)
         mask[first] = mask[first] | none
     return mask
+
+
+class ExactPrivatePosteriorGuide:
+    """Exact posterior of a LinearGaussianModel with private latents, in guide form:
+    z ~ p(z | x_S), then w_m ~ p(w_m | z, x_m) for m in S and the prior N(0, I) otherwise."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, data, mask=None):
+        mask = full_mask(data) if mask is None else mask
+        model, d = self.model, self.model.latent_dim
+        post = model.exact_posterior(data, mask)
+        with pyro.plate(DATA_PLATE, batch_size(data)):
+            z = pyro.sample("z", MultivariateNormal(post.loc[..., :d],
+                                                    post.covariance_matrix[..., :d, :d]))
+            for m in model.modalities:
+                dec = model.decoders[m]
+                w_sh, w_p = dec.net.weight[:, :d], dec.net.weight[:, d:]
+                prec = torch.eye(w_p.shape[1]) + w_p.T @ w_p / dec.scale ** 2
+                resid = data[m] - dec.net.bias - z @ w_sh.T  # (..., B, D_m)
+                mean = torch.linalg.solve(prec, (resid @ w_p / dec.scale ** 2).unsqueeze(-1))
+                on = mask[m].unsqueeze(-1)
+                loc = torch.where(on, mean.squeeze(-1), torch.zeros_like(mean.squeeze(-1)))
+                precision = torch.where(on.unsqueeze(-1), prec, torch.eye(w_p.shape[1]))
+                pyro.sample(f"w_{m}", MultivariateNormal(loc, precision_matrix=precision))
+            return z
+
+
+def private_problem(n=8, dims=DIMS, latent_dim=2, private_dim=2, seed=0):
+    """A random linear-Gaussian model with private latents and data drawn from it."""
+    torch.manual_seed(seed)
+    model = LinearGaussianModel(dims, latent_dim, private_dim=private_dim)
+    u = torch.randn(n, model.stacked_dim)
+    data = {}
+    for m in dims:
+        a, b, s = model.linear_parameters(m)
+        data[m] = (u @ a.T + b + s * torch.randn(n, dims[m])).detach()
+    return model, data

@@ -17,6 +17,7 @@ term. With :math:`S=O` the bound is the ordinary ELBO; with exact posteriors it 
 from __future__ import annotations
 
 import torch
+from pyro import poutine
 from pyro.distributions import Independent, Laplace, MultivariateNormal, Normal
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.infer.util import is_validation_enabled
@@ -39,27 +40,51 @@ def swap_pair(fn):
     return Independent(swapped, fn.reinterpreted_batch_ndims) if base is not fn else swapped
 
 
-def conditional_kl(site, analytic: bool, stop_gradient: bool):
-    r""":math:`\mathrm{KL}(q(z\mid x_O)\,\|\,q(z\mid x_S))` from one guide site holding both
-    encodings stacked as rows ``[S, O]`` (batch ``(2, ...)``); returns shape ``(...)``.
+def conditional_kl(site, prior_fn, prior_log_prob, analytic: bool, stop_gradient: bool):
+    r""":math:`\mathrm{KL}(q(\cdot\mid x_O)\,\|\,q(\cdot\mid x_S))` at one guide site whose
+    encodings are stacked as rows ``[S, O]`` (batch ``(2, ...)``); returns shape ``(...)``.
 
-    Analytic where the pair can be swapped and the registry has the KL; otherwise the
-    one-sample log-ratio at :math:`z_O`, the conditional prior :math:`\log q(z_O\mid x_S)` live.
+    ``prior_fn`` is the conditional prior with the same batch shape (row 1 is used; None if
+    unknown) and ``prior_log_prob`` its log-density at the full-path sample (row 1). Analytic
+    where the registry has the KL, else the one-sample log-ratio at the full-path sample, the
+    conditional prior never detached.
     """
     fn, z = site["fn"], site["value"]
-    if analytic:
-        swapped = swap_pair(fn)
-        if swapped is not None:
-            try:
-                kl = kl_divergence(fn, swapped)  # row 1: KL(q_O || q_S)
-            except NotImplementedError:
-                pass
-            else:
-                return scale_and_mask(kl, site["scale"], site["mask"])[1]
-    own = (detach(fn) if stop_gradient else fn).log_prob(z)  # row 1: log q_O(z_O)
-    cross = fn.log_prob(z.flip(0))  # row 0: log q_S(z_O)
-    return (scale_and_mask(own, site["scale"], site["mask"])[1]
-            - scale_and_mask(cross, site["scale"], site["mask"])[0])
+    if analytic and prior_fn is not None:
+        try:
+            kl = kl_divergence(fn, prior_fn)
+        except NotImplementedError:
+            pass
+        else:
+            return scale_and_mask(kl, site["scale"], site["mask"])[1]
+    own = (detach(fn) if stop_gradient else fn).log_prob(z)
+    return scale_and_mask(own - prior_log_prob, site["scale"], site["mask"])[1]
+
+
+def conditional_priors(guide, data, guide_tr, latents, s_mask, plates):
+    r"""``{site: (fn, log_prob)}`` of the conditional prior, rows aligned with ``guide_tr``.
+
+    With one latent site :math:`q(z\mid x_S)` does not depend on samples: it is row 0 of the
+    pair, swapped into row 1. With several (private latents, seed 004 Algorithm 2), the
+    conditional prior of a later site depends on the shared sample, and must be evaluated at
+    the full-path one, :math:`q(w\mid z_O, x_S)`: the guide runs once more on ``S``, replaying
+    the full-path samples in both rows.
+    """
+    if len(latents) == 1:
+        site = guide_tr.nodes[latents[0]]
+        fn, z = site["fn"], site["value"]
+        return {latents[0]: (swap_pair(fn), fn.log_prob(z.flip(0)).flip(0))}
+    full_path = poutine.Trace()
+    for name in latents:
+        value = guide_tr.nodes[name]["value"]
+        full_path.add_node(name, name=name, type="sample", is_observed=False, infer={},
+                           value=value[1:].expand_as(value))
+    prior_tr = trace_guide(poutine.replay(guide, trace=full_path), data, s_mask, plates)
+    out = {}
+    for name in latents:
+        site = prior_tr.nodes[name]
+        out[name] = (site["fn"], site["fn"].log_prob(guide_tr.nodes[name]["value"]))
+    return out
 
 
 class MaskedMultimodalELBO(MultimodalELBO):
@@ -101,8 +126,10 @@ class MaskedMultimodalELBO(MultimodalELBO):
         rec = log_likelihood(model_tr, latents, self.likelihood_weights)  # (2, S, B)
         kl_s = sum(kl_estimate(guide_tr.nodes[n], model_tr.nodes[n], self.analytic_kl,
                                self.stop_gradient)[0] for n in latents)
-        kl_c = sum(conditional_kl(guide_tr.nodes[n], self.analytic_kl, self.stop_gradient)
-                   for n in latents)
+        s_pair = self.masks(torch.stack([subset, subset]).unsqueeze(1), modalities)
+        priors = conditional_priors(guide, data, guide_tr, latents, s_pair, plates)
+        kl_c = sum(conditional_kl(guide_tr.nodes[n], *priors[n], self.analytic_kl,
+                                  self.stop_gradient) for n in latents)
         kl_c = torch.where(rest.any(-1), kl_c, torch.zeros_like(kl_c))
         kl = torch.stack(torch.broadcast_tensors(kl_s, kl_c))
         value = self.reduce_particles(rec - self.beta * kl,
