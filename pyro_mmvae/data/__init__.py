@@ -1,6 +1,7 @@
 """Datasets and the batch/mask conventions."""
 
-from .linear_gaussian import (LinearGaussianData, illustrative_bimodal, shared_latent_study,
-                              simulate)
+from .linear_gaussian import (LinearGaussianData, illustrative_bimodal, private_latent_study,
+                              shared_latent_study, simulate)
 
-__all__ = ["LinearGaussianData", "illustrative_bimodal", "shared_latent_study", "simulate"]
+__all__ = ["LinearGaussianData", "illustrative_bimodal", "private_latent_study",
+           "shared_latent_study", "simulate"]

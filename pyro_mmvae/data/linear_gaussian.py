@@ -58,6 +58,33 @@ def shared_latent_study(num_points: int = 5000, num_modalities: int = 5, latent_
     return _cast(out, dtype)
 
 
+def private_latent_study(num_points: int = 5000, num_modalities: int = 5, shared_dim: int = 5,
+                         private_dim: int = 5, dim_range=(30, 60), noise_scale: float = 1.0,
+                         seed: int = 0, dtype: Optional[torch.dtype] = None
+                         ) -> LinearGaussianData:
+    r"""Table 2 "equivariant" data: sparse loadings with private latents (seed 004 §9.2).
+
+    Per modality the Q factor of a reduced QR of a ``D_m x (private + shared)`` uniform(-1, 1)
+    matrix gives :math:`[V_m \mid W_m]`; :math:`x_m = W_m z + V_m w_m + b_m + \epsilon_m`, so
+    :math:`x_m` depends only on the shared :math:`z` and its own :math:`w_m`. ``latents`` and
+    ``weights`` refer to the stacked latent :math:`u=(z, w_1, \dots, w_M)` (the order of
+    :class:`models.LinearGaussianModel` with ``private_dim``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    names = [f"m{i}" for i in range(num_modalities)]
+    dims = torch.randint(dim_range[0], dim_range[1], (num_modalities,), generator=gen).tolist()
+    weights, biases = {}, {}
+    for i, (m, dm) in enumerate(zip(names, dims)):
+        q = _orthonormal(dm, private_dim + shared_dim, gen)
+        v, w = q[:, :private_dim], q[:, private_dim:]
+        blocks = [w, torch.zeros(dm, i * private_dim), v,
+                  torch.zeros(dm, (num_modalities - i - 1) * private_dim)]
+        weights[m] = torch.cat(blocks, dim=1)
+        biases[m] = torch.randn(dm, generator=gen)
+    out = simulate(num_points, weights, biases, {m: noise_scale for m in names}, gen)
+    return _cast(out, dtype)
+
+
 def illustrative_bimodal(num_points: int = 5000, noise_scales=(0.1, 10.0), latent_dim: int = 1,
                          seed: int = 0, dtype: Optional[torch.dtype] = None
                          ) -> LinearGaussianData:

@@ -46,3 +46,24 @@ def test_pca_maximum_likelihood_beats_the_generating_parameters():
     assert ll >= truth - 1e-6
     assert relative_llh_gap(ll, truth) >= -1e-9
     assert relative_llh_gap(ll, ll) == 0
+
+
+def test_private_latent_study_matches_the_private_model_structure():
+    from models import LinearGaussianModel
+    from pyro_mmvae.data import private_latent_study
+    sim = private_latent_study(num_points=2000, num_modalities=3, shared_dim=2, private_dim=2,
+                               dim_range=(6, 9), seed=0, dtype=torch.float64)
+    model = LinearGaussianModel(sim.modality_dims, 2, private_dim=2)
+    with torch.no_grad():  # load the generating parameters into the model
+        for i, m in enumerate(model.modalities):
+            w = sim.weights[m]
+            own = w[:, 2 + 2 * i: 4 + 2 * i]
+            model.decoders[m].net.weight.copy_(torch.cat([w[:, :2], own], 1))
+            model.decoders[m].net.bias.copy_(sim.biases[m])
+    for m in model.modalities:
+        assert torch.allclose(model.linear_parameters(m)[0], sim.weights[m])
+    # the exact log-likelihood of the true model is close to the PCA MLE with D = 2 + 3 * 2
+    x = torch.cat([sim.data[m] for m in model.modalities], -1)
+    mle = pca_maximum_likelihood(x, 8)[-1]
+    truth = model.exact_log_likelihood(sim.data).sum()
+    assert 0 <= relative_llh_gap(mle, truth) < 5e-3
