@@ -35,7 +35,7 @@ BOUNDS = {
 # every bound with the classic aggregators; the main bounds with the learnable ones
 TRAIN_CASES = [(b, a) for a in CLASSIC for b in sorted(BOUNDS)] + [
     (b, a) for a in sorted(set(AGGREGATORS) - set(CLASSIC))
-    for b in ("masked", "masked-iwae", "mixture-sampled-iid", "subsampled")]
+    for b in ("masked", "masked-iwae", "mixture", "mixture-sampled-iid", "subsampled")]
 
 
 def seeded(fn, seed=7):
