@@ -146,3 +146,14 @@ def test_guide_rejects_unknown_and_missing_modalities():
         guide.distribution({**data, "d": torch.randn(4, 1)})
     with pytest.raises(ValueError, match="modality 'c' has an encoder but no data"):
         guide.distribution({"a": data["a"], "b": data["b"]})
+
+
+@pytest.mark.parametrize("aggregator", [PoE(), MoE(), MoPoE()], ids=["PoE", "MoE", "MoPoE"])
+def test_permuting_modalities_leaves_q_unchanged(aggregator):
+    f = torch.randn(6, 4, 4)
+    mask = torch.rand(6, 4) < 0.6
+    perm = torch.tensor([2, 0, 3, 1])
+    z = torch.randn(5, 6, 2)
+    a = aggregator(f, mask).log_prob(z)
+    b = aggregator(f[:, perm], mask[:, perm]).log_prob(z)
+    assert torch.allclose(a, b, atol=1e-10)

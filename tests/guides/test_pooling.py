@@ -129,3 +129,20 @@ def test_multimodal_guide_with_pooling_aggregator_samples_z():
     data = {m: torch.randn(5, n) for m, n in dims.items()}
     tr = pyro.poutine.trace(guide).get_trace(data, None)
     assert tr.nodes["z"]["value"].shape == (5, D)
+
+
+def test_stl_density_passes_no_gradient_to_mixture_parameters():
+    from pyro_mmvae.infer.traces import site_log_prob
+    logits = torch.randn(3, requires_grad=True)
+    locs = torch.randn(3, 2, requires_grad=True)
+    scales = (torch.rand(3, 2) + 0.5).requires_grad_()
+    q = DiagNormalMixture(logits, locs, scales)
+    z = q.rsample((4,))
+    site = {"fn": q, "value": z.detach(), "scale": 1.0, "mask": None}
+    grads = torch.autograd.grad(site_log_prob(site, stop_gradient=True).sum(),
+                                (logits, locs, scales), allow_unused=True)
+    assert all(g is None for g in grads)
+    site["value"] = z  # the path through the sample stays live
+    grads = torch.autograd.grad(site_log_prob(site, stop_gradient=True).sum(),
+                                (logits, locs, scales))
+    assert all(g.abs().sum() > 0 for g in grads)
