@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from pyro_mmvae.infer.masked_elbo import MaskedMultimodalELBO
 from pyro_mmvae.infer.masking import Masking, get_masking
 from pyro_mmvae.infer.traces import (kl_estimate, latent_sites, log_likelihood, trace_guide,
                                      trace_model)
@@ -44,22 +45,22 @@ def rate_distortion(model, guide, data, mask=None, masking: Masking = "iid_half"
     guide_s = trace_guide(guide, data, s_mask, plates)
     latents = latent_sites(guide_o)
     full = trace_model(model, guide_o, data, o_mask, plates)
-    part = trace_model(model, guide_s, data, s_mask, plates)
     cross = trace_model(model, guide_s, data, c_mask, plates)
-    cond = trace_model(model, guide_o, data, c_mask, plates)
-
-    def kl(q_tr, p_tr):
-        return sum(kl_estimate(q_tr.nodes[n], p_tr.nodes[n], True, False) for n in latents)
-
+    # rate, reconstruction of x_S, cross rate and conditional reconstruction are the terms of
+    # the masked bound at this subset (which also handles private latents, Algorithm 2)
+    masked = MaskedMultimodalELBO(num_samples, masking=lambda observed: subset,
+                                  max_plate_nesting=max_plate_nesting).terms(
+        model, guide, data, mask)
     out = {
         "full_reconstruction": log_likelihood(full, latents),
-        "full_rate": kl(guide_o, full),
-        "reconstruction": log_likelihood(part, latents),
-        "rate": kl(guide_s, part),
+        "full_rate": sum(kl_estimate(guide_o.nodes[n], full.nodes[n], True, False)
+                         for n in latents),
         "cross_reconstruction": log_likelihood(cross, latents),
-        "cross_rate": kl(guide_o, guide_s),
-        "conditional_reconstruction": log_likelihood(cond, latents),
     }
     out = {k: v.mean(dim) for k, v in out.items()}
+    out["reconstruction"] = masked["reconstruction"]
+    out["rate"] = masked["rate"]
+    out["cross_rate"] = masked["conditional_rate"]
+    out["conditional_reconstruction"] = masked["conditional_reconstruction"]
     out["subset_size"] = subset.sum(-1)
     return out
