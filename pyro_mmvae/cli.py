@@ -30,7 +30,8 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import pyro
 import torch
 
-from guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
+from guides import (MoE, MoPoE, MultimodalGuide, PoE, SelfAttention, SelfAttentionMixture,
+                    SumPooling, SumPoolingMixture, expert_encoder)
 from models import LinearGaussianModel, pca_maximum_likelihood, relative_llh_gap
 from models.linear_gaussian import gaussian_log_likelihood
 from pyro_mmvae import __version__
@@ -68,7 +69,22 @@ class DatasetSpec:
     help: str = ""
 
 
-AGGREGATORS = {"poe": PoE, "moe": MoE, "mopoe": MoPoE}
+def _pooled(cls, **extra):
+    """A learnable aggregator on the experts' 2D features (as the authors' linear study)."""
+    return lambda latent_dim, width: cls(2 * latent_dim, latent_dim, hidden_dim=width,
+                                         pooling_dim=width, **extra)
+
+
+# name -> constructor(latent_dim, width of the learnable aggregators)
+AGGREGATORS = {
+    "poe": lambda latent_dim, width: PoE(),
+    "moe": lambda latent_dim, width: MoE(),
+    "mopoe": lambda latent_dim, width: MoPoE(),
+    "sumpooling": _pooled(SumPooling),
+    "selfattention": _pooled(SelfAttention),
+    "sumpooling-mixture": _pooled(SumPoolingMixture),
+    "selfattention-mixture": _pooled(SelfAttentionMixture),
+}
 BOUNDS = {"masked": MaskedMultimodalELBO, "mixture": MixtureMultimodalELBO,
           "subsampled": SubsampledMultimodalELBO}
 BOUND_HELP = {"masked": "the masked bound of seed 004 (default masking iid_half)",
@@ -143,7 +159,8 @@ def build_guide(args, data: PreparedData):
     """``MultimodalGuide`` with one MLP Gaussian-expert encoder per modality."""
     encoders = {m: expert_encoder(d, args.latent_dim, hidden=tuple(args.hidden))
                 for m, d in data.modality_dims.items()}
-    return MultimodalGuide(encoders, AGGREGATORS[args.aggregator]())
+    return MultimodalGuide(encoders, AGGREGATORS[args.aggregator](args.latent_dim,
+                                                                  args.aggregator_width))
 
 
 def build_loss(args):
@@ -206,7 +223,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aggregator", choices=list(AGGREGATORS), default="poe",
                    help="guide aggregator: poe (product of experts with a prior expert), moe "
                         "(mixture of unimodal experts), mopoe (mixture of products over all "
-                        "subsets) (default: %(default)s)")
+                        "subsets), sumpooling (DeepSets), selfattention (masked self-attention), "
+                        "and their 5-component mixture versions (default: %(default)s)")
+    g.add_argument("--aggregator-width", type=positive_int, default=128, metavar="W",
+                   help="hidden and pooling width of the learnable aggregators "
+                        "(default: %(default)s)")
     g.add_argument("--hidden", type=positive_int, nargs="+", default=[128, 128],
                    metavar="H", help="hidden layer sizes of each modality encoder "
                                      "(default: 128 128)")

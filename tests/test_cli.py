@@ -148,3 +148,14 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
     assert info.value.code == 2
     assert "CUDA is not available" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("aggregator", ["moe", "mopoe", "sumpooling", "selfattention",
+                                        "sumpooling-mixture", "selfattention-mixture"])
+def test_every_aggregator_trains_from_the_command_line(tmp_path, aggregator):
+    run = tmp_path / aggregator
+    assert cli.main(["train", "--aggregator", aggregator, "--epochs", "1", "--num-points", "200",
+                 "--batch-size", "50", "--aggregator-width", "16", "--hidden", "16",
+                 "--is-samples", "4", "--output-dir", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and math.isfinite(metrics["relative_llh_gap"])

@@ -56,23 +56,69 @@ def test_fixed_noise_mle_is_bounded_by_pca_and_beats_the_truth(linear_gaussian):
     assert float(truth) <= floor <= float(pca_maximum_likelihood(x, 1)[3]) + 1e-6
 
 
+def test_true_private_model_matches_the_stacked_loadings(linear_gaussian):
+    from pyro_mmvae.data.linear_gaussian import private_latent_study
+
+    ds = private_latent_study(300, num_modalities=3, shared_dim=2, private_dim=2, seed=4,
+                              dtype=torch.float64)
+    model = linear_gaussian.true_model(ds, torch.float64, private_dim=2)
+    w = torch.cat([ds.weights[m] for m in ds.data], 0)  # (sum D_m, 2 + 3 * 2)
+    assert torch.equal(linear_gaussian.stacked_loadings(model).detach(), w)
+    x = torch.cat(list(ds.data.values()), -1)
+    mean = torch.cat([ds.biases[m] for m in ds.data])
+    cov = w @ w.T + torch.eye(w.shape[0], dtype=w.dtype)
+    expected = torch.distributions.MultivariateNormal(mean, cov).log_prob(x)
+    with torch.no_grad():
+        assert torch.allclose(model.exact_log_likelihood(ds.data), expected, atol=1e-8)
+    # orthonormal [V_m | W_m]: the smallest singular value is a private direction's, 1.
+    assert min(linear_gaussian.latent_usage(model)) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_linear_gaussian_learnable_and_equivariant_smoke(linear_gaussian, tmp_path):
+    payload = linear_gaussian.main(["--quick", "--tables", "2", "2e", "--aggregators",
+                                    "selfattention", "--pe-guides", "pe-sumpooling",
+                                    "--output-dir", str(tmp_path)])
+    runs = payload["runs"]
+    assert [(r["table"], r["aggregator"], r["bound"]) for r in runs] == [
+        (t, a, b) for t, a in ((2, "selfattention"), ("2e", "pe-sumpooling"))
+        for b in ("masked", "mixture")]
+    for run in runs:
+        keys = ["rel_llh_gap", "llh_model", "mcc", "mcc_posterior_mean"] + (
+            ["mcc_shared", "mcc_shared_posterior_mean"] if run["table"] == "2e" else [])
+        for key in keys:
+            assert math.isfinite(run[key]), (run["table"], run["aggregator"], key)
+        # stacked latent: 5 shared (+ 5 private per modality) directions in the loadings
+        assert len(run["loading_singular_values"]) == (30 if run["table"] == "2e" else 5)
+    ref = payload["reference_exact_posterior"]["table2e"][0]
+    assert 0 < ref["mcc"] < ref["mcc_shared"] <= 1  # private latents are harder to recover
+    text = (tmp_path / "table2_equivariant.md").read_text()
+    assert "| PE-SumPooling | this run |" in text and "| PE-PoE | paper (not run) |" in text
+    assert "n/a" not in text.split("| PE-SumPooling | this run |")[1].split("\n")[0]
+    text = (tmp_path / "table2.md").read_text()
+    assert "| SelfAttention | this run |" in text and "| SumPooling | paper (not run) |" in text
+    assert (tmp_path / "table2_equivariant.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_linear_gaussian_smoke(linear_gaussian, tmp_path):
     payload = linear_gaussian.main(["--quick", "--output-dir", str(tmp_path)])
-    for name in ("table1.md", "table2.md", "table1.png", "table2.png", "results.json"):
+    for name in ("table1.md", "table2.md", "table2_equivariant.md", "table1.png", "table2.png",
+                 "table2_equivariant.png", "results.json"):
         assert (tmp_path / name).stat().st_size > 0, name
 
     def reject(constant):
         raise AssertionError(f"results.json holds {constant}")
 
     saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
-    assert len(saved["runs"]) == len(payload["runs"]) == 2 * 3 * 2  # tables x aggs x bounds
+    # (Tables 1 and 2: 7 aggregators; 2e: 3 PE guides) x 2 bounds
+    assert len(saved["runs"]) == len(payload["runs"]) == (7 + 7 + 3) * 2
     for run in saved["runs"]:
-        keys = ["rel_llh_gap", "full_reconstruction", "full_rate", "cross_reconstruction",
-                "cross_rate", "llh_model"] + (["mcc"] if run["table"] == 2 else [])
+        keys = ["rel_llh_gap", "llh_model"] + (["mcc"] if run["table"] != 1 else [])
+        if run["table"] != "2e":  # no rate_distortion with private latents
+            keys += ["full_reconstruction", "full_rate", "cross_reconstruction", "cross_rate"]
         for key in keys:
             assert math.isfinite(run[key]), (run["table"], run["aggregator"], run["bound"], key)
     for table in ("table1.md", "table2.md"):
         text = (tmp_path / table).read_text()
-        assert "| PoE | this run |" in text and "| MoPoE | this run |" in text
+        assert "| PoE | this run |" in text and "| SelfAttentionMixture | this run |" in text
         assert "n/a" not in text.split("| PoE | this run |")[1].split("\n")[0]

@@ -1,0 +1,373 @@
+r"""Step-time benchmark of the guide aggregators under the masked bound, as M grows.
+
+Times one ``pyro.infer.SVI.step`` (forward, backward, ``pyro.optim.Adam``) of
+``MaskedMultimodalELBO()`` (``iid_half`` masking, analytic KL where it exists, STL) with a
+``guides.MultimodalGuide`` whose aggregator is one of
+
+- ``PoE`` and ``MoPoE`` (Gaussian experts, encoder output ``E = 2 * latent``);
+- the permutation-invariant ``SumPooling`` and ``SelfAttention`` (``E = --feature-dim``,
+  hidden and pooling widths ``--agg-width``, 4 heads, one attention block), and their mixture
+  variants ``SumPoolingMixture`` and ``SelfAttentionMixture`` (``--components`` components),
+
+at ``M = 2, 5, 10, 20`` modalities, on ``models.LinearGaussianModel`` with ``D_m = 32`` per
+modality, latent 8, batch 256, every modality observed, one MLP ``guides.expert_encoder`` per
+modality. Reported: the median step time, its ratio to PoE at the same ``M``, and the growth
+from the smallest to the largest ``M`` with its log-log slope (1: linear in ``M``, 2:
+quadratic).
+
+A second table times the aggregator alone (``--tables aggregator``): forward and backward of
+``q = aggregator(features, mask)``, ``z = q.rsample()``, ``q.log_prob(z).sum()`` on fixed
+encoder features ``(B, M, E)`` and the masked bound's stacked mask ``(2, 1, B, M)`` (rows S and
+O), which separates the aggregator's own growth with ``M`` from the encoders' and decoders'
+(both linear in ``M``), which dominate a step.
+
+MoPoE has ``2^M - 1`` subset components: its guide builds ``(2, 1, B, K, D)`` tensors
+(component log-densities, the subset products), 16 MiB each at ``M = 10`` but 16 GiB at
+``M = 20``; a case whose such tensor exceeds ``--max-mixture-mb`` is skipped and marked in the
+table.
+
+Measurement as in ``bench_bounds.py``: float32, ``pyro.enable_validation(False)``, one torch
+thread by default, all aggregators at one ``M`` timed interleaved (one step of each per round,
+rotated order), each with its own Pyro param store; medians after ``--warmup`` rounds.
+
+Run ``python benchmarks/bench_aggregators.py --output benchmarks/results/aggregators.md``;
+``--quick`` is a smoke run; ``--profile AGGREGATOR/M`` prints a cProfile of one case instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import io
+import math
+import pstats
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI
+
+try:  # the packages are installed (editable); fall back to the checkout this script sits in
+    import guides  # noqa: F401
+except ModuleNotFoundError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_bounds' timing helpers
+
+from bench_bounds import (Variant, environment, library_revision, make_data, median_ms,  # noqa
+                          time_interleaved)
+from guides import (MoPoE, MultimodalGuide, PoE, SelfAttention, SelfAttentionMixture, SumPooling,
+                    SumPoolingMixture, expert_encoder)
+from models import LinearGaussianModel
+from pyro_mmvae import MaskedMultimodalELBO
+
+AGGREGATORS = ["PoE", "MoPoE", "SumPooling", "SelfAttention", "SumPoolingMixture",
+               "SelfAttentionMixture"]
+GAUSSIAN_EXPERTS = {"PoE", "MoPoE"}
+
+
+# --- problem ---------------------------------------------------------------------------------
+def feature_size(name: str, args) -> int:
+    """Encoder output size ``E``: ``2 * latent`` for the expert aggregators."""
+    return 2 * args.latent_dim if name in GAUSSIAN_EXPERTS else args.feature_dim
+
+
+def make_aggregator(name: str, args) -> torch.nn.Module:
+    e, d, w = feature_size(name, args), args.latent_dim, args.agg_width
+    pooled = dict(hidden_dim=w, pooling_dim=w)
+    attention = dict(pooled, num_heads=args.heads, attention_dim=w, mlp_dim=w)
+    return {
+        "PoE": lambda: PoE(),
+        "MoPoE": lambda: MoPoE(),
+        "SumPooling": lambda: SumPooling(e, d, **pooled),
+        "SelfAttention": lambda: SelfAttention(e, d, **attention),
+        "SumPoolingMixture": lambda: SumPoolingMixture(e, d, args.components, **pooled),
+        "SelfAttentionMixture": lambda: SelfAttentionMixture(e, d, args.components, **attention),
+    }[name]()
+
+
+def make_model_guide(data, name: str, args):
+    """Linear-Gaussian model and a ``MultimodalGuide`` with aggregator ``name``."""
+    torch.manual_seed(args.seed)
+    dims = {m: x.shape[1] for m, x in data.items()}
+    model = LinearGaussianModel(dims, args.latent_dim)
+    e = feature_size(name, args)
+    encoders = {m: expert_encoder(d, e // 2, args.hidden) for m, d in dims.items()}
+    return model, MultimodalGuide(encoders, make_aggregator(name, args))
+
+
+def largest_mixture_bytes(name: str, num_modalities: int, args) -> int:
+    """Bytes of MoPoE's ``(2, 1, B, K, D)`` tensors (K = 2^M subsets with the prior); else 0."""
+    if name != "MoPoE":
+        return 0
+    return 4 * 2 * args.batch * 2 ** num_modalities * args.latent_dim
+
+
+def num_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux: ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+# --- the two tables --------------------------------------------------------------------------
+def step_table(args) -> dict:
+    """``{(aggregator, M): {"ms", "n", "params"} or {"skip": reason}}``; also ``"notes"``
+    (MoPoE's sizes) and ``"rss"`` (``{M: process peak RSS in GiB after that M}``)."""
+    results = {"notes": [], "rss": {}}
+    limit = args.max_mixture_mb * 2 ** 20
+    for m_count in args.modalities:
+        data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
+        variants = []
+        for name in args.aggregators:
+            size = largest_mixture_bytes(name, m_count, args)
+            if size > limit:
+                results[(name, m_count)] = {"skip": (
+                    f"{name} at M={m_count}: {2 ** m_count - 1} subset components; its "
+                    f"(2, 1, B, K, D) tensors would take {size / 2 ** 30:.1f} GiB each at "
+                    f"B={args.batch} (over --max-mixture-mb {args.max_mixture_mb:g}): not run.")}
+                continue
+            if name == "MoPoE":
+                results["notes"] = [  # the largest MoPoE that ran
+                    f"MoPoE at M={m_count}: {2 ** m_count - 1} subset components (+ the prior), "
+                    f"(2, 1, B, K, D) tensors of {size / 2 ** 20:.3g} MiB each: run."]
+            model, guide = make_model_guide(data, name, args)
+            svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=MaskedMultimodalELBO())
+            v = Variant(name, lambda svi=svi: svi.step(data, mask))
+            v.params = num_parameters(guide.aggregator)
+            variants.append(v)
+        print(f"[step M={m_count}] timing {len(variants)} aggregators interleaved ...", flush=True)
+        t0 = time.perf_counter()
+        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
+        print(f"[step M={m_count}] {time.perf_counter() - t0:.0f} s: " + ", ".join(
+            f"{v.name} {median_ms(v):.1f} ms" for v in variants), flush=True)
+        for v in variants:
+            results[(v.name, m_count)] = {"ms": median_ms(v), "n": len(v.times),
+                                          "params": v.params}
+        del variants, svi, model, guide
+        results["rss"][m_count] = peak_rss_gib()
+    return results
+
+
+def aggregator_table(args) -> dict:
+    """Forward + backward of the aggregator alone: ``{(aggregator, M): {"ms", "n"}}``."""
+    results = {}
+    limit = args.max_mixture_mb * 2 ** 20
+    gen = torch.Generator().manual_seed(args.seed)
+    for m_count in args.modalities:
+        observed = torch.ones(args.batch, m_count, dtype=torch.bool)
+        subset = torch.rand(observed.shape, generator=gen) < 0.5
+        mask = torch.stack([subset, observed]).unsqueeze(1)  # (2, 1, B, M): rows S, O
+        variants = []
+        for name in args.aggregators:
+            size = largest_mixture_bytes(name, m_count, args)
+            if size > limit:
+                results[(name, m_count)] = {"skip": "over --max-mixture-mb"}
+                continue
+            torch.manual_seed(args.seed)
+            agg = make_aggregator(name, args)
+            feats = torch.randn(args.batch, m_count, feature_size(name, args),
+                                generator=gen).requires_grad_()
+
+            def step(agg=agg, feats=feats):
+                q = agg(feats, mask)
+                q.log_prob(q.rsample()).sum().backward()
+                feats.grad = None
+                agg.zero_grad(set_to_none=True)
+
+            variants.append(Variant(name, step, own_store=False))
+        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
+        print(f"[aggregator M={m_count}] " + ", ".join(
+            f"{v.name} {median_ms(v):.2f} ms" for v in variants), flush=True)
+        for v in variants:
+            results[(v.name, m_count)] = {"ms": median_ms(v), "n": len(v.times)}
+    return results
+
+
+# --- output ----------------------------------------------------------------------------------
+def fmt_ms(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
+def fmt_ratio(x: float) -> str:
+    return f"{x:.0f}×" if x >= 100 else f"{x:.1f}×" if x >= 1 else f"{x:.2f}×"
+
+
+def format_table(results, args, with_params: bool) -> str:
+    ms = list(args.modalities)
+    lo, hi = min(ms), max(ms)
+    head = ["aggregator"] + [f"M={m} ms (× PoE)" for m in ms]
+    head += [f"M={hi} / M={lo}", "slope"]
+    if with_params:
+        head.append(f"aggregator params at M={lo}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for name in args.aggregators:
+        row = [name]
+        for m in ms:
+            r = results[(name, m)]
+            if "skip" in r:
+                row.append("not run‡")
+                if r["skip"] not in notes and with_params:
+                    notes.append(r["skip"])
+                continue
+            ref = results.get(("PoE", m))
+            ratio = "" if ref is None or "skip" in ref else f" ({fmt_ratio(r['ms'] / ref['ms'])})"
+            row.append(fmt_ms(r["ms"]) + ratio)
+        done = [m for m in ms if "skip" not in results[(name, m)]]
+        a, b = min(done), max(done)
+        if b > a:
+            growth = results[(name, b)]["ms"] / results[(name, a)]["ms"]
+            slope = math.log(growth) / math.log(b / a)
+            tag = "" if (a, b) == (lo, hi) else f" (M={b} / M={a})"
+            row += [fmt_ratio(growth) + tag, f"{slope:.2f}"]
+        else:
+            row += ["–", "–"]
+        if with_params:
+            row.append(f"{results[(name, lo)]['params']:,}" if "params" in results[(name, lo)]
+                       else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    counts = sorted({r["n"] for r in results.values() if isinstance(r, dict) and "n" in r})
+    lines += ["", f"Timed steps per cell (after warm-up): {counts[0]}–{counts[-1]}."]
+    for n in notes:
+        lines += ["", f"‡ {n}"]
+    if results.get("notes"):
+        lines += ["", " ".join(results["notes"])]
+    if results.get("rss"):
+        lines += ["", "Peak resident memory of the process after each M (all aggregators so far): "
+                  + ", ".join(f"M={m}: {g:.2f} GiB" for m, g in results["rss"].items()) + "."]
+    return "\n".join(lines)
+
+
+def render(args, argv, steps, alone, elapsed) -> str:
+    cmd = "python benchmarks/bench_aggregators.py " + " ".join(shlex.quote(a) for a in argv)
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    parts = [
+        "# Aggregators under the masked bound: step time as M grows", "",
+        f"- Command: `{cmd.strip()}`",
+        f"- Date: {date}; total run time {elapsed:.0f} s",
+        f"- Environment: {environment(args)}",
+        f"- Library: commit {library_revision()}",
+        f"- Problem: `models.LinearGaussianModel` ({args.dim} features per modality, latent "
+        f"{args.latent_dim}), batch {args.batch}, every modality observed, one particle; "
+        f"`guides.MultimodalGuide` with one `expert_encoder(D_m, E // 2, {list(args.hidden)})` "
+        f"per modality, E = {2 * args.latent_dim} for PoE / MoPoE and E = {args.feature_dim} for "
+        f"the pooling aggregators; SumPooling / SelfAttention widths (hidden, pooling, attention, "
+        f"MLP) {args.agg_width}, {args.heads} heads, one attention block; mixtures with "
+        f"{args.components} components; `MaskedMultimodalELBO()` (iid_half, analytic KL where "
+        f"it exists, STL), Adam lr {args.lr}; `pyro.enable_validation(False)`",
+        f"- Timing: median over interleaved steps after {args.warmup} warm-up rounds (at most "
+        f"{args.repeats} timed steps, fewer once a variant's timed steps exceed "
+        f"{args.max_seconds:g} s, never fewer than {args.min_repeats})", ""]
+    if steps is not None:
+        parts += ["## 1. `SVI.step` time", "",
+                  "Forward + backward + `pyro.optim.Adam` of the whole step (M encoders, the "
+                  "aggregator on the stacked masks of S and O, M decoders). In parentheses: the "
+                  "ratio to PoE at the same M. Growth: the largest M over the smallest; slope: "
+                  "log(growth) / log(M ratio), 1 for cost linear in M, 2 for quadratic.", "",
+                  format_table(steps, args, with_params=True), ""]
+    if alone is not None:
+        parts += ["## 2. The aggregator alone", "",
+                  "Forward + backward of `q = aggregator(features, mask)`, `q.log_prob(q.rsample())"
+                  ".sum()` on fixed features `(B, M, E)` (leaf tensors) and the masked bound's "
+                  "mask `(2, 1, B, M)` (rows S ~ iid_half and O): the aggregator's own cost, "
+                  "without encoders, decoders, Pyro or the optimiser.", "",
+                  format_table(alone, args, with_params=False), ""]
+    return "\n".join(parts)
+
+
+# --- profiling -------------------------------------------------------------------------------
+def profile(args, spec: str) -> None:
+    name, m_count = spec.split("/")
+    m_count = int(m_count)
+    data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
+    model, guide = make_model_guide(data, name, args)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=MaskedMultimodalELBO())
+    for _ in range(args.warmup):
+        svi.step(data, mask)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(args.repeats):
+        svi.step(data, mask)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats(args.profile_sort).print_stats(args.profile_lines)
+    print(f"cProfile of {args.repeats} SVI steps, masked bound, {name}, M={m_count}, batch "
+          f"{args.batch}, sorted by {args.profile_sort}")
+    print(out.getvalue())
+
+
+# --- entry point -----------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modalities", type=int, nargs="+", default=[2, 5, 10, 20],
+                   help="values of M")
+    p.add_argument("--aggregators", nargs="+", choices=AGGREGATORS, default=AGGREGATORS)
+    p.add_argument("--dim", type=int, default=32, help="features per modality D_m")
+    p.add_argument("--latent-dim", type=int, default=8)
+    p.add_argument("--hidden", type=int, nargs="+", default=[128, 128],
+                   help="encoder hidden layer widths")
+    p.add_argument("--feature-dim", type=int, default=64,
+                   help="encoder output size E for the pooling aggregators")
+    p.add_argument("--agg-width", type=int, default=128,
+                   help="hidden, pooling, attention and MLP widths of SumPooling/SelfAttention")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--components", type=int, default=5, help="components of the mixtures")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=3, help="discarded rounds")
+    p.add_argument("--repeats", type=int, default=40, help="most timed steps per variant")
+    p.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per variant")
+    p.add_argument("--max-seconds", type=float, default=8.0,
+                   help="stop timing a variant once its timed steps exceed this (per M)")
+    p.add_argument("--max-mixture-mb", type=float, default=1024.0,
+                   help="skip MoPoE where its (2, 1, B, K, D) tensors exceed this")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tables", nargs="+", choices=["step", "aggregator"],
+                   default=["step", "aggregator"])
+    p.add_argument("--output", help="write the markdown report here")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: M = 2 3, batch 32, 1 warm-up, 3 repeats")
+    p.add_argument("--profile", metavar="AGGREGATOR/M",
+                   help="cProfile --repeats SVI steps of one case (e.g. SelfAttention/20) instead")
+    p.add_argument("--profile-sort", default="tottime", help="pstats sort key")
+    p.add_argument("--profile-lines", type=int, default=25)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.modalities, args.batch, args.warmup, args.repeats = [2, 3], 32, 1, 3
+        args.min_repeats = 1
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(torch.float32)
+    pyro.enable_validation(False)
+    if args.profile:
+        profile(args, args.profile)
+        return None
+    t0 = time.perf_counter()
+    steps = step_table(args) if "step" in args.tables else None
+    alone = aggregator_table(args) if "aggregator" in args.tables else None
+    report = render(args, argv, steps, alone, time.perf_counter() - t0)
+    print(report)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(report)
+    return {"step": steps, "aggregator": alone}
+
+
+if __name__ == "__main__":
+    main()
