@@ -39,16 +39,21 @@ class MultimodalModel(PyroModule):
     :param decoders: ``{modality: decoder}``, each ``decoder(z)`` (or ``decoder([z, w_m])``)
         returning ``p(x_m | z)``.
     :param private_dim: size of every private latent (None: shared latent only).
+    :param enumerate_clusters: with a :class:`~models.GaussianMixturePrior`, write the cluster
+        ``"c"`` explicitly and enumerate it (for ``TraceEnum_ELBO``); equivalent to the default
+        marginal form, which every bound accepts.
     """
 
     def __init__(self, prior: nn.Module, decoders: Mapping[str, nn.Module],
-                 latent_site: str = LATENT_SITE, private_dim: Optional[int] = None):
+                 latent_site: str = LATENT_SITE, private_dim: Optional[int] = None,
+                 enumerate_clusters: bool = False):
         super().__init__()
         self.modalities = list(decoders)
         self.prior = prior
         self.decoders = nn.ModuleDict(dict(decoders))
         self.latent_site = latent_site
         self.private_dim = private_dim
+        self.enumerate_clusters = enumerate_clusters
 
     def forward(self, data, mask: Optional[Mapping] = None, num_samples: Optional[int] = None):
         unknown = sorted(set(data) - set(self.modalities))
@@ -60,7 +65,10 @@ class MultimodalModel(PyroModule):
         n = batch_size(data) if data else num_samples
         mask = (full_mask(data) if data else {}) if mask is None else mask
         with pyro.plate(DATA_PLATE, n):
-            z = pyro.sample(self.latent_site, self.prior())
+            if self.enumerate_clusters:
+                z = self.prior.enumerated_sample(self.latent_site)
+            else:
+                z = pyro.sample(self.latent_site, self.prior())
             for m, decoder in self.decoders.items():
                 code = z
                 if self.private_dim:
