@@ -1,6 +1,7 @@
-"""Evaluation: importance-sampled log-likelihoods, rates and distortions."""
+"""Evaluation: importance-sampled log-likelihoods, rates and distortions, MCC."""
 
 from .information import rate_distortion
 from .log_likelihood import log_likelihood, log_marginal
+from .mcc import CCA, mcc, mean_corr_coef
 
-__all__ = ["log_likelihood", "log_marginal", "rate_distortion"]
+__all__ = ["CCA", "log_likelihood", "log_marginal", "mcc", "mean_corr_coef", "rate_distortion"]
