@@ -28,7 +28,9 @@ table.
 
 Measurement as in ``bench_bounds.py``: float32, ``pyro.enable_validation(False)``, one torch
 thread by default, all aggregators at one ``M`` timed interleaved (one step of each per round,
-rotated order), each with its own Pyro param store; medians after ``--warmup`` rounds.
+rotated order), each with its own Pyro param store; medians after ``--warmup`` rounds. All
+(aggregator, M) cases of a table run in one interleaved loop, so the growth with M, not only the
+ratio at one M, compares steps timed side by side.
 
 Run ``python benchmarks/bench_aggregators.py --output benchmarks/results/aggregators.md``;
 ``--quick`` is a smoke run; ``--profile AGGREGATOR/M`` prints a cProfile of one case instead.
@@ -47,7 +49,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
 
 import pyro
 import pyro.optim
@@ -119,14 +120,39 @@ def peak_rss_gib() -> float:
 
 
 # --- the two tables --------------------------------------------------------------------------
+def probe_memory(name: str, m_count: int, args) -> str:
+    """One step of ``name`` at ``M = m_count`` in a fresh process state: its peak memory."""
+    data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
+    model, guide = make_model_guide(data, name, args)
+    before = peak_rss_gib()
+    t0 = time.perf_counter()
+    MaskedMultimodalELBO().differentiable_loss(model, guide, data, mask).backward()
+    return (f"one forward + backward of {name} at M={m_count}, run before anything else, raised "
+            f"the process's peak resident memory from {before:.2f} to {peak_rss_gib():.2f} GiB "
+            f"({time.perf_counter() - t0:.1f} s)")
+
+
 def step_table(args) -> dict:
-    """``{(aggregator, M): {"ms", "n", "params"} or {"skip": reason}}``; also ``"notes"``
-    (MoPoE's sizes) and ``"rss"`` (``{M: process peak RSS in GiB after that M}``)."""
-    results = {"notes": [], "rss": {}}
+    """``{(aggregator, M): {"ms", "n", "params"} or {"skip": reason}}`` and ``"notes"``.
+
+    All (aggregator, M) cases are timed in one interleaved loop, so the growth with M is as
+    robust to machine load as the ratios at one M.
+    """
+    results = {"notes": []}
     limit = args.max_mixture_mb * 2 ** 20
+    run_mopoe = [m for m in args.modalities if "MoPoE" in args.aggregators
+                 and largest_mixture_bytes("MoPoE", m, args) <= limit]
+    if run_mopoe:  # the largest MoPoE that runs: how much memory does it take?
+        m = max(run_mopoe)
+        size = largest_mixture_bytes("MoPoE", m, args)
+        results["notes"].append(
+            f"MoPoE at M={m}: {2 ** m - 1} subset components (+ the prior), (2, 1, B, K, D) "
+            f"tensors of {size / 2 ** 20:.3g} MiB each: it fits and was timed; "
+            + probe_memory("MoPoE", m, args) + ".")
+        pyro.clear_param_store()
+    variants = []
     for m_count in args.modalities:
         data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
-        variants = []
         for name in args.aggregators:
             size = largest_mixture_bytes(name, m_count, args)
             if size > limit:
@@ -135,38 +161,32 @@ def step_table(args) -> dict:
                     f"(2, 1, B, K, D) tensors would take {size / 2 ** 30:.1f} GiB each at "
                     f"B={args.batch} (over --max-mixture-mb {args.max_mixture_mb:g}): not run.")}
                 continue
-            if name == "MoPoE":
-                results["notes"] = [  # the largest MoPoE that ran
-                    f"MoPoE at M={m_count}: {2 ** m_count - 1} subset components (+ the prior), "
-                    f"(2, 1, B, K, D) tensors of {size / 2 ** 20:.3g} MiB each: run."]
             model, guide = make_model_guide(data, name, args)
             svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=MaskedMultimodalELBO())
-            v = Variant(name, lambda svi=svi: svi.step(data, mask))
-            v.params = num_parameters(guide.aggregator)
+            v = Variant(name, lambda svi=svi, data=data, mask=mask: svi.step(data, mask))
+            v.key, v.params = (name, m_count), num_parameters(guide.aggregator)
             variants.append(v)
-        print(f"[step M={m_count}] timing {len(variants)} aggregators interleaved ...", flush=True)
-        t0 = time.perf_counter()
-        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
-        print(f"[step M={m_count}] {time.perf_counter() - t0:.0f} s: " + ", ".join(
-            f"{v.name} {median_ms(v):.1f} ms" for v in variants), flush=True)
-        for v in variants:
-            results[(v.name, m_count)] = {"ms": median_ms(v), "n": len(v.times),
-                                          "params": v.params}
-        del variants, svi, model, guide
-        results["rss"][m_count] = peak_rss_gib()
+    print(f"[step] timing {len(variants)} cases interleaved ...", flush=True)
+    t0 = time.perf_counter()
+    time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds,
+                     args.prime_below_ms / 1e3)
+    print(f"[step] {time.perf_counter() - t0:.0f} s", flush=True)
+    for v in variants:
+        results[v.key] = {"ms": median_ms(v), "n": len(v.times), "params": v.params}
     return results
 
 
 def aggregator_table(args) -> dict:
-    """Forward + backward of the aggregator alone: ``{(aggregator, M): {"ms", "n"}}``."""
+    """Forward + backward of the aggregator alone: ``{(aggregator, M): {"ms", "n"}}``, all
+    cases interleaved."""
     results = {}
     limit = args.max_mixture_mb * 2 ** 20
     gen = torch.Generator().manual_seed(args.seed)
+    variants = []
     for m_count in args.modalities:
         observed = torch.ones(args.batch, m_count, dtype=torch.bool)
         subset = torch.rand(observed.shape, generator=gen) < 0.5
         mask = torch.stack([subset, observed]).unsqueeze(1)  # (2, 1, B, M): rows S, O
-        variants = []
         for name in args.aggregators:
             size = largest_mixture_bytes(name, m_count, args)
             if size > limit:
@@ -177,18 +197,22 @@ def aggregator_table(args) -> dict:
             feats = torch.randn(args.batch, m_count, feature_size(name, args),
                                 generator=gen).requires_grad_()
 
-            def step(agg=agg, feats=feats):
+            def step(agg=agg, feats=feats, mask=mask):
                 q = agg(feats, mask)
                 q.log_prob(q.rsample()).sum().backward()
                 feats.grad = None
                 agg.zero_grad(set_to_none=True)
 
-            variants.append(Variant(name, step, own_store=False))
-        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
-        print(f"[aggregator M={m_count}] " + ", ".join(
-            f"{v.name} {median_ms(v):.2f} ms" for v in variants), flush=True)
-        for v in variants:
-            results[(v.name, m_count)] = {"ms": median_ms(v), "n": len(v.times)}
+            v = Variant(name, step, own_store=False)
+            v.key = (name, m_count)
+            variants.append(v)
+    print(f"[aggregator] timing {len(variants)} cases interleaved ...", flush=True)
+    t0 = time.perf_counter()
+    time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds,
+                     args.prime_below_ms / 1e3)
+    print(f"[aggregator] {time.perf_counter() - t0:.0f} s", flush=True)
+    for v in variants:
+        results[v.key] = {"ms": median_ms(v), "n": len(v.times)}
     return results
 
 
@@ -241,9 +265,6 @@ def format_table(results, args, with_params: bool) -> str:
         lines += ["", f"‡ {n}"]
     if results.get("notes"):
         lines += ["", " ".join(results["notes"])]
-    if results.get("rss"):
-        lines += ["", "Peak resident memory of the process after each M (all aggregators so far): "
-                  + ", ".join(f"M={m}: {g:.2f} GiB" for m, g in results["rss"].items()) + "."]
     return "\n".join(lines)
 
 
@@ -266,7 +287,8 @@ def render(args, argv, steps, alone, elapsed) -> str:
         f"it exists, STL), Adam lr {args.lr}; `pyro.enable_validation(False)`",
         f"- Timing: median over interleaved steps after {args.warmup} warm-up rounds (at most "
         f"{args.repeats} timed steps, fewer once a variant's timed steps exceed "
-        f"{args.max_seconds:g} s, never fewer than {args.min_repeats})", ""]
+        f"{args.max_seconds:g} s, never fewer than {args.min_repeats}); a case whose last step "
+        f"took under {args.prime_below_ms:g} ms runs one untimed step before each timed one", ""]
     if steps is not None:
         parts += ["## 1. `SVI.step` time", "",
                   "Forward + backward + `pyro.optim.Adam` of the whole step (M encoders, the "
@@ -328,7 +350,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=40, help="most timed steps per variant")
     p.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per variant")
     p.add_argument("--max-seconds", type=float, default=8.0,
-                   help="stop timing a variant once its timed steps exceed this (per M)")
+                   help="stop timing a case once its timed steps exceed this")
+    p.add_argument("--prime-below-ms", type=float, default=100.0,
+                   help="run an untimed step before each timed step of a case faster than this "
+                   "(0: never)")
     p.add_argument("--max-mixture-mb", type=float, default=1024.0,
                    help="skip MoPoE where its (2, 1, B, K, D) tensors exceed this")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")

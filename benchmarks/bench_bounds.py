@@ -45,10 +45,14 @@ Measurement:
   equality check).
 - ``torch.set_num_threads(--threads)``, default 1: the reference machine has 2 cores shared with
   other jobs, and one thread gives the steadiest ratios for these small matrices (256 × 128).
-- Variants at one ``M`` are timed *interleaved*: every round runs one step of each variant, in
-  an order rotated every round, so drifting machine load affects all variants alike; the first
+- Variants are timed *interleaved*: every round runs one step of each variant, in an order
+  rotated every round, so drifting machine load affects all variants alike; the first
   ``--warmup`` rounds are discarded and the median of the rest is reported. A variant stops
-  after ``--min-repeats`` timed steps once its timed steps exceed ``--max-seconds``.
+  after ``--min-repeats`` timed steps once its timed steps exceed ``--max-seconds``. Table 1
+  interleaves all its (bound, aggregator, M) cases in one loop, so its growth with M is a
+  side-by-side ratio too; table 2 interleaves the variants at each M. A case whose last step
+  took under ``--prime-below-ms`` runs one untimed step before each timed one, so that it does
+  not pay for a larger neighbour's cache and allocator footprint.
 - Each SVI variant has its own Pyro param store (swapped in outside the timed region), since
   ``PyroModule`` parameters of same-named modules would otherwise collide in the global store.
 - The stratified mixture bound evaluates the mixture density of each of the ``K`` component
@@ -163,9 +167,17 @@ class Variant:
 
 
 def time_interleaved(variants: Sequence[Variant], warmup: int, repeats: int, min_repeats: int,
-                     max_seconds: float) -> None:
-    """Round-robin steps of all variants (rotated order); fills ``variant.times`` (seconds)."""
+                     max_seconds: float, prime_below: float = 0.0) -> None:
+    """Round-robin steps of all variants (rotated order); fills ``variant.times`` (seconds).
+
+    A variant whose last step took less than ``prime_below`` seconds runs one untimed step
+    right before each timed one: a short step that follows a much larger variant otherwise
+    pays for that variant's cache and allocator footprint (about 10 % for a 7 ms step after a
+    MoPoE step at M = 10), which would bias the growth with M when cases of every size are
+    interleaved.
+    """
     rounds = warmup + repeats
+    last = {}
     for r in range(rounds):
         active = [v for v in variants if not v.done]
         if not active:
@@ -173,9 +185,12 @@ def time_interleaved(variants: Sequence[Variant], warmup: int, repeats: int, min
         shift = r % len(active)
         for v in active[shift:] + active[:shift]:
             v.activate()
+            if r >= warmup and last.get(id(v), float("inf")) < prime_below:
+                v.step()
             t0 = time.perf_counter()
             v.step()
             dt = time.perf_counter() - t0
+            last[id(v)] = dt
             if r >= warmup:
                 v.times.append(dt)
                 if len(v.times) >= min_repeats and sum(v.times) > max_seconds:
@@ -348,22 +363,26 @@ def check_equal(data, mask, model, guide, seed: int) -> dict:
 
 # --- the two tables --------------------------------------------------------------------------
 def bounds_table(args) -> dict:
-    """``{(bound, aggregator, M): {"ms": float, "n": int, "batch": int, "note": str}}``."""
+    """``{(bound, aggregator, M): {"ms": float, "n": int, "batch": int, "note": str}}``.
+
+    All (bound, aggregator, M) cases are timed in one interleaved loop, so the growth with M
+    compares steps timed side by side, like the ratios at one M.
+    """
     results = {}
     limit = args.max_pairwise_mb * 2 ** 20
+    variants, batches, notes = [], {}, {}
     for m_count in args.modalities:
         data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
-        variants, batches, notes = [], {}, {}
         for agg in AGGREGATORS:
             for bound in BOUNDS:
-                name = f"{bound}/{agg}"
+                name = f"{bound}/{agg}/{m_count}"
                 size = pairwise_bytes(bound, agg, m_count, args.batch, args.latent_dim)
                 b = args.batch
                 if size > limit:  # too large at the full batch: time a smaller one
                     b = max(1, min(args.batch, int(limit // (size // args.batch))))
                     k = num_components(agg, m_count)
-                    notes[name] = (f"{name} at M={m_count}: the stratified mixture density is a "
-                                   f"(K, S, B, K, D) = ({k}, 1, {args.batch}, {k}, "
+                    notes[name] = (f"{bound}/{agg} at M={m_count}: the stratified mixture density "
+                                   f"is a (K, S, B, K, D) = ({k}, 1, {args.batch}, {k}, "
                                    f"{args.latent_dim}) tensor, {size / 2 ** 30:.1f} GiB at "
                                    f"B={args.batch} (over --max-pairwise-mb "
                                    f"{args.max_pairwise_mb:g}); timed at B={b} instead, so its "
@@ -373,15 +392,16 @@ def bounds_table(args) -> dict:
                 model, guide = make_model_guide(sub, args.latent_dim, args.hidden, agg, args.seed)
                 variants.append(svi_variant(name, bound, sub, sub_mask, model, guide, args.lr))
                 batches[name] = b
-        print(f"[M={m_count}] timing {len(variants)} variants interleaved ...", flush=True)
-        t0 = time.perf_counter()
-        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
-        print(f"[M={m_count}] {time.perf_counter() - t0:.0f} s", flush=True)
-        for v in variants:
-            bound, agg = v.name.split("/")
-            results[(bound, agg, m_count)] = {"ms": median_ms(v), "n": len(v.times),
-                                              "batch": batches[v.name],
-                                              "note": notes.get(v.name, "")}
+    print(f"[bounds] timing {len(variants)} cases interleaved ...", flush=True)
+    t0 = time.perf_counter()
+    time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds,
+                     args.prime_below_ms / 1e3)
+    print(f"[bounds] {time.perf_counter() - t0:.0f} s", flush=True)
+    for v in variants:
+        bound, agg, m_count = v.name.split("/")
+        results[(bound, agg, int(m_count))] = {"ms": median_ms(v), "n": len(v.times),
+                                               "batch": batches[v.name],
+                                               "note": notes.get(v.name, "")}
     return results
 
 
@@ -414,7 +434,8 @@ def overhead_table(args) -> dict:
                     Variant("loss+adam", loss_adam),
                     Variant("torch", lambda: hand.step(xs, observed), own_store=False)]
         print(f"[overhead M={m_count}] timing ...", flush=True)
-        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds)
+        time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds,
+                     args.prime_below_ms / 1e3)
         results[m_count] = {"check": check, "n": min(len(v.times) for v in variants),
                             **{v.name: median_ms(v) for v in variants}}
     return results
@@ -544,7 +565,8 @@ def render(args, argv, bounds, overhead, elapsed) -> str:
         f"{args.lr}; `pyro.enable_validation(False)` while timing",
         f"- Timing: median over interleaved steps after {args.warmup} warm-up rounds (at most "
         f"{args.repeats} timed steps, fewer once a variant's timed steps exceed "
-        f"{args.max_seconds:g} s, never fewer than {args.min_repeats})", ""]
+        f"{args.max_seconds:g} s, never fewer than {args.min_repeats}); a case whose last step "
+        f"took under {args.prime_below_ms:g} ms runs one untimed step before each timed one", ""]
     if bounds is not None:
         parts += ["## 1. Step time of each bound and aggregator", "",
                   "`SVI.step` (forward + backward + `pyro.optim.Adam`). Bounds with their default "
@@ -601,7 +623,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=50, help="most timed steps per variant")
     p.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per variant")
     p.add_argument("--max-seconds", type=float, default=10.0,
-                   help="stop timing a variant once its timed steps exceed this (per M)")
+                   help="stop timing a case once its timed steps exceed this")
+    p.add_argument("--prime-below-ms", type=float, default=100.0,
+                   help="run an untimed step before each timed step of a case faster than this "
+                   "(0: never)")
     p.add_argument("--max-pairwise-mb", type=float, default=256.0,
                    help="largest (K, S, B, K, D) stratified-mixture tensor to run at full batch; "
                    "larger cases run at the batch that fits")

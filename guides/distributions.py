@@ -102,12 +102,16 @@ class DiagNormalMixture(TorchDistribution):
         :math:`w_k(z_{<d})\propto\pi_k\prod_{j<d}\mathcal N(z_j;\mu_{kj},\sigma_{kj})`, and
         :math:`\partial z_d/\partial\theta = -(\partial F_d/\partial\theta)/q(z_d\mid z_{<d})`,
         chained through the earlier coordinates. Gradients reach the means, the scales **and**
-        the logits.
+        the logits. When the logits need no gradient (MoE and MoPoE weights are fixed by the
+        mask) the reparameterised draw from the sampled component is used directly: its
+        gradient is exact then, and it skips the sequential transform.
         """
+        if not self.logits.requires_grad:
+            # Weights fixed (MoE, MoPoE: set by the mask): the component draw's own pathwise
+            # gradient is exact and avoids the sequential transform.
+            return self._draw(sample_shape)
         with torch.no_grad():
             z = self._draw(sample_shape)
-        if not any(t.requires_grad for t in (self.logits, self.locs, self.scales)):
-            return z
         return self._implicit(z)
 
     def _draw(self, sample_shape):

@@ -188,7 +188,7 @@ class SelfAttention(PooledAggregator):
 
     def encode_slots(self, features, mask):
         """Per-slot outputs ``(..., B, M, P)`` of χ, the attention blocks and the final norm."""
-        g = self.chi(features).expand(mask.shape + (-1,))
+        g = self.chi(features)  # (B, M, P); the blocks broadcast it against the mask
         for block in self.blocks:
             g = block(g, mask)
         return self.norm(g)
