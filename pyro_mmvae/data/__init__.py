@@ -1,7 +1,10 @@
 """Datasets and the batch/mask conventions."""
 
+from .identifiable import (IdentifiableData, bimodal_label_study, missingness_mask,
+                           multimodal_missing_study)
 from .linear_gaussian import (LinearGaussianData, illustrative_bimodal, private_latent_study,
                               shared_latent_study, simulate)
 
-__all__ = ["LinearGaussianData", "illustrative_bimodal", "private_latent_study",
+__all__ = ["IdentifiableData", "LinearGaussianData", "bimodal_label_study", "missingness_mask",
+           "multimodal_missing_study", "illustrative_bimodal", "private_latent_study",
            "shared_latent_study", "simulate"]
