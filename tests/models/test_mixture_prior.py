@@ -76,3 +76,20 @@ def test_assign_clusters_through_the_guide():
     labels = marginal.prior.assign_clusters(guide, data)
     assert labels.shape == (16,) and labels.dtype == torch.long
     assert ((labels >= 0) & (labels < 3)).all()
+
+
+def test_training_with_missing_modalities_ignores_missing_entries():
+    marginal, _, guide, data = model_pair()
+    g = torch.Generator().manual_seed(0)
+    mask = {m: torch.rand(16, generator=g) < 0.6 for m in data}
+    mask["a"] = mask["a"] | ~mask["b"]
+    other = {m: torch.where(mask[m].unsqueeze(-1), x, 1e3 * torch.randn_like(x))
+             for m, x in data.items()}
+    params = list(marginal.parameters()) + list(guide.parameters())
+    out = []
+    for d in (data, other):
+        pyro.set_rng_seed(5)
+        loss = MaskedMultimodalELBO().differentiable_loss(marginal, guide, d, mask)
+        out.append((loss, torch.autograd.grad(loss, params)))
+    assert torch.equal(out[0][0], out[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(out[0][1], out[1][1]))
