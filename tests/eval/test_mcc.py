@@ -38,3 +38,14 @@ def test_cca_finds_known_canonical_correlations():
 def test_mcc_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="differ in number"):
         mcc(torch.randn(10, 2), torch.randn(9, 2))
+
+
+def test_clustering_accuracy_is_invariant_to_relabelling():
+    from pyro_mmvae.eval import clustering_accuracy
+    labels = torch.randint(0, 4, (500,))
+    relabel = torch.tensor([2, 0, 3, 1])
+    assert clustering_accuracy(labels, relabel[labels]) == 1.0
+    noisy = relabel[labels].clone()
+    noisy[:50] = (noisy[:50] + 1) % 4
+    assert clustering_accuracy(labels, noisy) == pytest.approx(0.9)  # 50 of 500 moved
+    assert clustering_accuracy(labels, torch.randint(0, 4, (500,))) < 0.4
