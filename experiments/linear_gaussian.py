@@ -466,7 +466,7 @@ def mean_std(values):
     v = np.asarray([x for x in values if x is not None], dtype=np.float64)
     if v.size == 0:
         return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None
 
 
 def summarise(records, keys):
@@ -483,11 +483,12 @@ def summarise(records, keys):
 
 
 def fmt(mean, std, digits=2, sci=False):
+    """``mean (std)``; just ``mean`` when ``std`` is None (a single seed)."""
     if not math.isfinite(mean):
         return "n/a"
     if sci:
-        return f"{mean:.2e} ({std:.1e})"
-    return f"{mean:.{digits}f} ({std:.{digits}f})"
+        return f"{mean:.2e}" + ("" if std is None else f" ({std:.1e})")
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ({std:.{digits}f})")
 
 
 def paper(v):
@@ -560,7 +561,8 @@ def budget_lines(args, table):
     return [
         f"- **Budget:** {epochs} epochs = {steps} steps of batch {args.batch_size} "
         f"(the paper: 4000 epochs = 40,000 steps); N = {args.num_points} training points "
-        f"(evaluation on the training data); seeds {seeds}. Mean (sample std) over seeds.",
+        f"(evaluation on the training data); seeds {seeds}. Mean (sample std) over seeds; a "
+        "cell without std comes from a single seed.",
         f"- **Training:** Adam lr {args.lr:g}, loss summed over the batch, NaN grads -> 0, "
         f"element-wise clip {args.clip:g}, {args.num_particles} particle(s), STL, beta = "
         f"{args.beta:g}, {args.dtype}; decoder noise {noise}.",
@@ -795,7 +797,10 @@ def write_table2e(path, args, summary, refs, wall, included=()):
               f"noise fixed at 1 and {d + m * p} unconstrained components: below what a sparse "
               "model can reach); the final bound and the exact LLH per data point; the "
               "smallest singular value of the stacked loading matrix (true value 1 for the "
-              "private directions; near 0 = an unused latent direction).", "",
+              "private directions; near 0 = an unused latent direction). Under the mixture "
+              "bound x_m is reconstructed for m not in S with w_m drawn from its prior (eq. 10), "
+              "which penalises every private loading; σ_min(W) shows whether they "
+              "survived.", "",
               "| Guide | Bound | MCC u (mean) | MCC z (mean) | strong MCC u | gap, bias "
               "profiled | gap floor | bound / point | exact LLH / point | σ_min(W) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -933,6 +938,10 @@ def parse_args(argv=None):
     p.add_argument("--include", type=Path, nargs="+", default=[],
                    help="results.json of earlier runs whose rows (aggregators not run here) "
                         "are added to the tables, with their provenance in the header")
+    p.add_argument("--rerender", action="store_true",
+                   help="do not train: rewrite the tables and plots of --output-dir from its "
+                        "results.json (the stored command, runs and wall time; --include "
+                        "files are re-read)")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test budget: N=200, batch 100, 2 epochs, widths 16 / 8, seed 0")
     args = p.parse_args(argv)
@@ -990,6 +999,8 @@ def load_included(args):
 def main(argv=None):
     """Run the experiments; returns the JSON payload that it also writes."""
     args = parse_args(argv)
+    if args.rerender:
+        return rerender(Path(args.output_dir))
     threads = torch.get_num_threads()
     try:
         with threadpool_limits(limits=args.threads):
@@ -1003,6 +1014,37 @@ WRITERS = {1: (write_table1, "table1", "Table 1: illustrative bi-modal example")
            2: (write_table2, "table2", "Table 2 (invariant): 5-modality shared-latent study"),
            "2e": (write_table2e, "table2_equivariant",
                   "Table 2 (equivariant): sparse loadings, private latents")}
+
+
+def write_outputs(out, args, records, included, refs, wall):
+    """Tables and plots; returns the summary."""
+    keys = ("rel_llh_gap", "rel_llh_gap_floor", "rel_llh_gap_bias_profiled", "bound_per_point",
+            "llh_model_per_point", "mcc", "mcc_shared", "mcc_posterior_mean",
+            "mcc_shared_posterior_mean", "strong_mcc") + RD_KEYS
+    shown = records + [r for inc in included for r in inc["runs"]]
+    summary = summarise(shown, keys)
+    for table in args.table_keys:
+        writer, stem, title = WRITERS[table]
+        writer(out / f"{stem}.md", args, summary, refs[table], wall, included)
+        plot_table(out / f"{stem}.png", shown, table, title)
+    return summary
+
+
+def rerender(out: Path):
+    """Rewrite the tables, plots and summary of an earlier run from its ``results.json``."""
+    path = out / "results.json"
+    payload = json.loads(path.read_text())
+    args = parse_args(payload["config"]["argv"])
+    args.argv = payload["config"]["argv"]
+    refs = {t: payload["reference_exact_posterior"][f"table{t}"] for t in args.table_keys}
+    included = load_included(args)
+    summary = write_outputs(out, args, payload["runs"], included, refs, payload["wall_seconds"])
+    payload["summary"] = {k: {m: (list(v) if isinstance(v, tuple) else v) for m, v in s.items()}
+                          for k, s in summary.items()}
+    payload["included"] = [{k: v for k, v in inc.items() if k != "runs"} for inc in included]
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"re-rendered {out}", flush=True)
+    return payload
 
 
 def _main(args):
@@ -1034,15 +1076,7 @@ def _main(args):
     refs = {t: [reference_record(t, s, todo[0]) for s in seeds_of(args, t)]
             for t in args.table_keys}
     wall = time.perf_counter() - start
-    keys = ("rel_llh_gap", "rel_llh_gap_floor", "rel_llh_gap_bias_profiled", "bound_per_point",
-            "llh_model_per_point", "mcc", "mcc_shared", "mcc_posterior_mean",
-            "mcc_shared_posterior_mean", "strong_mcc") + RD_KEYS
-    shown = records + [r for inc in included for r in inc["runs"]]
-    summary = summarise(shown, keys)
-    for table in args.table_keys:
-        writer, stem, title = WRITERS[table]
-        writer(out / f"{stem}.md", args, summary, refs[table], wall, included)
-        plot_table(out / f"{stem}.png", shown, table, title)
+    summary = write_outputs(out, args, records, included, refs, wall)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["include"] = [str(p) for p in args.include]
     payload = {

@@ -97,6 +97,10 @@ def test_linear_gaussian_learnable_and_equivariant_smoke(linear_gaussian, tmp_pa
     text = (tmp_path / "table2.md").read_text()
     assert "| SelfAttention | this run |" in text and "| SumPooling | paper (not run) |" in text
     assert (tmp_path / "table2_equivariant.png").stat().st_size > 0
+    # --rerender rewrites the same tables from results.json without training
+    before = {n: (tmp_path / n).read_text() for n in ("table2.md", "table2_equivariant.md")}
+    linear_gaussian.main(["--rerender", "--output-dir", str(tmp_path)])
+    assert {n: (tmp_path / n).read_text() for n in before} == before
 
 
 @pytest.mark.slow
