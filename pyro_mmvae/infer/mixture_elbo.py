@@ -32,7 +32,6 @@ import torch
 from pyro import poutine
 from pyro.distributions import Independent, Laplace, Normal
 from pyro.infer.util import is_validation_enabled
-from torch.distributions import kl_divergence
 
 from .base import MultimodalELBO
 from .traces import (check_model_guide, kl_estimate, latent_sites, log_likelihood, site_log_prob,
