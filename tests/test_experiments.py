@@ -126,3 +126,23 @@ def test_linear_gaussian_smoke(linear_gaussian, tmp_path):
         text = (tmp_path / table).read_text()
         assert "| PoE | this run |" in text and "| SelfAttentionMixture | this run |" in text
         assert "n/a" not in text.split("| PoE | this run |")[1].split("\n")[0]
+
+
+def test_linear_gaussian_merge_pools_other_seeds_only(linear_gaussian, tmp_path):
+    args = linear_gaussian.parse_args(["--quick", "--tables", "2e", "--pe-guides", "pe-poe",
+                                       "--bounds", "masked"])
+    run = {"table": "2e", "aggregator": "pe-poe", "bound": "masked", "epochs": 2}
+    other = dict(run, aggregator="pe-sumpooling")  # not a row of this run
+    payload = {"config": {"argv": ["--seeds", "0", "1"], "hidden": args.hidden},
+               "wall_seconds": 60.0,
+               "reference_exact_posterior": {"table2e": [{"seed": 0}, {"seed": 1}]},
+               "runs": [dict(run, seed=0), dict(run, seed=1), dict(other, seed=1),
+                        dict(run, seed=2, epochs=3)]}
+    (tmp_path / "r.json").write_text(json.dumps(payload))
+    args.merge = [tmp_path / "r.json"]
+    (m,) = linear_gaussian.load_merged(args, [dict(run, seed=0)])
+    assert [r["seed"] for r in m["runs"]] == [1] and m["refs"] == {"2e": [{"seed": 1}]}
+    payload["config"]["hidden"] = [3]
+    (tmp_path / "r.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="hidden"):
+        linear_gaussian.load_merged(args, [])
