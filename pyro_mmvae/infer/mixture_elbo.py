@@ -127,11 +127,10 @@ class MixtureMultimodalELBO(MultimodalELBO):
             comp_site = dict(fake.nodes[name])
             kl = kl_estimate(comp_site, p_site, self.analytic_kl, self.stop_gradient)
         value = self.reduce_particles(rec - self.beta * kl, [z])  # (K, B)
-        k_dim = 0
         # Zero-weight components hold arbitrary finite values; where() keeps them out exactly.
         w = weights.mean(self.particle_dim)
-        elbo = torch.where(w > 0, w * value, torch.zeros_like(value)).sum(k_dim)
+        elbo = torch.where(w > 0, w * value, torch.zeros_like(value)).sum(0)
         dim = self.particle_dim
         return {"elbo": elbo,
-                "reconstruction": (w * rec.mean(dim)).sum(k_dim).detach(),
-                "rate": (w * kl.mean(dim)).sum(k_dim).detach()}
+                "reconstruction": (w * rec.mean(dim)).sum(0).detach(),
+                "rate": (w * kl.mean(dim)).sum(0).detach()}
