@@ -4,12 +4,14 @@ from .aggregators import MoE, MoPoE, PoE, SubsetMixture, product_of_gaussians
 from .distributions import DiagNormalMixture
 from .encoders import MLPEncoder, expert_encoder
 from .guide import MultimodalGuide
+from .networks import ConvImageEncoder, TextEncoder
 from .private import AttentionPrivate, IndependentPrivate, PooledPrivate
 from .pooling import (MaskedSelfAttentionBlock, SelfAttention, SelfAttentionMixture, SumPooling,
                       SumPoolingMixture)
 
 __all__ = [
     "AttentionPrivate",
+    "ConvImageEncoder",
     "IndependentPrivate",
     "PooledPrivate",
     "DiagNormalMixture",
@@ -24,6 +26,7 @@ __all__ = [
     "SubsetMixture",
     "SumPooling",
     "SumPoolingMixture",
+    "TextEncoder",
     "expert_encoder",
     "product_of_gaussians",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
-from pyro.distributions import Bernoulli, Laplace, Normal
+from pyro.distributions import Bernoulli, Laplace, Normal, OneHotCategorical
 from torch import nn
 
 from pyro_mmvae.nn import inverse_positive_scale, positive_scale
@@ -67,3 +67,24 @@ class BernoulliDecoder(nn.Module):
     def forward(self, z):
         logits = self.net(z)
         return Bernoulli(logits=logits, validate_args=False).to_event(_event_dims(z, logits))
+
+
+class CategoricalDecoder(nn.Module):
+    """``p(x|z) = OneHotCategorical(logits=net(z))`` for one-hot data, e.g. text ``(B, L, A)``.
+
+    The last output dim is the category (the distribution's own event); the dims between the
+    batch and it are further event dims: logits ``(..., B, L, A)`` give event ``(L, A)`` (one
+    categorical per character, summed), logits ``(..., B, A)`` a single categorical, event
+    ``(A,)``. ``log p(x|z)`` is the sum of ``log_softmax(logits)`` at the one-hot indices.
+    Arguments are not validated, so the all-zero placeholder of a missing modality is accepted
+    (it scores category 0; the protocol masks it out).
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z):
+        logits = self.net(z)
+        return OneHotCategorical(logits=logits, validate_args=False).to_event(
+            _event_dims(z, logits) - 1)
