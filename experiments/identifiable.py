@@ -561,6 +561,10 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    p.add_argument("--render", type=Path, metavar="RESULTS",
+                   help="only rewrite the tables and figures of --output-dir from an earlier "
+                        "run's results.json or results.partial.json (an interrupted run), with "
+                        "this command line's table settings")
     p.add_argument("--quick", action="store_true",
                    help="seconds-long smoke run: tiny data, 2 epochs, 2 rows")
     args = p.parse_args(argv)
@@ -613,6 +617,12 @@ def main(argv=None):
         sys.argv[1:] if argv is None else argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        payload = json.loads(args.render.read_text())
+        runs = payload["runs"] if isinstance(payload, dict) else payload
+        render(out, args, runs, payload.get("command", command) if isinstance(payload, dict)
+               else command + f"  # rendered from the {len(runs)} runs of {args.render.name}")
+        return {"runs": runs}
     start = time.perf_counter()
     todo = specs(args)
     records = []

@@ -1,10 +1,13 @@
 """Datasets and the batch/mask conventions."""
 
+from .digits import (MultimodalDataset, digits_svhn_text, load_digits_svhn_text, load_poly_digits,
+                     poly_digits)
 from .identifiable import (IdentifiableData, bimodal_label_study, missingness_mask,
                            multimodal_missing_study)
 from .linear_gaussian import (LinearGaussianData, illustrative_bimodal, private_latent_study,
                               shared_latent_study, simulate)
 
-__all__ = ["IdentifiableData", "LinearGaussianData", "bimodal_label_study", "missingness_mask",
+__all__ = ["MultimodalDataset", "digits_svhn_text", "load_digits_svhn_text", "load_poly_digits",
+           "poly_digits", "IdentifiableData", "LinearGaussianData", "bimodal_label_study", "missingness_mask",
            "multimodal_missing_study", "illustrative_bimodal", "private_latent_study",
            "shared_latent_study", "simulate"]

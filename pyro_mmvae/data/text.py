@@ -31,7 +31,11 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 _INDEX = {c: i for i, c in reversed(list(enumerate(ALPHABET)))}
 
 
-def encode_text(strings: Union[str, Sequence[str]], length: int,
+TEXT_LENGTH = 8
+"""Length of the MNIST-SVHN-Text strings (MoPoE's ``len_sequence``)."""
+
+
+def encode_text(strings: Union[str, Sequence[str]], length: int = TEXT_LENGTH,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One-hot encode strings as ``(N, length, 71)`` (a single ``str`` gives ``N = 1``).
 
