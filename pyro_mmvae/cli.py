@@ -1,175 +1,50 @@
-"""The ``pyro-mmvae`` command line.
+"""The ``pyro-mmvae`` command line: ``train``, ``evaluate`` and ``generate``.
 
-``pyro-mmvae train`` with no options trains a product-of-experts guide under the masked bound
-on the linear-Gaussian shared-latent simulation (seed 004 §5.1: 5 modalities, latent dimension
-5) and writes a run directory ``runs/<dataset>-<aggregator>-<bound>-<timestamp>`` with
-``config.json``, ``metrics.json``, ``checkpoint.pt`` and ``loss_curve.png``.
+``pyro-mmvae train`` with no options trains a SumPooling guide under the masked bound (Hirt et
+al.) on PolyDigits, the PolyMNIST recipe rebuilt from scikit-learn's bundled digits (5 image
+modalities, generated once into a cache, no downloads), then evaluates it. The run directory
+``runs/<dataset>-<aggregator>-<bound>-<timestamp>`` holds ``config.json``, ``checkpoint.pt``
+(after every epoch, written atomically), ``metrics.json``, ``loss_curve.png`` and the
+evaluation (``evaluation.json``, ``classifiers.pt``, ``coherence.png``, ``generation_*.png``,
+``samples.png``; see :mod:`pyro_mmvae.report`).
 
-Layout, so that further commands and datasets slot in:
+- ``pyro-mmvae train --resume RUN_DIR [--epochs N]`` continues an interrupted (or finished)
+  run from its checkpoint with its own configuration, to the same result as an uninterrupted
+  run;
+- ``pyro-mmvae evaluate RUN_DIR`` (re)computes every metric of a trained run;
+- ``pyro-mmvae generate RUN_DIR --given m0,m2`` writes a cross-generation grid.
 
-- :data:`DATASETS` maps a ``--dataset`` name to a :class:`DatasetSpec` (how to load it, build
-  its generative model, and evaluate a trained model on it);
-- :data:`AGGREGATORS` and :data:`BOUNDS` map ``--aggregator`` / ``--bound`` to constructors;
-- each subcommand registers itself with ``add_<name>_parser(subparsers)``, which sets
-  ``func``; option groups shared between commands are added by ``add_data_args``,
-  ``add_model_args`` and ``add_runtime_args``.
+Datasets, models, guides and bounds are built from the configuration by :mod:`pyro_mmvae.runs`,
+which is how a saved run is restored.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
+import json
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pyro
 import torch
 
-from guides import (MoE, MoPoE, MultimodalGuide, PoE, SelfAttention, SelfAttentionMixture,
-                    SumPooling, SumPoolingMixture, expert_encoder)
-from models import LinearGaussianModel, pca_maximum_likelihood, relative_llh_gap
-from models.linear_gaussian import gaussian_log_likelihood
 from pyro_mmvae import __version__
-from pyro_mmvae.data import shared_latent_study
-from pyro_mmvae.eval import log_likelihood
-from pyro_mmvae.infer import (MASKINGS, MaskedMultimodalELBO, MixtureMultimodalELBO,
-                              SubsampledMultimodalELBO)
-from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, TrainingDiverged, fit,
-                              resolve_device, write_json)
+from pyro_mmvae.diagnostics.plots import save_generation_grid
+from pyro_mmvae.infer import MASKINGS
+from pyro_mmvae.report import EVALUATION, evaluate_run, headline
+from pyro_mmvae.runs import (AGGREGATORS, BOUNDS, DATASETS, DEFAULT_DATASET, PRIORS,
+                             build_guide, build_loss, build_model, config_namespace, load_run,
+                             read_config)
+from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, CheckpointError,
+                              TrainingDiverged, fit, resolve_device, write_json)
 
-# --- registries ------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedData:
-    """A dataset split into train and test, ``{modality: (N, ...)}`` each."""
-
-    train: Dict[str, torch.Tensor]
-    test: Dict[str, torch.Tensor]
-    info: Dict[str, object] = field(default_factory=dict)  # recorded in config.json
-
-    @property
-    def modality_dims(self) -> Dict[str, int]:
-        return {m: int(x[0].numel()) for m, x in self.train.items()}
-
-
-@dataclass
-class DatasetSpec:
-    """How the CLI loads a dataset, builds its generative model and evaluates a trained run."""
-
-    load: Callable[[argparse.Namespace], PreparedData]
-    build_model: Callable[[argparse.Namespace, PreparedData], torch.nn.Module]
-    evaluate: Callable[[argparse.Namespace, PreparedData, torch.nn.Module, torch.nn.Module],
-                       Dict[str, float]]
-    help: str = ""
-
-
-def _pooled(cls, **extra):
-    """A learnable aggregator on the experts' 2D features (as the authors' linear study)."""
-    return lambda latent_dim, width: cls(2 * latent_dim, latent_dim, hidden_dim=width,
-                                         pooling_dim=width, **extra)
-
-
-# name -> constructor(latent_dim, width of the learnable aggregators)
-AGGREGATORS = {
-    "poe": lambda latent_dim, width: PoE(),
-    "moe": lambda latent_dim, width: MoE(),
-    "mopoe": lambda latent_dim, width: MoPoE(),
-    "sumpooling": _pooled(SumPooling),
-    "selfattention": _pooled(SelfAttention),
-    "sumpooling-mixture": _pooled(SumPoolingMixture),
-    "selfattention-mixture": _pooled(SelfAttentionMixture),
-}
-BOUNDS = {"masked": MaskedMultimodalELBO, "mixture": MixtureMultimodalELBO,
-          "subsampled": SubsampledMultimodalELBO}
-BOUND_HELP = {"masked": "the masked bound of seed 004 (default masking iid_half)",
+BOUND_HELP = {"masked": "the masked bound of Hirt et al. (default masking iid_half)",
               "mixture": "the mixture-based bound, MMVAE/MoPoE (default masking all)",
               "subsampled": "MVAE's full + unimodal + random-subset ELBOs (default masking mvae)"}
-
-
-def split(data: Mapping[str, torch.Tensor], test_fraction: float):
-    """First ``1 - test_fraction`` of the points for training, the rest for testing."""
-    n = next(iter(data.values())).shape[0]
-    n_test = int(round(n * test_fraction))
-    n_train = n - n_test
-    return ({m: x[:n_train] for m, x in data.items()},
-            {m: x[n_train:] for m, x in data.items()})
-
-
-def load_linear_gaussian(args) -> PreparedData:
-    """``shared_latent_study`` (seed 004 Table 2 data), split into train and test."""
-    sim = shared_latent_study(num_points=args.num_points, num_modalities=args.num_modalities,
-                              latent_dim=args.latent_dim, seed=args.data_seed)
-    train, test = split(sim.data, args.test_fraction)
-    return PreparedData(train, test, {"generator": "shared_latent_study",
-                                      "data_seed": args.data_seed})
-
-
-def build_linear_gaussian_model(args, data: PreparedData):
-    """``LinearGaussianModel`` with one linear decoder per modality and unit noise."""
-    return LinearGaussianModel(data.modality_dims, args.latent_dim)
-
-
-@torch.no_grad()
-def evaluate_linear_gaussian(args, data: PreparedData, model, guide) -> Dict[str, float]:
-    """Exact and IS log-likelihoods per data point, the PCA MLE and the relative LLH gap.
-
-    Exact log-likelihoods and PCA run in float64 on copies; the IS estimate runs the trained
-    model and guide as they are, on the test split, with ``args.is_samples`` samples.
-    """
-    device = next(model.parameters()).device
-    exact = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
-    train64 = {m: x.to(device="cpu", dtype=torch.float64) for m, x in data.train.items()}
-    test64 = {m: x.to(device="cpu", dtype=torch.float64) for m, x in data.test.items()}
-    out = {"train_exact_log_likelihood": exact.exact_log_likelihood(train64).mean().item()}
-    x_train = torch.cat(list(train64.values()), dim=-1)  # (N, sum D_m)
-    w, b, sigma2, total = pca_maximum_likelihood(x_train, args.latent_dim)
-    out["pca_mle_train_log_likelihood"] = total.item() / x_train.shape[0]
-    out["relative_llh_gap"] = relative_llh_gap(out["pca_mle_train_log_likelihood"],
-                                               out["train_exact_log_likelihood"])
-    n_test = next(iter(data.test.values())).shape[0]
-    if n_test:
-        out["test_exact_log_likelihood"] = exact.exact_log_likelihood(test64).mean().item()
-        x_test = torch.cat(list(test64.values()), dim=-1)
-        cov = w @ w.T + sigma2 * torch.eye(x_test.shape[-1], dtype=torch.float64)
-        out["pca_mle_test_log_likelihood"] = gaussian_log_likelihood(x_test, b, cov).mean().item()
-        test = {m: x.to(device) for m, x in data.test.items()}
-        model.eval()
-        guide.eval()
-        out["test_is_log_likelihood"] = log_likelihood(model, guide, test,
-                                                       num_samples=args.is_samples).mean().item()
-        out["is_num_samples"] = args.is_samples
-    return out
-
-
-DATASETS: Dict[str, DatasetSpec] = {
-    "linear-gaussian": DatasetSpec(
-        load_linear_gaussian, build_linear_gaussian_model, evaluate_linear_gaussian,
-        help="linear-Gaussian shared-latent simulation (seed 004 §5.1): Gaussian modalities "
-             "x_m = W_m z + b_m + noise, D_m in 30..59"),
-}
-
-
-def build_guide(args, data: PreparedData):
-    """``MultimodalGuide`` with one MLP Gaussian-expert encoder per modality."""
-    encoders = {m: expert_encoder(d, args.latent_dim, hidden=tuple(args.hidden))
-                for m, d in data.modality_dims.items()}
-    return MultimodalGuide(encoders, AGGREGATORS[args.aggregator](args.latent_dim,
-                                                                  args.aggregator_width))
-
-
-def build_loss(args):
-    """The bound named by ``--bound`` with its options."""
-    kwargs = {"beta": args.beta, "iwae": args.iwae}
-    if args.masking is not None:
-        kwargs["masking"] = args.masking
-    return BOUNDS[args.bound](args.num_particles, **kwargs)
-
 
 # --- argument types -------------------------------------------------------------------------
 
@@ -194,43 +69,72 @@ def fraction(text: str) -> float:
     return value
 
 
+def modality_list(text: str) -> list:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one modality, e.g. m0,m2")
+    return names
+
+
 # --- parsers ---------------------------------------------------------------------------------
 
-DEFAULT_EPOCHS = 50  # ~1 min on 2 CPU cores (about 1550 steps of batch 128)
+DATASET_DEPENDENT = ("latent_dim", "epochs", "batch_size", "lr", "aggregator",
+                     "aggregator_width", "hidden", "channels", "is_samples", "eval_points")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=sorted(DATASETS), default="linear-gaussian",
+    g.add_argument("--dataset", choices=list(DATASETS), default=DEFAULT_DATASET,
                    help="; ".join(f"{k}: {v.help}" for k, v in DATASETS.items())
                    + " (default: %(default)s)")
+    g.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                   help="cache directory of the built-in datasets (default: $PYRO_MMVAE_DATA or "
+                        "~/.cache/pyro_mmvae)")
+    g.add_argument("--image-size", type=positive_int, default=16,
+                   help="image side of PolyDigits / DigitsSVHNText (default: %(default)s)")
+    g.add_argument("--train-points", type=positive_int, default=None, metavar="N",
+                   help="train on the first N training points only (polydigits, "
+                        "digits-svhn-text; default: all)")
     g.add_argument("--num-modalities", type=positive_int, default=5,
                    help="number of modalities M (linear-gaussian; default: %(default)s)")
     g.add_argument("--num-points", type=positive_int, default=5000,
                    help="data points simulated, before the train/test split "
                         "(linear-gaussian; default: %(default)s)")
     g.add_argument("--test-fraction", type=fraction, default=0.2,
-                   help="fraction held out as the test split (default: %(default)s)")
+                   help="fraction held out as the test split (linear-gaussian; default: "
+                        "%(default)s)")
     g.add_argument("--data-seed", type=int, default=0,
-                   help="seed of the data simulation (default: %(default)s)")
+                   help="seed of the data simulation / dataset build (default: %(default)s)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and guide")
-    g.add_argument("--latent-dim", type=positive_int, default=5,
-                   help="latent dimension D of the model and of the simulation "
-                        "(default: %(default)s)")
-    g.add_argument("--aggregator", choices=list(AGGREGATORS), default="poe",
+    g = p.add_argument_group("model and guide (defaults depend on --dataset)")
+    g.add_argument("--latent-dim", type=positive_int, default=None,
+                   help="latent dimension D (polydigits, digits-svhn-text: 16; "
+                        "linear-gaussian: 5, also the simulation's)")
+    g.add_argument("--aggregator", choices=AGGREGATORS, default=None,
                    help="guide aggregator: poe (product of experts with a prior expert), moe "
                         "(mixture of unimodal experts), mopoe (mixture of products over all "
                         "subsets), sumpooling (DeepSets), selfattention (masked self-attention), "
-                        "and their 5-component mixture versions (default: %(default)s)")
-    g.add_argument("--aggregator-width", type=positive_int, default=128, metavar="W",
-                   help="hidden and pooling width of the learnable aggregators "
+                        "and their mixture versions (images: sumpooling; linear-gaussian: poe)")
+    g.add_argument("--aggregator-width", type=positive_int, default=None, metavar="W",
+                   help="hidden and pooling width of the learnable aggregators, and the "
+                        "encoders' feature size for them on images/text (64; linear: 128)")
+    g.add_argument("--prior", choices=PRIORS, default="normal",
+                   help="normal: N(0, I); gmm: learned Gaussian mixture with the optimal "
+                        "cluster factor (default: %(default)s)")
+    g.add_argument("--num-components", type=positive_int, default=10,
+                   help="components of the gmm prior and of the mixture aggregators "
                         "(default: %(default)s)")
-    g.add_argument("--hidden", type=positive_int, nargs="+", default=[128, 128],
-                   metavar="H", help="hidden layer sizes of each modality encoder "
-                                     "(default: 128 128)")
+    g.add_argument("--likelihood", choices=("laplace", "gaussian", "bernoulli"),
+                   default="laplace",
+                   help="image likelihood; laplace and gaussian with MoPoE's fixed scale 0.75 "
+                        "(default: %(default)s)")
+    g.add_argument("--hidden", type=positive_int, nargs="+", default=None, metavar="H",
+                   help="hidden layer sizes of vector-modality encoders (linear: 128 128)")
+    g.add_argument("--channels", type=positive_int, nargs="+", default=None, metavar="C",
+                   help="channels of the image encoder's stride-2 convolutions, mirrored in "
+                        "the decoder (default: 32 64)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -239,20 +143,33 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="seed of parameter initialisation, shuffling and sampling "
                         "(default: %(default)s)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where to train (default: %(default)s)")
+                   help="where to run (default: %(default)s)")
     g.add_argument("--num-threads", type=int, default=1, metavar="N",
                    help="torch CPU threads; 0 keeps torch's default. One thread is fastest for "
-                        "the small default networks (default: %(default)s)")
+                        "the small default networks on a busy machine (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_eval_args(g) -> None:
+    g.add_argument("--is-samples", type=positive_int, default=None,
+                   help="importance samples of the test log-likelihoods (images: 32; "
+                        "linear: 100)")
+    g.add_argument("--eval-points", type=positive_int, default=None,
+                   help="test points used for the evaluation (images: 500)")
+    g.add_argument("--classifier-epochs", type=positive_int, default=5,
+                   help="epochs of the per-modality classifiers trained for coherence "
+                        "(default: %(default)s)")
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train a multimodal VAE and write a run directory",
-        description="Train a multimodal VAE with SVI and write a run directory with "
-                    "config.json, metrics.json, checkpoint.pt (after every epoch) and "
-                    "loss_curve.png. Without options: a PoE guide under the masked bound on the "
-                    "linear-Gaussian simulation (5 modalities, latent dimension 5).")
+        description="Train a multimodal VAE with SVI, then evaluate it, and write a run "
+                    "directory with config.json, checkpoint.pt (after every epoch), "
+                    "metrics.json, loss_curve.png and the evaluation (evaluation.json, "
+                    "classifiers.pt, coherence.png, generation_*.png, samples.png). Without "
+                    "options: a SumPooling guide under the masked bound on PolyDigits (a few "
+                    "minutes on 2 CPU cores).")
     add_data_args(p)
     add_model_args(p)
     g = p.add_argument_group("objective")
@@ -264,28 +181,71 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "own default)")
     g.add_argument("--beta", type=positive_float, default=1.0,
                    help="weight of the KL (rate) terms (default: %(default)s)")
+    g.add_argument("--likelihood-weights", choices=("none", "dimension"), default="none",
+                   help="per-modality likelihood weights: dimension = MoPoE's D_max / D_m "
+                        "(default: %(default)s)")
     g.add_argument("--num-particles", type=positive_int, default=1,
                    help="samples per data point in the bound (default: %(default)s)")
     g.add_argument("--iwae", action="store_true",
                    help="importance-weighted version of the bound (DReG gradients); "
                         "use with --num-particles > 1")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
-                   help="training epochs (default: %(default)s)")
-    g.add_argument("--batch-size", type=positive_int, default=128,
-                   help="mini-batch size; the last incomplete batch is dropped "
-                        "(default: %(default)s)")
-    g.add_argument("--lr", type=positive_float, default=1e-2,
-                   help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (polydigits, digits-svhn-text: 10; linear: 50); with "
+                        "--resume, the total to reach")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="mini-batch size; the last incomplete batch is dropped (128)")
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (images: 1e-3; linear: 1e-2)")
     g.add_argument("--clip-norm", type=positive_float, default=None,
                    help="clip gradient norms at this value (ClippedAdam; default: no clipping)")
     g = p.add_argument_group("output and evaluation")
     g.add_argument("--output-dir", type=Path, default=None,
                    help="run directory (default: runs/<dataset>-<aggregator>-<bound>-<timestamp>)")
-    g.add_argument("--is-samples", type=positive_int, default=100,
-                   help="importance samples for the test log-likelihood (default: %(default)s)")
+    g.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its checkpoint with its saved configuration "
+                        "(only --epochs, --device, --num-threads, --no-progress and "
+                        "--no-evaluate apply)")
+    g.add_argument("--no-evaluate", action="store_true",
+                   help="skip the evaluation after training (run `pyro-mmvae evaluate` later)")
+    add_eval_args(g)
     add_runtime_args(p)
     p.set_defaults(func=functools.partial(run_train, parser=p))
+    return p
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate", help="compute every metric of a trained run",
+        description="Evaluate a trained run: test log-likelihoods (joint and leave-one-out), "
+                    "rates and distortions, conditional coherence from every subset of inputs, "
+                    "joint coherence, latent linear classification (labelled datasets; "
+                    "per-modality classifiers are trained once and kept in the run as "
+                    "classifiers.pt), and pictures. Writes evaluation.json into RUN_DIR.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    add_eval_args(p)
+    add_runtime_args(p)
+    p.set_defaults(func=functools.partial(run_evaluate, parser=p))
+    return p
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate", help="write a cross-generation grid of a trained run",
+        description="Encode test points from the GIVEN modalities and generate every modality "
+                    "from q(z | x_GIVEN): a PNG with the inputs on top and one row per "
+                    "generated modality (reconstructions of the given ones).")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--given", type=modality_list, required=True, metavar="M1,M2",
+                   help="comma-separated input modalities, e.g. m0,m2")
+    p.add_argument("--num-columns", type=positive_int, default=8,
+                   help="test points shown (default: %(default)s)")
+    p.add_argument("--sample", action="store_true",
+                   help="draw from the likelihood instead of showing its mean")
+    p.add_argument("--output", type=Path, default=None,
+                   help="PNG path (default: RUN_DIR/generate_<given>.png)")
+    add_runtime_args(p)
+    p.set_defaults(func=functools.partial(run_generate, parser=p))
     return p
 
 
@@ -296,7 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_train_parser(subparsers)
+    add_evaluate_parser(subparsers)
+    add_generate_parser(subparsers)
     return parser
+
+
+def apply_dataset_defaults(args) -> argparse.Namespace:
+    """Fill the options left at None with the dataset's defaults."""
+    defaults = DATASETS[args.dataset].defaults
+    for key in DATASET_DEPENDENT:
+        if getattr(args, key, None) is None:
+            setattr(args, key, defaults[key])
+    return args
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -312,75 +283,155 @@ def default_run_dir(args) -> Path:
     return path
 
 
-def _config(args, data: PreparedData) -> dict:
+def _config(args, data) -> dict:
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-           if k != "func"}
+           if k not in ("func", "resume")}
     cfg["modality_dims"] = data.modality_dims
-    cfg["num_test"] = int(next(iter(data.test.values())).shape[0])
+    cfg["num_test"] = data.num_test
     cfg["dataset_info"] = data.info
     cfg["pyro_mmvae_version"] = __version__
     return cfg
 
 
-def run_train(args, parser: argparse.ArgumentParser) -> int:
-    """``pyro-mmvae train``: load data, build model/guide/bound, fit, evaluate, summarise."""
+class _Threads:
+    """Set torch's thread count for a command and restore it afterwards."""
+
+    def __init__(self, n: int):
+        self.n, self.saved = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n > 0:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+
+
+def _device(args, parser):
     try:
-        device = resolve_device(args.device)
+        return resolve_device(args.device)
     except ValueError as err:
         parser.error(str(err))
+
+
+def resumed_args(args, parser) -> argparse.Namespace:
+    """The saved configuration of ``args.resume`` with the options that apply to a resume."""
+    try:
+        config = read_config(args.resume)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    if not (Path(args.resume) / CHECKPOINT).is_file():
+        parser.error(f"--resume {args.resume}: no checkpoint.pt there to continue from")
+    saved = config_namespace(config)
+    for key in ("device", "num_threads", "no_progress", "no_evaluate"):
+        setattr(saved, key, getattr(args, key))
+    if args.epochs is not None:
+        saved.epochs = args.epochs
+    saved.output_dir = Path(args.resume)
+    saved.resume = Path(args.resume)
+    return saved
+
+
+def run_train(args, parser: argparse.ArgumentParser) -> int:
+    """``pyro-mmvae train``: load data, build model/guide/bound, fit, evaluate, summarise."""
+    args = resumed_args(args, parser) if args.resume else apply_dataset_defaults(args)
+    device = _device(args, parser)
     if args.iwae and args.num_particles == 1:
         print("note: --iwae with --num-particles 1 is the ordinary bound", file=sys.stderr)
-    threads = torch.get_num_threads()
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
-    try:
+    with _Threads(args.num_threads):
         return _train(args, parser, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(args, parser, device) -> int:
     """The body of ``train`` (threads already set): returns 0, or 1 if training diverged."""
     spec = DATASETS[args.dataset]
     data = spec.load(args)
-    n_train = next(iter(data.train.values())).shape[0]
-    if args.batch_size > n_train:
-        parser.error(f"--batch-size {args.batch_size} exceeds the {n_train} training points; "
-                     "lower --batch-size or raise --num-points")
+    if args.batch_size > data.num_train:
+        parser.error(f"--batch-size {args.batch_size} exceeds the {data.num_train} training "
+                     "points; lower --batch-size or raise --num-points")
     run_dir = args.output_dir or default_run_dir(args)
     args.output_dir = run_dir
     pyro.set_rng_seed(args.seed)  # parameter initialisation (fit re-seeds for training)
-    model = spec.build_model(args, data)
-    guide = build_guide(args, data)
     try:
-        loss = build_loss(args)
+        model = build_model(args, data).to(data.dtype)
+        guide = build_guide(args, data).to(data.dtype)
+        loss = build_loss(args, data)
     except ValueError as err:
         parser.error(str(err))
 
-    print(f"training {args.aggregator} guide, {args.bound} bound on {args.dataset} "
-          f"({n_train} train points, {len(data.modality_dims)} modalities) for {args.epochs} "
-          f"epochs on {device}; run directory: {run_dir}")
+    resume = getattr(args, "resume", None)
+    print(f"{'resuming' if resume else 'training'} {args.aggregator} guide, {args.bound} bound "
+          f"on {args.dataset} ({data.num_train} train points, {len(data.modality_dims)} "
+          f"modalities) to epoch {args.epochs} on {device}; run directory: {run_dir}")
     t0 = time.perf_counter()
     try:
         history = fit(model, guide, loss, data.train, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm,
                       run_dir=run_dir, seed=args.seed, device=device,
-                      progress=not args.no_progress, config=_config(args, data))
+                      progress=not args.no_progress, config=_config(args, data),
+                      resume_from=Path(resume) / CHECKPOINT if resume else None)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         write_json(run_dir / METRICS, {"status": "diverged", "error": str(err),
                                        "train_loss": err.history["loss"],
                                        "history": err.history})
         return 1
+    except CheckpointError as err:
+        parser.error(str(err))
     train_time = time.perf_counter() - t0
     metrics = {"status": "completed", "epochs": len(history["loss"]),
                "train_loss": history["loss"], "final_train_loss": history["loss"][-1],
                "train_time_s": train_time}
-    metrics.update(spec.evaluate(args, data, model, guide))
+    if not args.no_evaluate:
+        evaluation = evaluate_run(args, data, model, guide, run_dir, device,
+                                  progress=not args.no_progress)
+        metrics.update(headline(evaluation))
+        if args.dataset == "linear-gaussian":
+            metrics.update(evaluation)
     metrics["wall_time_s"] = time.perf_counter() - t0
     metrics["history"] = history
     write_json(run_dir / METRICS, metrics)
     print(summary(metrics, run_dir))
+    return 0
+
+
+def run_evaluate(args, parser: argparse.ArgumentParser) -> int:
+    """``pyro-mmvae evaluate RUN_DIR``."""
+    device = _device(args, parser)
+    with _Threads(args.num_threads):
+        try:
+            saved, data, model, guide, _ = load_run(args.run_dir, device)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+        for key in ("is_samples", "eval_points", "classifier_epochs"):
+            if getattr(args, key) is not None:
+                setattr(saved, key, getattr(args, key))
+        metrics = evaluate_run(saved, data, model, guide, args.run_dir, device,
+                               progress=not args.no_progress)
+    print(json.dumps(headline(metrics) | ({"modalities": metrics["modalities"]}
+                                          if "modalities" in metrics else {}), indent=1))
+    print(f"wrote {Path(args.run_dir) / EVALUATION}")
+    return 0
+
+
+def run_generate(args, parser: argparse.ArgumentParser) -> int:
+    """``pyro-mmvae generate RUN_DIR --given m0,m2``."""
+    device = _device(args, parser)
+    with _Threads(args.num_threads):
+        try:
+            saved, data, model, guide, _ = load_run(args.run_dir, device)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+        unknown = [m for m in args.given if m not in data.test]
+        if unknown:
+            parser.error(f"--given names unknown modality '{unknown[0]}': the run's modalities "
+                         f"are {','.join(data.test)}")
+        test = {m: x[:args.num_columns].to(device) for m, x in data.test.items()}
+        pyro.set_rng_seed(args.seed)
+        out = args.output or Path(args.run_dir) / f"generate_{'+'.join(args.given)}.png"
+        save_generation_grid(out, model, guide, test, args.given, args.num_columns,
+                             use_mean=not args.sample)
+    print(f"wrote {out}")
     return 0
 
 
@@ -398,8 +449,18 @@ def summary(metrics: Mapping, run_dir: Path) -> str:
                  "test_is_log_likelihood")]
         lines += [f"  {label:<38} {metrics[key]:.4f}" for label, key in rows if key in metrics]
         lines.append(f"relative LLH gap to the PCA MLE (train): {metrics['relative_llh_gap']:.3e}")
-    files = ", ".join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE))
-    lines.append(f"wrote {files} to {run_dir}")
+    else:
+        labels = {"test_log_likelihood": "test log-likelihood per point (IS)",
+                  "leave_one_out_coherence": "leave-one-out coherence",
+                  "cross_coherence_from_one_input": "cross coherence from one input",
+                  "joint_coherence": "joint (unconditional) coherence",
+                  "latent_accuracy_one_input": "latent linear accuracy, one input",
+                  "latent_accuracy_all_inputs": "latent linear accuracy, all inputs"}
+        lines += [f"  {label:<38} {metrics[key]:.4f}" for key, label in labels.items()
+                  if metrics.get(key) is not None]
+    files = [CONFIG, METRICS, CHECKPOINT, LOSS_CURVE] + (
+        [] if "no_evaluate" in metrics else [EVALUATION])
+    lines.append(f"wrote {', '.join(files)} (and pictures) to {run_dir}")
     return "\n".join(lines)
 
 

@@ -51,6 +51,10 @@ METRICS = "metrics.json"
 LOSS_CURVE = "loss_curve.png"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not match the model and guide."""
+
+
 class TrainingDiverged(RuntimeError):
     """Raised by :func:`fit` when a step produces a non-finite loss or gradient.
 
@@ -268,11 +272,25 @@ def load_checkpoint(path: PathLike, model=None, guide=None, optim=None, *,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if model is not None:
-        model.load_state_dict(ckpt["model"])
-    if guide is not None:
-        guide.load_state_dict(ckpt["guide"])
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or not ours
+        raise CheckpointError(f"cannot read the checkpoint {path}: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}; it is corrupted "
+                              "or not a pyro_mmvae checkpoint") from err
+    missing = [k for k in ("epoch", "model", "guide", "rng", "history")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"the checkpoint {path} lacks {missing}; it is not a complete "
+                              "pyro_mmvae checkpoint")
+    try:
+        if model is not None:
+            model.load_state_dict(ckpt["model"])
+        if guide is not None:
+            guide.load_state_dict(ckpt["guide"])
+    except RuntimeError as err:
+        raise CheckpointError(f"the checkpoint {path} does not fit this model and guide (was it "
+                              f"written by another configuration?): {err}") from err
     if optim is not None and ckpt.get("optimizer") is not None:
         optim.set_state(ckpt["optimizer"])
     return ckpt

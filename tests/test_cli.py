@@ -10,7 +10,8 @@ import torch
 from pyro_mmvae import cli
 from pyro_mmvae.train import load_checkpoint
 
-TINY = ["--epochs", "1", "--num-points", "200", "--no-progress"]
+LINEAR = ["--dataset", "linear-gaussian"]
+TINY = [*LINEAR, "--epochs", "1", "--num-points", "200", "--no-progress"]
 
 FINAL_KEYS = ("final_train_loss", "train_exact_log_likelihood", "test_exact_log_likelihood",
               "pca_mle_train_log_likelihood", "pca_mle_test_log_likelihood", "relative_llh_gap",
@@ -90,12 +91,14 @@ def test_main_restores_thread_count(tmp_path):
 
 
 def test_diverged_run_exits_1(tmp_path, monkeypatch, capsys):
-    class NaNLoss(cli.MaskedMultimodalELBO):
+    from pyro_mmvae.infer import MaskedMultimodalELBO
+
+    class NaNLoss(MaskedMultimodalELBO):
         def loss_and_grads(self, *args, **kwargs):
             super().loss_and_grads(*args, **kwargs)
             return float("nan")
 
-    monkeypatch.setattr(cli, "build_loss", lambda args: NaNLoss())
+    monkeypatch.setattr(cli, "build_loss", lambda args, data: NaNLoss())
     argv = ["train", *TINY, "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8",
             "--output-dir", str(tmp_path)]
     assert cli.main(argv) == 1
@@ -105,19 +108,22 @@ def test_diverged_run_exits_1(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"],
+                                  ["generate", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
     assert info.value.code == 0
     text = capsys.readouterr().out
-    assert "train" in text
-    if argv[0] == "train":
-        for option in ("--dataset", "--aggregator", "--bound", "--masking", "--beta",
-                       "--latent-dim", "--num-modalities", "--num-points", "--epochs",
-                       "--batch-size", "--lr", "--num-particles", "--iwae", "--seed",
-                       "--device", "--output-dir", "--no-progress"):
-            assert option in text, option
+    options = {"train": ("--dataset", "--aggregator", "--bound", "--prior", "--masking",
+                         "--beta", "--latent-dim", "--num-modalities", "--num-points",
+                         "--epochs", "--batch-size", "--lr", "--num-particles", "--iwae",
+                         "--seed", "--device", "--output-dir", "--resume", "--no-progress",
+                         "polydigits", "digits-svhn-text"),
+               "evaluate": ("RUN_DIR", "--is-samples", "--eval-points", "--device"),
+               "generate": ("RUN_DIR", "--given", "--num-columns", "--output")}
+    for option in options.get(argv[0], ("train", "evaluate", "generate")):
+        assert option in text, option
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -126,11 +132,15 @@ def test_help(argv, capsys):
     (["train", "--aggregator", "sum"], "invalid choice"),
     (["train", "--bound", "elbo"], "invalid choice"),
     (["train", "--dataset", "mnist"], "invalid choice"),
+    (["train", "--prior", "gmm", *LINEAR], "not available for linear-gaussian"),
+    (["evaluate", "no-such-run"], "not a pyro-mmvae run directory"),
+    (["generate", "no-such-run"], "required: --given"),
     (["train", "--epochs", "0"], "positive integer"),
     (["train", "--lr", "-1"], "positive number"),
     (["train", "--test-fraction", "1.5"], r"in \[0, 1\)"),
     (["train", "--unknown-option"], "unrecognized arguments"),
-    (["train", "--num-points", "100", "--batch-size", "500"], "exceeds the 80 training points"),
+    (["train", *LINEAR, "--num-points", "100", "--batch-size", "500"],
+     "exceeds the 80 training points"),
 ])
 def test_bad_options_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -144,7 +154,7 @@ def test_bad_options_are_argparse_errors(argv, message, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--device", "cuda", "--output-dir", str(tmp_path)])
+        cli.main(["train", *LINEAR, "--device", "cuda", "--output-dir", str(tmp_path)])
     assert info.value.code == 2
     assert "CUDA is not available" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
@@ -154,8 +164,114 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
                                         "sumpooling-mixture", "selfattention-mixture"])
 def test_every_aggregator_trains_from_the_command_line(tmp_path, aggregator):
     run = tmp_path / aggregator
-    assert cli.main(["train", "--aggregator", aggregator, "--epochs", "1", "--num-points", "200",
+    assert cli.main(["train", *LINEAR, "--aggregator", aggregator, "--epochs", "1",
+                     "--num-points", "200",
                  "--batch-size", "50", "--aggregator-width", "16", "--hidden", "16",
                  "--is-samples", "4", "--output-dir", str(run), "--no-progress"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and math.isfinite(metrics["relative_llh_gap"])
+
+
+# --- image datasets: the default workflow --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One PolyDigits / DigitsSVHNText cache for the module (built on first use, ~3 s)."""
+    return tmp_path_factory.mktemp("data")
+
+
+def tiny_images(data_root, *extra):
+    return ["--data-root", str(data_root), "--train-points", "128", "--batch-size", "64",
+            "--epochs", "1", "--latent-dim", "4", "--aggregator-width", "16", "--channels", "8",
+            "--eval-points", "40", "--is-samples", "2", "--classifier-epochs", "1",
+            "--no-progress", *extra]
+
+
+EVALUATION_FILES = ("evaluation.json", "classifiers.pt", "coherence.png", "generation_all.png",
+                    "samples.png")
+
+
+@pytest.fixture(scope="module")
+def polydigits_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "polydigits"
+    assert cli.main(["train", *tiny_images(data_root), "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_default_train_on_polydigits_writes_every_promised_file(polydigits_run):
+    out = polydigits_run
+    for name in ("config.json", "metrics.json", "checkpoint.pt", "loss_curve.png",
+                 *EVALUATION_FILES, *(f"generation_m{k}.png" for k in range(5))):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dataset"], config["aggregator"], config["bound"]) == (
+        "polydigits", "sumpooling", "masked")
+    assert config["num_train"] == 128 and config["modality_dims"]["m0"] == 3 * 16 * 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and math.isfinite(metrics["test_log_likelihood"])
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    coherence = evaluation["conditional_coherence"]
+    assert len(coherence["coherence"]) == 31  # every non-empty subset of 5 modalities
+    assert set(coherence["leave_one_out"]) == {f"m{k}" for k in range(5)}
+    assert all(0 <= v <= 1 for v in coherence["cross"].values())
+    assert 0 <= evaluation["joint_coherence"] <= 1
+    assert len(evaluation["latent_classification"]["accuracy"]) == 31
+    assert set(evaluation["test_leave_one_out_log_likelihood"]) == {f"m{k}" for k in range(5)}
+    assert evaluation["rate_distortion"]["full_rate"] >= 0
+
+
+def test_evaluate_and_generate_a_saved_run(polydigits_run, capsys):
+    out = polydigits_run
+    before = json.loads((out / "evaluation.json").read_text())
+    assert cli.main(["evaluate", str(out), "--no-progress"]) == 0
+    after = json.loads((out / "evaluation.json").read_text())
+    # the saved classifiers are reused and the model restored exactly: coherence is identical
+    assert after["conditional_coherence"] == before["conditional_coherence"]
+    assert after["classifier_test_accuracy"] == before["classifier_test_accuracy"]
+    assert cli.main(["generate", str(out), "--given", "m0,m2", "--num-columns", "3"]) == 0
+    png = out / "generate_m0+m2.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        cli.main(["generate", str(out), "--given", "m9"])
+    assert "unknown modality 'm9'" in capsys.readouterr().err
+
+
+def test_resume_reproduces_the_uninterrupted_run(data_root, tmp_path):
+    args = tiny_images(data_root, "--no-evaluate")
+    args[args.index("--epochs") + 1] = "2"
+    assert cli.main(["train", *args, "--output-dir", str(tmp_path / "full")]) == 0
+    args[args.index("--epochs") + 1] = "1"
+    assert cli.main(["train", *args, "--output-dir", str(tmp_path / "part")]) == 0
+    assert cli.main(["train", "--resume", str(tmp_path / "part"), "--epochs", "2",
+                     "--no-evaluate", "--no-progress"]) == 0
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    resumed = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert resumed["epoch"] == 2
+    for part in ("model", "guide"):
+        for key, value in full[part].items():
+            assert torch.equal(value, resumed[part][key]), (part, key)
+    assert full["history"]["loss"] == resumed["history"]["loss"]
+
+
+def test_corrupted_checkpoint_is_a_clear_error(polydigits_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(polydigits_run, run)
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run), "--epochs", "2"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        assert "corrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [
+    ["--dataset", "digits-svhn-text", "--aggregator", "mopoe", "--bound", "mixture"],
+    ["--aggregator", "poe", "--prior", "gmm", "--num-components", "3", "--bound", "subsampled"],
+])
+def test_other_image_configurations(data_root, tmp_path, extra):
+    assert cli.main(["train", *tiny_images(data_root, *extra), "--output-dir",
+                     str(tmp_path)]) == 0
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert math.isfinite(evaluation["test_log_likelihood"])
+    assert evaluation["conditional_coherence"]["leave_one_out_mean"] is not None

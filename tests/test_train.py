@@ -202,3 +202,18 @@ def test_bad_arguments(data):
 def test_cuda_unavailable_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_corrupted_checkpoint_is_a_clear_error(data, tmp_path):
+    from pyro_mmvae.train import CheckpointError
+
+    model, guide = build(data)
+    fit(model, guide, MaskedMultimodalELBO(), data, epochs=1, batch_size=50, run_dir=tmp_path,
+        progress=False)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="checkpoint.pt.*corrupted"):
+        load_checkpoint(path, model, guide)
+    torch.save({"model": {}}, path)
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_checkpoint(path, model, guide)

@@ -1,0 +1,205 @@
+r"""Pictures of a trained multimodal VAE: reconstructions, cross-generations, samples, curves.
+
+- :func:`conditional_generations`: every modality generated from :math:`z\sim q(z\mid x_S)`
+  for one or several input subsets ``S`` (one guide call and one model call for all subsets,
+  as :func:`pyro_mmvae.eval.conditional_coherence` does);
+- :func:`unconditional_samples`: ``model({}, num_samples=n)``;
+- :func:`generation_grid` / :func:`save_generation_grid`: a PNG with one column per data
+  point, the inputs on top and one row per generated modality below; images are drawn with
+  :func:`torchvision.utils.make_grid`, one-hot text is written out as its decoded string, and
+  vector modalities as small line plots;
+- :func:`plot_coherence` (coherence vs number of inputs, MoPoE's PolyMNIST figure) and
+  :func:`plot_rate_distortion`.
+
+Every ``save_*`` function writes atomically (temporary file, then :func:`os.replace`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from pyro import poutine
+
+from pyro_mmvae.data.text import ALPHABET, decode_text
+from pyro_mmvae.eval.coherence import (_generated, _subset_masks, decoded_value, subset_matrix)
+from pyro_mmvae.infer.traces import trace_guide, within_plates
+from pyro_mmvae.protocol import batch_size as data_size, validate_batch
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        _pyplot().close(fig)
+
+
+@torch.no_grad()
+def conditional_generations(model, guide, data: Mapping[str, torch.Tensor], subsets,
+                            use_mean: bool = True) -> dict:
+    r"""Generations of every modality from :math:`q(z\mid x_S)` for each subset ``S``.
+
+    :param subsets: subset specs (``"m0+m2"`` or iterables of names), as in
+        :func:`~pyro_mmvae.eval.coherence.subset_matrix`.
+    :returns: ``{subset name: {modality: (B, ...)}}`` — likelihood means (text: per-position
+        argmax, one-hot) with ``use_mean``, else samples.
+    """
+    validate_batch(data, None)
+    modalities = list(data)
+    names, rows = subset_matrix(subsets, modalities, next(iter(data.values())).device)
+    b, s = data_size(data), len(names)
+    plates = [("subsets", s, -3), ("particles", 1, -2)]
+    guide_tr = trace_guide(guide, data, _subset_masks(rows, b, modalities, 1, True), plates)
+    model_tr = poutine.trace(poutine.replay(within_plates(model, plates), trace=guide_tr)
+                             ).get_trace({}, num_samples=b)
+    out = {name: {} for name in names}
+    for m in modalities:
+        site = _generated(model_tr, m)
+        event = tuple(site["fn"].event_shape)
+        x = decoded_value(site, use_mean).reshape((s, b) + event)
+        for i, name in enumerate(names):
+            out[name][m] = x[i]
+    return out
+
+
+@torch.no_grad()
+def unconditional_samples(model, num_samples: int, use_mean: bool = True) -> dict:
+    """``{modality: (n, ...)}`` generated from the prior, ``model({}, num_samples=n)``."""
+    trace = poutine.trace(model).get_trace({}, num_samples=num_samples)
+    out = {}
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and name.startswith("x_"):
+            out[name[2:]] = decoded_value(site, use_mean)
+    return out
+
+
+def _kind(x: torch.Tensor) -> str:
+    if x.dim() == 4:
+        return "image"
+    if x.dim() == 3 and x.shape[-1] == len(ALPHABET):
+        return "text"
+    return "vector"
+
+
+def _image_row(ax, x: torch.Tensor):
+    from torchvision.utils import make_grid
+    grid = make_grid(x.detach().float().cpu().clamp(0, 1), nrow=x.shape[0], padding=1,
+                     pad_value=1.0)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+
+
+def _text_row(ax, x: torch.Tensor):
+    words = decode_text(x.detach().cpu())
+    n = len(words)
+    for i, w in enumerate(words):
+        ax.text((i + 0.5) / n, 0.5, repr(w.rstrip()), ha="center", va="center", fontsize=7,
+                family="monospace", transform=ax.transAxes)
+
+
+def _vector_row(ax, x: torch.Tensor):
+    x = x.detach().cpu().reshape(x.shape[0], -1).numpy()
+    n, d = x.shape
+    for i in range(n):
+        span = np.ptp(x[i]) or 1.0
+        ax.plot(i + 0.05 + 0.9 * np.arange(d) / max(d - 1, 1), 0.1 + 0.8 * (x[i] - x[i].min())
+                / span, lw=0.7)
+    ax.set_xlim(0, n)
+    ax.set_ylim(0, 1)
+
+
+def generation_grid(rows: Sequence[tuple], title: Optional[str] = None):
+    """A figure with one row per ``(label, tensor (n, ...))`` entry (same ``n`` for all)."""
+    plt = _pyplot()
+    n = rows[0][1].shape[0]
+    width = max(4.0, 0.7 * n + 1.5)
+    image_height = (width - 1.5) / n + 0.15  # one square image per column
+    heights = [image_height if _kind(x) == "image" else 0.4 for _, x in rows]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, sum(heights) + 0.5),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (label, x) in zip(axes[:, 0], rows):
+        {"image": _image_row, "text": _text_row, "vector": _vector_row}[_kind(x)](ax, x)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_generation_grid(path, model, guide, data: Mapping[str, torch.Tensor], given,
+                         num_columns: int = 8, use_mean: bool = True) -> Path:
+    """PNG of the first ``num_columns`` data points: the inputs ``given`` (a subset spec) on
+    top, then every modality generated from :math:`q(z\\mid x_{given})` (reconstructions for
+    the inputs, cross-generations for the rest)."""
+    batch = {m: x[:num_columns] for m, x in data.items()}
+    name, = subset_matrix([given], list(data))[0]
+    gen = conditional_generations(model, guide, batch, [given], use_mean)[name]
+    members = name.split("+")
+    rows = [(f"input {m}", batch[m]) for m in members]
+    rows += [(f"{'recon.' if m in members else 'generated'} {m}", x) for m, x in gen.items()]
+    _save(generation_grid(rows, f"generated from q(z | {name})"), path)
+    return Path(path)
+
+
+def save_samples_grid(path, model, num_samples: int = 8, use_mean: bool = True) -> Path:
+    """PNG of ``num_samples`` unconditional samples, one row per modality."""
+    samples = unconditional_samples(model, num_samples, use_mean)
+    _save(generation_grid([(f"sample {m}", x) for m, x in samples.items()],
+                          "unconditional samples, z ~ p(z)"), path)
+    return Path(path)
+
+
+def plot_coherence(path, by_num_inputs: Mapping[str, Mapping], title: str = "") -> Path:
+    """Line plot of coherence (or accuracy) against the number of input modalities:
+    ``by_num_inputs = {curve label: {num inputs: value}}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for label, curve in by_num_inputs.items():
+        pts = sorted((int(k), v) for k, v in curve.items() if v is not None)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel("number of input modalities")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return Path(path)
+
+
+def plot_rate_distortion(path, points: Mapping[str, tuple], title: str = "") -> Path:
+    """Scatter of (rate, distortion) pairs: ``points = {label: (rate, distortion)}``, with
+    distortion = −reconstruction log-likelihood, both in nats per data point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for label, (rate, distortion) in points.items():
+        ax.scatter([rate], [distortion], label=label)
+    ax.set_xlabel("rate (nats)")
+    ax.set_ylabel("distortion (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return Path(path)

@@ -1,0 +1,265 @@
+r"""Per-modality label classifiers for coherence evaluation (MoPoE App. B; seed 004 App. I).
+
+Coherence (:mod:`pyro_mmvae.eval.coherence`) labels *generated* modalities with a classifier
+trained beforehand on the *real* training data of that modality. MoPoE ships pretrained
+classifiers and gives no training details ("same as the encoder except the last layer"); here
+one classifier per modality is trained with cross-entropy and Adam on the training split:
+
+- images ``(N, C, H, W)``: :class:`guides.networks.ConvImageEncoder` with ``out_dim = K``;
+- one-hot text ``(N, L, A)``: :class:`guides.networks.TextEncoder` with ``out_dim = K``;
+- flat vectors ``(N, D)``: an :class:`~pyro_mmvae.nn.MLP`.
+
+A classifier maps ``(..., *in_shape)`` to logits ``(..., K)``; the predicted label is their
+argmax. :func:`save_classifiers` / :func:`load_classifiers` keep them with a run (the file
+stores each network's kind, shapes and options, so it is rebuilt without code), and
+:func:`classifier_accuracy` reports their own test accuracy, the ceiling of any coherence
+measured with them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyro_mmvae.nn import MLP
+
+KINDS = ("image", "text", "flat")
+_FORMAT = "pyro_mmvae.classifiers"
+_VERSION = 1
+
+
+def infer_kind(x: torch.Tensor) -> str:
+    """The classifier kind of a modality tensor with a leading batch dim: 4-D ``(N, C, H, W)``
+    is ``"image"``, 3-D ``(N, L, A)`` is ``"text"``, 2-D ``(N, D)`` is ``"flat"``."""
+    kinds = {4: "image", 3: "text", 2: "flat"}
+    if x.dim() not in kinds:
+        raise ValueError(f"cannot pick a classifier for data of shape {tuple(x.shape)}: expected "
+                         "(N, C, H, W) images, (N, L, A) one-hot text or (N, D) vectors")
+    return kinds[x.dim()]
+
+
+class ModalityClassifier(nn.Module):
+    r"""Classifier ``(..., *in_shape) -> logits (..., num_classes)`` for one modality.
+
+    :param kind: ``"image"`` (:class:`~guides.networks.ConvImageEncoder`), ``"text"``
+        (:class:`~guides.networks.TextEncoder`) or ``"flat"`` (:class:`~pyro_mmvae.nn.MLP`).
+    :param in_shape: shape of one data point: ``(C, H, W)``, ``(L, A)`` or ``(D,)``.
+    :param num_classes: number of labels ``K``.
+    :param options: keyword arguments of the network (plain values only, so that they can be
+        saved): e.g. ``channels``, ``hidden_dim`` for images and text; ``hidden`` (a tuple of
+        widths, default ``(128,)``) for flat data.
+    """
+
+    def __init__(self, kind: str, in_shape, num_classes: int, **options):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown classifier kind {kind!r}; expected one of {KINDS}")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.kind = kind
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.num_classes = int(num_classes)
+        self.options = dict(options)
+        # imported here: pyro_mmvae.eval otherwise knows nothing about the guides package
+        from guides.networks import ConvImageEncoder, TextEncoder
+
+        if kind == "image":
+            if len(self.in_shape) != 3:
+                raise ValueError(f"an image classifier needs in_shape (C, H, W), got "
+                                 f"{self.in_shape}")
+            self.net = ConvImageEncoder(self.in_shape, self.num_classes, **self.options)
+        elif kind == "text":
+            if len(self.in_shape) != 2:
+                raise ValueError(f"a text classifier needs in_shape (L, A), got {self.in_shape}")
+            length, alphabet = self.in_shape
+            self.net = TextEncoder(length, self.num_classes, alphabet_size=alphabet,
+                                   **self.options)
+        else:
+            if len(self.in_shape) != 1:
+                raise ValueError(f"a flat classifier needs in_shape (D,), got {self.in_shape}")
+            options = dict(self.options)
+            hidden = tuple(options.pop("hidden", (128,)))
+            self.net = MLP(self.in_shape[0], hidden, self.num_classes, **options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def config(self) -> dict:
+        """What :func:`load_classifiers` needs to rebuild the network (plain values)."""
+        return {"kind": self.kind, "in_shape": list(self.in_shape),
+                "num_classes": self.num_classes, "options": _plain(self.options)}
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"classifier option {value!r} is not a plain value (int, float, str, list) "
+                     "and cannot be saved")
+
+
+def _from_config(config: Mapping) -> ModalityClassifier:
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config["options"].items()}
+    return ModalityClassifier(config["kind"], config["in_shape"], config["num_classes"], **options)
+
+
+@torch.no_grad()
+def predict(classifier, x: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
+    """Predicted labels ``(N,)`` for ``x (N, ...)``: the argmax of the classifier's scores
+    ``(N, K)``; a classifier that returns integer labels ``(N,)`` is taken at its word."""
+    if isinstance(classifier, nn.Module):
+        classifier.eval()
+    chunks = [x] if batch_size is None else x.split(batch_size)
+    out = []
+    for chunk in chunks:
+        scores = classifier(chunk)
+        out.append(scores.argmax(-1) if scores.is_floating_point() else scores.long())
+    return torch.cat(out)
+
+
+def train_modality_classifiers(data: Mapping[str, torch.Tensor], labels: torch.Tensor,
+                               num_classes: int, epochs: int = 10, batch_size: int = 128,
+                               lr: float = 1e-3, seed: int = 0,
+                               device: Optional[str] = None, progress: bool = False,
+                               mask: Optional[Mapping[str, torch.Tensor]] = None,
+                               architectures: Optional[Mapping[str, Mapping]] = None,
+                               kinds: Optional[Mapping[str, str]] = None) -> dict:
+    r"""Train one :class:`ModalityClassifier` per modality on (training) data.
+
+    Cross-entropy, Adam (``lr``), ``epochs`` passes in shuffled mini-batches of ``batch_size``.
+    Each classifier's initialisation and shuffling depend only on ``seed`` and its own data
+    (not on the other modalities; the global RNG is left untouched).
+
+    :param data: ``{modality: (N, ...)}``; the kind of each classifier follows the tensor's
+        rank (:func:`infer_kind`) unless ``kinds`` names it.
+    :param labels: integer labels ``(N,)`` in ``[0, num_classes)``.
+    :param mask: optional ``{modality: (N,) bool}``: a modality's classifier trains only on
+        the data points where it is observed.
+    :param architectures: optional ``{modality: options}`` passed to :class:`ModalityClassifier`
+        (e.g. ``{"text": {"channels": 64}}``).
+    :param device: where to train (default: the data's device).
+    :returns: ``{modality: classifier}`` in eval mode, on ``device``.
+    """
+    labels = torch.as_tensor(labels).long()
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape (N,), got {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    architectures = architectures or {}
+    kinds = kinds or {}
+    classifiers = {}
+    for m, x in data.items():
+        if x.shape[0] != labels.shape[0]:
+            raise ValueError(f"modality '{m}': {x.shape[0]} data points but {labels.shape[0]} "
+                             "labels")
+        dev = torch.device(device) if device is not None else x.device
+        keep = torch.ones(x.shape[0], dtype=torch.bool) if mask is None else mask[m].cpu()
+        x_m = x[keep.to(x.device)].to(dev)
+        if not x_m.is_floating_point():
+            x_m = x_m.to(torch.get_default_dtype())
+        y_m = labels[keep.to(labels.device)].to(dev)
+        if len(x_m) == 0:
+            raise ValueError(f"modality '{m}': no observed data points to train a classifier on")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clf = ModalityClassifier(kinds.get(m) or infer_kind(x), x.shape[1:], num_classes,
+                                     **architectures.get(m, {}))
+        clf.to(device=dev, dtype=x_m.dtype)
+        gen = torch.Generator().manual_seed(seed)
+        optim = torch.optim.Adam(clf.parameters(), lr=lr)
+        clf.train()
+        steps = -(-len(x_m) // batch_size)
+        bar = tqdm(total=epochs * steps, disable=not progress, desc=f"classifier {m}")
+        for _ in range(epochs):
+            order = torch.randperm(len(x_m), generator=gen).to(dev)
+            for idx in order.split(batch_size):
+                loss = F.cross_entropy(clf(x_m[idx]), y_m[idx])
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                if progress:  # float() waits for the device: only when someone watches
+                    bar.update()
+                    bar.set_postfix(loss=float(loss.detach()))
+        bar.close()
+        clf.eval()
+        classifiers[m] = clf
+    return classifiers
+
+
+@torch.no_grad()
+def classifier_accuracy(classifiers: Mapping[str, nn.Module], data: Mapping[str, torch.Tensor],
+                        labels: torch.Tensor, mask: Optional[Mapping[str, torch.Tensor]] = None,
+                        batch_size: int = 1024) -> dict:
+    """Test accuracy of each classifier on real data: ``{modality: float}`` (modalities of
+    ``data`` that have a classifier; with ``mask``, only observed data points count)."""
+    out = {}
+    for m, clf in classifiers.items():
+        if m not in data:
+            continue
+        x = data[m]
+        y = torch.as_tensor(labels, device=x.device).long()
+        keep = torch.ones(len(x), dtype=torch.bool, device=x.device) if mask is None else \
+            mask[m].to(x.device)
+        if not keep.any():
+            continue
+        pred = predict(clf, x[keep], batch_size)
+        out[m] = float((pred == y[keep]).double().mean())
+    return out
+
+
+def save_classifiers(path, classifiers: Mapping[str, ModalityClassifier]) -> None:
+    """Save ``{modality: ModalityClassifier}`` to ``path`` atomically (temp file + rename).
+
+    The file holds each classifier's :meth:`~ModalityClassifier.config` and CPU state dict.
+    """
+    payload = {"format": _FORMAT, "version": _VERSION, "classifiers": {}}
+    for m, clf in classifiers.items():
+        if not isinstance(clf, ModalityClassifier):
+            raise ValueError(f"modality '{m}': only ModalityClassifier instances can be saved, "
+                             f"got {type(clf).__name__} (save its state_dict yourself)")
+        payload["classifiers"][m] = {
+            "config": clf.config(),
+            "state_dict": {k: v.detach().cpu() for k, v in clf.state_dict().items()},
+        }
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".classifiers-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_classifiers(path, device=None) -> dict:
+    """Rebuild the classifiers saved by :func:`save_classifiers`: ``{modality: classifier}``
+    in eval mode (on ``device`` if given, with the saved dtype)."""
+    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a classifier file written by save_classifiers")
+    out = {}
+    for m, entry in payload["classifiers"].items():
+        clf = _from_config(entry["config"])
+        state = entry["state_dict"]
+        dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)
+        if dtype is not None:
+            clf.to(dtype=dtype)
+        clf.load_state_dict(state)
+        if device is not None:
+            clf.to(device)
+        out[m] = clf.eval()
+    return out
