@@ -1,6 +1,8 @@
 """Guides for multimodal VAEs: modality encoders, aggregators and guide distributions."""
 
 from .aggregators import MoE, MoPoE, PoE, SubsetMixture, product_of_gaussians
+from .discrete_moe import (ComponentDraw, DiscreteMoEGuide, ExpertGate, GatedMoE, MoEBaseline,
+                           ScoreFunctionCategorical)
 from .distributions import DiagNormalMixture
 from .encoders import MLPEncoder, expert_encoder
 from .guide import MultimodalGuide
@@ -11,6 +13,12 @@ from .pooling import (MaskedSelfAttentionBlock, SelfAttention, SelfAttentionMixt
 
 __all__ = [
     "AttentionPrivate",
+    "ComponentDraw",
+    "DiscreteMoEGuide",
+    "ExpertGate",
+    "GatedMoE",
+    "MoEBaseline",
+    "ScoreFunctionCategorical",
     "ConvImageEncoder",
     "IndependentPrivate",
     "PooledPrivate",

@@ -141,6 +141,6 @@ class MultimodalELBO(ELBO):
             return value.mean(dim)
         bound = log_mean_exp(value, dim)
         if self.estimator == "dreg":
-            surrogate = dreg_surrogate(value, samples, dim)
+            surrogate = dreg_surrogate(value, samples, dim, self.beta)
             return bound.detach() + (surrogate - surrogate.detach())
         return bound

@@ -20,8 +20,19 @@ every observed modality is reconstructed from the subset's encoding. When
 - ``form="sampled"``: one draw from the mixture with the mixture density (seed 004's code).
 
 MMVAE as Shi et al. train it is ``masking="all"``, MoE guide, ``form="stratified"``,
-``iwae=True``; with ``masking="singletons"`` and a MoE guide one gets the same MMVAE objective
-in its subset-average form.
+``iwae=True``, ``estimator="dreg"`` (:meth:`MixtureMultimodalELBO.mmvae`): per data point
+
+.. math::
+    \frac1{|O|}\sum_{m\in O}\mathbb E_{z_{1:S}\sim q(z\mid x_m)}\Big[\log\frac1S\sum_s
+    \frac{p(x_O, z_s)}{q_{\rm MoE}(z_s\mid x_O)}\Big],
+
+the objective of their code's ``m_iwae_looser`` / ``m_dreg_looser`` (the ``--looser`` flag of
+their pretrained models), value for value. Their DReG gradient is biased for this bound (it
+treats each stratum's own component as the proposal density; see
+:mod:`pyro_mmvae.infer.stratified_dreg`); the default ``mixture_dreg="unbiased"`` uses the
+unbiased stratified DReG estimator, ``mixture_dreg="mmvae"`` reproduces theirs exactly. With
+``masking="singletons"`` and a MoE guide one gets the same MMVAE objective in its
+subset-average form.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from pyro.distributions import Independent, Laplace, Normal
 from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
+from .stratified_dreg import stratified_dreg
 from .traces import (check_model_guide, kl_estimate, latent_sites, log_likelihood, site_log_prob,
                      trace_guide, trace_model)
 
@@ -66,17 +78,41 @@ class MixtureMultimodalELBO(MultimodalELBO):
         MMVAE / MoPoE. Seed 004 trains it with ``"iid_half"`` and a unimodal aggregator.
     :param form: ``"stratified"``, ``"average"`` or ``"sampled"``; only matters for mixture
         guides (all three coincide otherwise).
+    :param mixture_dreg: the DReG estimator of ``form="stratified"`` with ``iwae=True``:
+        ``"unbiased"`` (default; :mod:`~pyro_mmvae.infer.stratified_dreg`) or ``"mmvae"``
+        (per-stratum DReG as in Shi et al.'s ``m_dreg_looser``: lower variance, biased for
+        more than one particle).
 
     ``terms()`` returns per-datapoint ``elbo``, ``reconstruction`` (of all observed
     modalities), ``rate`` and ``subset_size``.
     """
 
     def __init__(self, num_particles: int = 1, *, masking="all", form: Form = "stratified",
-                 **kwargs):
+                 mixture_dreg: Literal["unbiased", "mmvae"] = "unbiased", **kwargs):
         super().__init__(num_particles, masking=masking, **kwargs)
         if form not in ("stratified", "average", "sampled"):
             raise ValueError(f"form must be 'stratified', 'average' or 'sampled', got {form!r}")
+        if mixture_dreg not in ("unbiased", "mmvae"):
+            raise ValueError(f"mixture_dreg must be 'unbiased' or 'mmvae', got {mixture_dreg!r}")
         self.form = form
+        self.mixture_dreg = mixture_dreg
+
+    @classmethod
+    def mmvae(cls, num_particles: int, *, faithful: bool = False, **kwargs):
+        r"""MMVAE's training objective (Shi et al. 2019): use with a :class:`~guides.MoE` guide.
+
+        ``masking="all"``, ``form="stratified"``, ``iwae=True``, ``estimator="dreg"``: from
+        every observed modality's expert :math:`S` = ``num_particles`` draws, importance
+        weights :math:`p(x_O, z)/q_{\rm MoE}(z\mid x_O)` with the full mixture density, the
+        IWAE bound of each stratum averaged over modalities (their ``--looser`` objective;
+        they train with :math:`S` = 30 on MNIST-SVHN, 50 on CUB). ``faithful=True`` uses
+        their per-stratum DReG gradient (biased); the default is the unbiased stratified DReG.
+        Further keywords (``beta``, ``likelihood_weights`` — their ``llik_scaling``) pass
+        through.
+        """
+        kwargs = {"masking": "all", "form": "stratified", "iwae": True, "estimator": "dreg",
+                  "mixture_dreg": "mmvae" if faithful else "unbiased", **kwargs}
+        return cls(num_particles, **kwargs)
 
     def _terms(self, model, guide, data, observed, modalities):
         subset = self.masking(observed) & observed
@@ -110,9 +146,15 @@ class MixtureMultimodalELBO(MultimodalELBO):
         comps = components_first(q)  # batch (K, S, B)
         z = comps.rsample()  # (K, S, B, D)
         weights = q.mixture_distribution.probs.movedim(-1, 0)  # (K, S, B)
+        unbiased_dreg = (self.form == "stratified" and self.iwae and self.estimator == "dreg"
+                         and self.mixture_dreg == "unbiased")
+        # The unbiased stratified DReG scores the model at a detached copy of the samples and
+        # forms the encoder's path gradient itself (stratified_dreg).
+        z_in = (z.detach().requires_grad_(z.requires_grad and torch.is_grad_enabled())
+                if unbiased_dreg else z)
         name = q_site["name"]
         fake = poutine.Trace()
-        fake.add_node(name, name=name, type="sample", is_observed=False, value=z, infer={},
+        fake.add_node(name, name=name, type="sample", is_observed=False, value=z_in, infer={},
                       fn=comps, scale=q_site["scale"], mask=q_site["mask"])
         k_plate = ("mixture_components", z.shape[0], self.outer_dim())
         model_tr = trace_model(model, fake, data, o_mask, [k_plate] + list(plates))
@@ -122,11 +164,15 @@ class MixtureMultimodalELBO(MultimodalELBO):
         p_site = model_tr.nodes[name]
         if self.form == "stratified":
             # log q(z_k | x_S) is the mixture density, so KL is the sampled log-ratio.
-            kl = site_log_prob(q_site, z, self.stop_gradient) - site_log_prob(p_site, z)
+            kl = site_log_prob(q_site, z_in, self.stop_gradient) - site_log_prob(p_site, z_in)
         else:
             comp_site = dict(fake.nodes[name])
             kl = kl_estimate(comp_site, p_site, self.analytic_kl, self.stop_gradient)
-        value = self.reduce_particles(rec - self.beta * kl, [z])  # (K, B)
+        if unbiased_dreg:
+            value = stratified_dreg(rec - self.beta * kl, z, z_in, q, self.beta,
+                                    self.particle_dim)  # (K, B)
+        else:
+            value = self.reduce_particles(rec - self.beta * kl, [z])  # (K, B)
         # Zero-weight components hold arbitrary finite values; where() keeps them out exactly.
         w = weights.mean(self.particle_dim)
         elbo = torch.where(w > 0, w * value, torch.zeros_like(value)).sum(0)

@@ -109,20 +109,29 @@ def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
                                                      device=x.device))
 
 
-def dreg_surrogate(log_w: torch.Tensor, samples: Sequence[torch.Tensor], dim: int = 0):
+def dreg_surrogate(log_w: torch.Tensor, samples: Sequence[torch.Tensor], dim: int = 0,
+                   beta: float = 1.0):
     r"""Doubly-reparameterised IWAE gradient (Tucker et al. 2019) as a surrogate.
 
     ``log_w`` must be computed with *detached* guide parameters (as under STL). Returns
     :math:`\sum_k \tilde w_k \log w_k` with :math:`\tilde w=\operatorname{softmax}(\log w)`
     detached, and hooks every latent sample so that its gradient is multiplied by
-    :math:`\tilde w_k` once more: the guide receives :math:`\sum_k\tilde w_k^2\,\partial\log
-    w_k/\partial z_k\,\partial z_k/\partial\phi`, the model :math:`\sum_k\tilde w_k\nabla\log
-    w_k`.
+    :math:`c_k = 1-\beta(1-\tilde w_k)` (:math:`=\tilde w_k` for :math:`\beta=1`): the guide
+    receives :math:`\sum_k\tilde w_k c_k\,\partial\log w_k/\partial z_k\,\partial z_k/\partial
+    \phi`, the model :math:`\sum_k\tilde w_k\nabla\log w_k`.
+
+    Why :math:`c_k`: with :math:`\log w = \log p(x\mid z) + \beta(\log p(z) - \log q_\phi(z))`
+    the score term of the IWAE gradient is :math:`-\beta\sum_k\tilde w_k\nabla_\phi\log
+    q_\phi(z_k)`, and the reparameterisation identity turns its expectation into
+    :math:`-\beta\sum_k\tilde w_k(1-\tilde w_k)\,\partial_z\log w_k\,\partial_\phi z_k`. The
+    familiar :math:`\tilde w_k^2` is the case :math:`\beta=1`; used with :math:`\beta\neq1` it
+    would be biased.
     """
     w = log_w.detach().softmax(dim)
+    factor = w if beta == 1 else (1.0 - beta) + beta * w
     for z in samples:
         if z.requires_grad:
-            extra = z.dim() - w.dim()
-            wz = w.reshape(w.shape + (1,) * extra)
-            z.register_hook(lambda g, wz=wz: g * wz)
+            extra = z.dim() - factor.dim()
+            fz = factor.reshape(factor.shape + (1,) * extra)
+            z.register_hook(lambda g, fz=fz: g * fz)
     return (w * log_w).sum(dim)
