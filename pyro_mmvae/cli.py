@@ -152,7 +152,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 def add_eval_args(g) -> None:
     g.add_argument("--is-samples", type=positive_int, default=None,
-                   help="importance samples of the test log-likelihoods (images: 32; "
+                   help="importance samples of the test log-likelihoods (images: 16; "
                         "linear: 100)")
     g.add_argument("--eval-points", type=positive_int, default=None,
                    help="test points used for the evaluation (images: 500)")
@@ -179,6 +179,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--masking", choices=sorted(MASKINGS), default=None,
                    help="masking distribution rho over modality subsets (default: the bound's "
                         "own default)")
+    g.add_argument("--mixture-form", choices=("stratified", "average", "sampled"),
+                   default="stratified",
+                   help="mixture bound only: stratified (one draw per mixture component, "
+                        "MMVAE/MoPoE), average or sampled (one draw from the mixture; cheap for "
+                        "MoPoE, whose 2^M - 1 components all get decoded otherwise) "
+                        "(default: %(default)s)")
     g.add_argument("--beta", type=positive_float, default=1.0,
                    help="weight of the KL (rate) terms (default: %(default)s)")
     g.add_argument("--likelihood-weights", choices=("none", "dimension"), default="none",
@@ -191,7 +197,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "use with --num-particles > 1")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=None,
-                   help="training epochs (polydigits, digits-svhn-text: 10; linear: 50); with "
+                   help="training epochs (polydigits, digits-svhn-text: 30; linear: 50); with "
                         "--resume, the total to reach")
     g.add_argument("--batch-size", type=positive_int, default=None,
                    help="mini-batch size; the last incomplete batch is dropped (128)")

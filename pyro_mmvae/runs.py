@@ -140,8 +140,8 @@ def build_linear_gaussian_model(args, data: PreparedData):
     return LinearGaussianModel(data.modality_dims, args.latent_dim)
 
 
-IMAGE_DEFAULTS = dict(latent_dim=16, epochs=10, batch_size=128, lr=1e-3, aggregator="sumpooling",
-                      aggregator_width=64, hidden=[64], channels=[32, 64], is_samples=32,
+IMAGE_DEFAULTS = dict(latent_dim=16, epochs=30, batch_size=128, lr=1e-3, aggregator="sumpooling",
+                      aggregator_width=64, hidden=[64], channels=[32, 64], is_samples=16,
                       eval_points=500)
 
 DATASETS: Dict[str, DatasetSpec] = {
@@ -260,6 +260,8 @@ def build_loss(args, data: PreparedData):
               "likelihood_weights": likelihood_weights(args, data)}
     if args.masking is not None:
         kwargs["masking"] = args.masking
+    if args.bound == "mixture":
+        kwargs["form"] = getattr(args, "mixture_form", "stratified")
     return BOUNDS[args.bound](args.num_particles, **kwargs)
 
 

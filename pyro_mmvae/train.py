@@ -29,7 +29,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
@@ -41,6 +40,7 @@ import torch
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
+from pyro_mmvae.io import atomic_write as _atomic_write
 from pyro_mmvae.protocol import batch_size as data_size, validate_batch
 
 PathLike = Union[str, os.PathLike]
@@ -127,27 +127,6 @@ def iterate_minibatches(data: Mapping[str, torch.Tensor], mask: Optional[Mapping
 
 
 # --- atomic files -------------------------------------------------------------------------
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
 
 def write_json(path: PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (non-finite floats become ``null``)."""

@@ -16,8 +16,6 @@ Every ``save_*`` function writes atomically (temporary file, then :func:`os.repl
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -27,6 +25,7 @@ from pyro import poutine
 
 from pyro_mmvae.data.text import ALPHABET, decode_text
 from pyro_mmvae.eval.coherence import (_generated, _subset_masks, decoded_value, subset_matrix)
+from pyro_mmvae.io import atomic_write
 from pyro_mmvae.infer.traces import trace_guide, within_plates
 from pyro_mmvae.protocol import batch_size as data_size, validate_batch
 
@@ -39,16 +38,9 @@ def _pyplot():
 
 
 def _save(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), mode=None)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _pyplot().close(fig)
 
 

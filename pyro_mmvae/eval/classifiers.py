@@ -19,7 +19,6 @@ measured with them.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Mapping, Optional
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pyro_mmvae.io import atomic_write
 from pyro_mmvae.nn import MLP
 
 KINDS = ("image", "text", "flat")
@@ -231,18 +231,7 @@ def save_classifiers(path, classifiers: Mapping[str, ModalityClassifier]) -> Non
             "config": clf.config(),
             "state_dict": {k: v.detach().cpu() for k, v in clf.state_dict().items()},
         }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".classifiers-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_classifiers(path, device=None) -> dict:
