@@ -395,7 +395,7 @@ def write_table4(path, args, records, command):
         "", f"Command: `{command}`", "", budget_line(args, 4, records), "",
         f"Data: {args.modalities} modalities × {args.modality_dim} features, "
         f"d = {args.latent_dim4}, {args.num_labels} unobserved labels; "
-        f"{2 * args.per_label4 * args.num_labels // 2} training / test points "
+        f"{args.per_label4 * args.num_labels // 2} training / test points each "
         f"({'authors’ label-ordered split' if args.authors_split else 'shuffled split'}); "
         f"partial: missing completely at random with rate {args.missing_rate} (train and test "
         "masks drawn separately); full: nothing missing. LLH: importance-sampled log-likelihood "
@@ -457,7 +457,7 @@ def extra_table(records, table):
 def _scatter(ax, xy, labels, title):
     xy = np.asarray(xy)
     ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=2, vmin=0, vmax=9)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(title, fontsize=6)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -475,16 +475,16 @@ def plot_table3(path, records):
     cols = 2 + 2 * len(runs)
     ncols = 6
     nrows = math.ceil(cols / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.3 * nrows), squeeze=False)
     axes = axes.ravel()
     first = runs[0]["plot"]
     _scatter(axes[0], first["z_true"], first["labels"], "true z")
     _scatter(axes[1], first["x"], first["labels"], "data x")
     for i, r in enumerate(runs):
         name = f"{ROWS[r['row']][2]} {ROWS[r['row']][3]}, {r['bound']}"
-        _scatter(axes[2 + 2 * i], r["plot"]["z_mean"], r["plot"]["labels"], f"E[z|x,u]: {name}")
+        _scatter(axes[2 + 2 * i], r["plot"]["z_mean"], r["plot"]["labels"], f"E[z|x,u]\n{name}")
         _scatter(axes[3 + 2 * i], r["plot"]["x_recon"], r["plot"]["labels"],
-                 f"reconstructed x: {name}")
+                 f"reconstructed x\n{name}")
     for ax in axes[cols:]:
         ax.axis("off")
     fig.tight_layout()
@@ -510,8 +510,8 @@ def plot_table4(path, records, observed):
         z, zh = np.asarray(r["plot"]["z_true"]), np.asarray(r["plot"]["z_mean"])
         a, b = CCA(2).fit(z, zh).transform(z, zh)
         name = f"{ROWS[r['row']][2]} {ROWS[r['row']][3]}, {r['bound']}"
-        _scatter(axes[2 * i], a, r["plot"]["labels"], f"true z (CCA 1-2): {name}")
-        _scatter(axes[2 * i + 1], b, r["plot"]["labels"], f"E[z|x_obs] (CCA 1-2): {name}")
+        _scatter(axes[2 * i], a, r["plot"]["labels"], f"true z (CCA 1-2)\n{name}")
+        _scatter(axes[2 * i + 1], b, r["plot"]["labels"], f"E[z|x_obs] (CCA 1-2)\n{name}")
     for ax in axes[2 * len(runs):]:
         ax.axis("off")
     fig.tight_layout()
