@@ -36,7 +36,7 @@ from models import pca_maximum_likelihood, relative_llh_gap
 from models.linear_gaussian import gaussian_log_likelihood
 from pyro_mmvae.diagnostics.plots import (plot_coherence, save_generation_grid,
                                           save_samples_grid)
-from pyro_mmvae.eval import log_likelihood, rate_distortion
+from pyro_mmvae.eval import log_likelihood, log_marginal, rate_distortion
 from pyro_mmvae.eval.classifiers import (classifier_accuracy, load_classifiers,
                                          save_classifiers, train_modality_classifiers)
 from pyro_mmvae.eval.coherence import (conditional_coherence, joint_coherence,
@@ -107,13 +107,14 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
     t0 = time.perf_counter()
 
     log(f"evaluating on {len(labels)} test points: log-likelihoods (K={args.is_samples})")
-    joint = log_likelihood(model, guide, test, num_samples=args.is_samples)
-    out["test_log_likelihood"] = joint.mean().item()
     modalities = list(test)
-    if len(modalities) > 1:
+    observed = {m: torch.ones(len(labels), dtype=torch.bool, device=device) for m in modalities}
+    joint = log_marginal(model, guide, test, observed, args.is_samples)
+    out["test_log_likelihood"] = joint.mean().item()
+    if len(modalities) > 1:  # log p(x_m | x_rest) = log p(x) - log p(x_rest): one joint for all
         out["test_leave_one_out_log_likelihood"] = {
-            m: log_likelihood(model, guide, test, given=[x for x in modalities if x != m],
-                              targets=[m], num_samples=args.is_samples).mean().item()
+            m: (joint - log_marginal(model, guide, test, observed | {m: ~observed[m]},
+                                     args.is_samples)).mean().item()
             for m in modalities}
     rd = rate_distortion(model, guide, test, masking=args.masking or "iid_half")
     out["rate_distortion"] = {k: v.float().mean().item() for k, v in rd.items()}

@@ -24,9 +24,9 @@ import torch
 from pyro import poutine
 
 from pyro_mmvae.data.text import ALPHABET, decode_text
-from pyro_mmvae.eval.coherence import (_generated, _subset_masks, decoded_value, subset_matrix)
+from pyro_mmvae.eval.coherence import (_generated, decoded_value, generation_trace,
+                                       subset_matrix)
 from pyro_mmvae.io import atomic_write
-from pyro_mmvae.infer.traces import trace_guide, within_plates
 from pyro_mmvae.protocol import batch_size as data_size, validate_batch
 
 
@@ -58,10 +58,8 @@ def conditional_generations(model, guide, data: Mapping[str, torch.Tensor], subs
     modalities = list(data)
     names, rows = subset_matrix(subsets, modalities, next(iter(data.values())).device)
     b, s = data_size(data), len(names)
-    plates = [("subsets", s, -3), ("particles", 1, -2)]
-    guide_tr = trace_guide(guide, data, _subset_masks(rows, b, modalities, 1, True), plates)
-    model_tr = poutine.trace(poutine.replay(within_plates(model, plates), trace=guide_tr)
-                             ).get_trace({}, num_samples=b)
+    model_tr = generation_trace(model, guide, data, rows,
+                                [("subsets", s, -3), ("particles", 1, -2)])
     out = {name: {} for name in names}
     for m in modalities:
         site = _generated(model_tr, m)

@@ -134,6 +134,19 @@ def decoded_value(site: dict, use_mean: bool = True) -> torch.Tensor:
     return torch.broadcast_to(out, value.shape)
 
 
+def generation_trace(model, guide, data: Mapping[str, torch.Tensor], rows: torch.Tensor,
+                     plates, max_plate_nesting: int = 1):
+    r"""One guide call on all subsets ``rows (S, M)`` stacked on ``plates`` (``"subsets"``
+    then ``"particles"``, left of the data plate), and one model call replayed on it with no
+    data, so every ``"x_<m>"`` site is generated from :math:`z\sim q(z\mid x_S)` for every
+    subset and particle. Returns the model trace."""
+    b = data_size(data)
+    guide_tr = trace_guide(guide, data, _subset_masks(rows, b, list(data), max_plate_nesting,
+                                                      True), plates)
+    return poutine.trace(poutine.replay(within_plates(model, plates), trace=guide_tr)
+                         ).get_trace({}, num_samples=b)
+
+
 def _generated(trace, modality: str) -> dict:
     site = trace.nodes.get(obs_site(modality))
     if site is None or site["type"] != "sample":
@@ -231,10 +244,7 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
         # a subset counts where all its modalities are observed; elsewhere the guide sees the
         # zero placeholders and the result is discarded
         valid = ~(rows[:, None, :] & ~obs_b).any(-1)  # (S, B)
-        guide_tr = trace_guide(guide, x_b, _subset_masks(rows, b, modalities,
-                                                         max_plate_nesting, True), plates)
-        model_tr = poutine.trace(poutine.replay(within_plates(model, plates), trace=guide_tr)
-                                 ).get_trace({}, num_samples=b)
+        model_tr = generation_trace(model, guide, x_b, rows, plates, max_plate_nesting)
         for t, m in enumerate(targets):
             x_hat = _flat_generations(_generated(model_tr, m), s * p * b, use_mean, m)
             pred = predict(classifiers[m], x_hat).reshape(s, p, b)
