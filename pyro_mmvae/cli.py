@@ -5,8 +5,8 @@ al.) on PolyDigits, the PolyMNIST recipe rebuilt from scikit-learn's bundled dig
 modalities, generated once into a cache, no downloads), then evaluates it. The run directory
 ``runs/<dataset>-<aggregator>-<bound>-<timestamp>`` holds ``config.json``, ``checkpoint.pt``
 (after every epoch, written atomically), ``metrics.json``, ``loss_curve.png`` and the
-evaluation (``evaluation.json``, ``classifiers.pt``, ``coherence.png``, ``generation_*.png``,
-``samples.png``; see :mod:`pyro_mmvae.report`).
+evaluation (``evaluation.json``, ``classifiers.pt``, ``coherence.png``, ``rate_distortion.png``,
+``generation_*.png``, ``samples.png``; see :mod:`pyro_mmvae.report`).
 
 - ``pyro-mmvae train --resume RUN_DIR [--epochs N]`` continues an interrupted (or finished)
   run from its checkpoint with its own configuration, to the same result as an uninterrupted
@@ -167,8 +167,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         description="Train a multimodal VAE with SVI, then evaluate it, and write a run "
                     "directory with config.json, checkpoint.pt (after every epoch), "
                     "metrics.json, loss_curve.png and the evaluation (evaluation.json, "
-                    "classifiers.pt, coherence.png, generation_*.png, samples.png). Without "
-                    "options: a SumPooling guide under the masked bound on PolyDigits (a few "
+                    "classifiers.pt, coherence.png, rate_distortion.png, generation_*.png, "
+                    "samples.png). Without options: a SumPooling guide under the masked bound on PolyDigits (a few "
                     "minutes on 2 CPU cores).")
     add_data_args(p)
     add_model_args(p)

@@ -12,6 +12,9 @@ run directory
   terms); conditional coherence for every subset of inputs (self and cross, by number of
   inputs, leave-one-out), joint (unconditional) coherence; linear latent classification from
   every subset;
+- ``rate_distortion.png``: rate against distortion per modality for the full posterior and
+  for q(z | x_S) by number of inputs |S| (the distortion of the modalities it did not see:
+  seed 004's cross distortion), from ``rate_distortion_by_subset_size`` in evaluation.json;
 - ``coherence.png`` (coherence and latent accuracy vs number of inputs, MoPoE's PolyMNIST
   figure), ``generation_all.png`` (reconstructions), ``generation_<m>.png`` (cross-generation
   from each single modality), ``samples.png`` (unconditional samples).
@@ -34,8 +37,8 @@ import torch
 
 from models import pca_maximum_likelihood, relative_llh_gap
 from models.linear_gaussian import gaussian_log_likelihood
-from pyro_mmvae.diagnostics.plots import (plot_coherence, save_generation_grid,
-                                          save_samples_grid)
+from pyro_mmvae.diagnostics.plots import (plot_coherence, plot_rate_distortion,
+                                          save_generation_grid, save_samples_grid)
 from pyro_mmvae.eval import log_likelihood, log_marginal, rate_distortion
 from pyro_mmvae.eval.classifiers import (classifier_accuracy, load_classifiers,
                                          save_classifiers, train_modality_classifiers)
@@ -92,6 +95,42 @@ def get_classifiers(run_dir: Path, data, device, seed: int = 0, epochs: int = 5,
     return classifiers
 
 
+def rate_distortion_by_subset_size(rd: Mapping[str, torch.Tensor],
+                                   num_modalities: int) -> Dict[int, Dict[str, float]]:
+    r"""Means of the per-point terms of :func:`~pyro_mmvae.eval.rate_distortion` grouped by the
+    size :math:`k=|S|` of each point's subset, for :math:`0<k<M`: ``{k: {"rate": R_S,
+    "cross_rate": ..., "cross_distortion": -E_{q(z|x_S)} log p(x_{O\S}|z) / (M-k),
+    "conditional_distortion": ... / (M-k), "num_points": n}}`` — distortions per target
+    modality, so that sizes compare."""
+    sizes = rd["subset_size"]
+    out = {}
+    for k in range(1, num_modalities):
+        at = sizes == k
+        if at.any():
+            targets = num_modalities - k
+            out[k] = {"rate": rd["rate"][at].float().mean().item(),
+                      "cross_rate": rd["cross_rate"][at].float().mean().item(),
+                      "cross_distortion": -rd["cross_reconstruction"][at].float().mean().item()
+                      / targets,
+                      "conditional_distortion":
+                          -rd["conditional_reconstruction"][at].float().mean().item() / targets,
+                      "num_points": int(at.sum())}
+    return out
+
+
+def rate_distortion_points(means: Mapping[str, float], by_size: Mapping[int, Mapping[str, float]],
+                           num_modalities: int) -> Dict[str, tuple]:
+    """``{label: (rate, distortion per modality)}`` for :func:`plot_rate_distortion`: the full
+    posterior (rate KL(q(z|x)||p(z)), distortion of all ``M`` modalities) and, per subset size
+    ``k``, q(z|x_S) with the distortion of the ``M - k`` modalities it did not see."""
+    points = {"all inputs: −log p(x|z) / M": (means["full_rate"],
+                                              -means["full_reconstruction"] / num_modalities)}
+    for k, v in by_size.items():
+        points[f"{k} input{'s' if int(k) > 1 else ''}: cross"] = (v["rate"],
+                                                                  v["cross_distortion"])
+    return points
+
+
 def _sub(tensors: Mapping[str, torch.Tensor], n: Optional[int], device):
     return {m: (x if n is None else x[:n]).to(device) for m, x in tensors.items()}
 
@@ -117,7 +156,9 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
                                      args.is_samples)).mean().item()
             for m in modalities}
     rd = rate_distortion(model, guide, test, masking=args.masking or "iid_half")
-    out["rate_distortion"] = {k: v.float().mean().item() for k, v in rd.items()}
+    out["rate_distortion"] = {k: v.float().mean().item() for k, v in rd.items()
+                              if k != "subset_size"}
+    out["rate_distortion_by_subset_size"] = rate_distortion_by_subset_size(rd, len(modalities))
 
     log("per-modality classifiers")
     classifiers = get_classifiers(run_dir, data, device, seed=args.seed,
@@ -138,6 +179,11 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
         "self coherence": coh["self_by_num_inputs"],
         "latent classification": out["latent_classification"]["by_num_inputs"]},
         title=f"{args.dataset}: {args.aggregator}, {args.bound} bound")
+    plot_rate_distortion(run_dir / "rate_distortion.png",
+                         rate_distortion_points(out["rate_distortion"],
+                                                out["rate_distortion_by_subset_size"],
+                                                len(modalities)),
+                         ylabel="distortion per modality (nats)", title=f"{args.dataset}: {args.aggregator}, {args.bound} bound")
     save_generation_grid(run_dir / "generation_all.png", model, guide, test, modalities)
     for m in modalities:
         save_generation_grid(run_dir / f"generation_{m}.png", model, guide, test, [m])

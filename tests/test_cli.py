@@ -187,8 +187,8 @@ def tiny_images(data_root, *extra):
             "--no-progress", *extra]
 
 
-EVALUATION_FILES = ("evaluation.json", "classifiers.pt", "coherence.png", "generation_all.png",
-                    "samples.png")
+EVALUATION_FILES = ("evaluation.json", "classifiers.pt", "coherence.png", "rate_distortion.png",
+                    "generation_all.png", "samples.png")
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,10 @@ def test_default_train_on_polydigits_writes_every_promised_file(polydigits_run):
     assert len(evaluation["latent_classification"]["accuracy"]) == 31
     assert set(evaluation["test_leave_one_out_log_likelihood"]) == {f"m{k}" for k in range(5)}
     assert evaluation["rate_distortion"]["full_rate"] >= 0
+    by_size = evaluation["rate_distortion_by_subset_size"]
+    assert by_size and set(by_size) <= {"1", "2", "3", "4"}
+    assert sum(v["num_points"] for v in by_size.values()) <= 40
+    assert all(v["rate"] >= 0 and v["cross_rate"] >= 0 for v in by_size.values())
 
 
 def test_evaluate_and_generate_a_saved_run(polydigits_run, capsys):

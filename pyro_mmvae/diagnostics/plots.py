@@ -178,7 +178,8 @@ def plot_coherence(path, by_num_inputs: Mapping[str, Mapping], title: str = "") 
     return Path(path)
 
 
-def plot_rate_distortion(path, points: Mapping[str, tuple], title: str = "") -> Path:
+def plot_rate_distortion(path, points: Mapping[str, tuple], title: str = "",
+                         ylabel: str = "distortion (nats)") -> Path:
     """Scatter of (rate, distortion) pairs: ``points = {label: (rate, distortion)}``, with
     distortion = −reconstruction log-likelihood, both in nats per data point."""
     plt = _pyplot()
@@ -186,7 +187,7 @@ def plot_rate_distortion(path, points: Mapping[str, tuple], title: str = "") -> 
     for label, (rate, distortion) in points.items():
         ax.scatter([rate], [distortion], label=label)
     ax.set_xlabel("rate (nats)")
-    ax.set_ylabel("distortion (nats)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
