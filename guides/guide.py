@@ -9,9 +9,10 @@ import torch
 from pyro.distributions import Normal
 from pyro.nn import PyroModule
 from torch import nn
+from torch.func import functional_call
 
-from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, batch_size, full_mask, private_site,
-                                 stack_mask)
+from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, STL_FN, batch_size, full_mask,
+                                 private_site, stack_mask)
 
 
 class MultimodalGuide(PyroModule):
@@ -34,7 +35,10 @@ class MultimodalGuide(PyroModule):
     ``"w_<m>"`` for every modality from ``q(w_m | z, x_S)`` when ``m`` is in S and from the prior
     :math:`\mathcal N(0, I)` otherwise (seed 004 eq. 10). ``shared_features`` feeds only the
     first that many features to the aggregator (PE-PoE: the shared expert, the rest being the
-    private expert).
+    private expert). Each private site records in its ``infer`` dict (key
+    :data:`~pyro_mmvae.protocol.STL_FN`) how to rebuild ``q(w_m | z, x_S)`` with detached
+    parameters at a live ``z`` (:func:`detached_private`), the density the STL and DReG
+    estimators need.
     """
 
     def __init__(self, encoders: Mapping[str, nn.Module], aggregator: nn.Module,
@@ -92,12 +96,47 @@ class MultimodalGuide(PyroModule):
         stacked = stack_mask(mask, self.modalities)
         with pyro.plate(DATA_PLATE, batch_size(data)):
             z = pyro.sample(self.latent_site, self._shared(features, stacked))
-            if self.private is None:
+            head = self.private
+            if head is None:
                 return z
-            loc, scale = self.private(features, stacked, z)  # (..., B, M, D_w)
-            on = stacked.unsqueeze(-1)
-            loc = torch.where(on, loc, torch.zeros_like(loc))
-            scale = torch.where(on, scale, torch.ones_like(scale))
+            private = private_distributions(*head(features, stacked, z), stacked)
+            stl = detached_private(head, features, stacked, z, self.latent_site)
             for i, m in enumerate(self.modalities):
-                pyro.sample(private_site(m), Normal(loc[..., i, :], scale[..., i, :]).to_event(1))
+                pyro.sample(private_site(m), private[i],
+                            infer={STL_FN: lambda values, i=i: stl(values)[i]})
             return z
+
+
+def private_distributions(loc, scale, stacked):
+    r"""``[q(w_m | z, x_S)]`` in modality order from the head's ``loc, scale (..., B, M, D_w)``:
+    :math:`\mathcal N(\mu_m, \sigma_m)` where ``stacked (..., B, M)`` is True, the prior
+    :math:`\mathcal N(0, I)` elsewhere."""
+    on = stacked.unsqueeze(-1)
+    loc = torch.where(on, loc, torch.zeros_like(loc))
+    scale = torch.where(on, scale, torch.ones_like(scale))
+    return [Normal(loc[..., i, :], scale[..., i, :]).to_event(1) for i in range(loc.shape[-2])]
+
+
+def detached_private(head: nn.Module, features, stacked, z, latent_site: str):
+    r"""The private sites' sticking-the-landing densities (the guide's ``infer[STL_FN]``).
+
+    Returns ``values -> [q(w_m | z, x_S)]`` with the head's parameters and the encoder features
+    detached but the shared sample live, :math:`\mathcal N(\mu_{\bar\phi}(z),
+    \sigma_{\bar\phi}(z))` with :math:`\bar\phi=\mathrm{stop\_grad}(\phi)` and :math:`z` =
+    ``values[latent_site]`` (default: the guide's own sample). Detaching :math:`\mu, \sigma`
+    as tensors would also cut the path :math:`\partial_z\log q(w\mid z)\,\partial_\phi z`,
+    which STL keeps and DReG needs (:func:`pyro_mmvae.infer.traces.stl_distribution`). The
+    head is re-run with ``torch.func.functional_call``, once per value of :math:`z`.
+    """
+    features = features.detach()
+    cache = {}
+
+    def distributions(values):
+        zv = values.get(latent_site, z)
+        if cache.get("z") is not zv:
+            params = {name: p.detach() for name, p in head.named_parameters()}
+            loc, scale = functional_call(head, params, (features, stacked, zv))
+            cache.update(z=zv, dists=private_distributions(loc, scale, stacked))
+        return cache["dists"]
+
+    return distributions

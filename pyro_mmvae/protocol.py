@@ -29,6 +29,11 @@ LATENT_SITE = "z"
 OBS_PREFIX = "x_"
 PRIVATE_PREFIX = "w_"
 DATA_PLATE = "data"
+# Key of a guide site's ``infer`` dict: a callable ``values -> distribution`` that rebuilds the
+# site's distribution with the guide's parameters detached and the upstream samples live
+# (sticking-the-landing density of a hierarchical guide; see
+# :func:`pyro_mmvae.infer.traces.stl_distribution`).
+STL_FN = "stl_fn"
 
 Data = Mapping[str, torch.Tensor]
 Mask = Mapping[str, torch.Tensor]

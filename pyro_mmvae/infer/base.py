@@ -40,8 +40,11 @@ class MultimodalELBO(ELBO):
         ELBO.
     :param estimator: gradient estimator for the guide densities. ``"stl"`` (sticking the
         landing, Roeder et al. 2017; default for the ELBO) evaluates the guide's own density with
-        detached parameters; ``"dreg"`` (Tucker et al. 2019; default with ``iwae=True``) is
-        its unbiased IWAE counterpart; ``"standard"`` keeps the score term.
+        detached parameters and live samples (for a hierarchical guide, :math:`q(w\mid z)` at
+        the live :math:`z`: :func:`~pyro_mmvae.infer.traces.stl_distribution`); ``"dreg"``
+        (Tucker et al. 2019; default with ``iwae=True``) is its unbiased IWAE counterpart
+        (:func:`~pyro_mmvae.infer.traces.dreg_surrogate`); ``"standard"`` keeps the score
+        term.
     :param analytic_kl: use a registered closed-form KL where one exists (ELBO only; IWAE
         needs sampled densities). STL has no effect on closed-form KL terms.
     :param max_plate_nesting: data plates in the model (1 under the protocol).

@@ -19,13 +19,13 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 from pyro.distributions import Independent, Laplace, MultivariateNormal, Normal
-from pyro.distributions.util import detach, scale_and_mask
+from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled
 from torch.distributions import kl_divergence
 
 from .base import MultimodalELBO
-from .traces import (check_model_guide, kl_estimate, latent_sites, log_likelihood, trace_guide,
-                     trace_model)
+from .traces import (check_model_guide, kl_estimate, latent_sites, latent_values, log_likelihood,
+                     stl_distribution, trace_guide, trace_model)
 
 
 def swap_pair(fn):
@@ -40,14 +40,16 @@ def swap_pair(fn):
     return Independent(swapped, fn.reinterpreted_batch_ndims) if base is not fn else swapped
 
 
-def conditional_kl(site, prior_fn, prior_log_prob, analytic: bool, stop_gradient: bool):
+def conditional_kl(site, prior_fn, prior_log_prob, analytic: bool, stop_gradient: bool,
+                   values=None):
     r""":math:`\mathrm{KL}(q(\cdot\mid x_O)\,\|\,q(\cdot\mid x_S))` at one guide site whose
     encodings are stacked as rows ``[S, O]`` (batch ``(2, ...)``); returns shape ``(...)``.
 
     ``prior_fn`` is the conditional prior with the same batch shape (row 1 is used; None if
     unknown) and ``prior_log_prob`` its log-density at the full-path sample (row 1). Analytic
     where the registry has the KL, else the one-sample log-ratio at the full-path sample, the
-    conditional prior never detached.
+    conditional prior never detached; under STL the own density is
+    :func:`~pyro_mmvae.infer.traces.stl_distribution` at the upstream samples ``values``.
     """
     fn, z = site["fn"], site["value"]
     if analytic and prior_fn is not None:
@@ -57,7 +59,7 @@ def conditional_kl(site, prior_fn, prior_log_prob, analytic: bool, stop_gradient
             pass
         else:
             return scale_and_mask(kl, site["scale"], site["mask"])[1]
-    own = (detach(fn) if stop_gradient else fn).log_prob(z)
+    own = (stl_distribution(site, values) if stop_gradient else fn).log_prob(z)
     return scale_and_mask(own - prior_log_prob, site["scale"], site["mask"])[1]
 
 
@@ -117,23 +119,24 @@ class MaskedMultimodalELBO(MultimodalELBO):
         encode = self.masks(torch.stack([subset, observed]).unsqueeze(1), modalities)
         score = self.masks(torch.stack([subset, rest]).unsqueeze(1), modalities)
         plates = [("masked_pair", 2, self.outer_dim()), self.particle_plate()]
-        guide_tr = trace_guide(guide, data, encode, plates)  # z: rows z_S, z_O
+        guide_tr = trace_guide(guide, data, encode, plates,
+                               views=self.estimator == "dreg")  # z: rows z_S, z_O
         model_tr = trace_model(model, guide_tr, data, score, plates)
         latents = latent_sites(guide_tr)
+        values = latent_values(guide_tr, latents)
         if is_validation_enabled():
             check_model_guide(model_tr, latents, data)
 
         rec = log_likelihood(model_tr, latents, self.likelihood_weights)  # (2, S, B)
         kl_s = sum(kl_estimate(guide_tr.nodes[n], model_tr.nodes[n], self.analytic_kl,
-                               self.stop_gradient)[0] for n in latents)
+                               self.stop_gradient, values)[0] for n in latents)
         s_pair = self.masks(torch.stack([subset, subset]).unsqueeze(1), modalities)
         priors = conditional_priors(guide, data, guide_tr, latents, s_pair, plates)
         kl_c = sum(conditional_kl(guide_tr.nodes[n], *priors[n], self.analytic_kl,
-                                  self.stop_gradient) for n in latents)
+                                  self.stop_gradient, values) for n in latents)
         kl_c = torch.where(rest.any(-1), kl_c, torch.zeros_like(kl_c))
         kl = torch.stack(torch.broadcast_tensors(kl_s, kl_c))
-        value = self.reduce_particles(rec - self.beta * kl,
-                                      [guide_tr.nodes[n]["value"] for n in latents])  # (2, B)
+        value = self.reduce_particles(rec - self.beta * kl, list(values.values()))  # (2, B)
         dim = self.particle_dim
         return {
             "elbo": value.sum(0),

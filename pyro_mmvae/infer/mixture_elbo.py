@@ -46,8 +46,8 @@ from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
 from .stratified_dreg import stratified_dreg
-from .traces import (check_model_guide, kl_estimate, latent_sites, log_likelihood, site_log_prob,
-                     trace_guide, trace_model)
+from .traces import (check_model_guide, kl_estimate, latent_sites, latent_values, log_likelihood,
+                     site_log_prob, trace_guide, trace_model)
 
 Form = Literal["stratified", "average", "sampled"]
 
@@ -119,7 +119,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         s_mask = self.masks(subset, modalities)
         o_mask = self.masks(observed, modalities)
         plates = [self.particle_plate()]
-        guide_s = trace_guide(guide, data, s_mask, plates)
+        guide_s = trace_guide(guide, data, s_mask, plates, views=self.estimator == "dreg")
         latents = latent_sites(guide_s)
         q_site = guide_s.nodes[latents[0]]
         if self.form != "sampled" and is_mixture(q_site["fn"]):
@@ -132,10 +132,10 @@ class MixtureMultimodalELBO(MultimodalELBO):
         if is_validation_enabled():
             check_model_guide(model_s, latents, data)
         rec = log_likelihood(model_s, latents, self.likelihood_weights)
+        values = latent_values(guide_s, latents)
         kl = sum(kl_estimate(guide_s.nodes[n], model_s.nodes[n], self.analytic_kl,
-                             self.stop_gradient) for n in latents)
-        elbo = self.reduce_particles(rec - self.beta * kl,
-                                     [guide_s.nodes[n]["value"] for n in latents])
+                             self.stop_gradient, values) for n in latents)
+        elbo = self.reduce_particles(rec - self.beta * kl, list(values.values()))
         dim = self.particle_dim
         return {"elbo": elbo, "reconstruction": rec.mean(dim).detach(),
                 "rate": kl.mean(dim).detach(), "subset_size": subset.sum(-1)}

@@ -16,7 +16,7 @@ from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from pyro_mmvae.protocol import site_modality
+from pyro_mmvae.protocol import STL_FN, site_modality
 
 Plate = Tuple[str, int, int]  # (name, size, dim)
 
@@ -28,9 +28,22 @@ def within_plates(fn, plates: Sequence[Plate]):
     return fn
 
 
-def trace_guide(guide, data, mask, plates: Sequence[Plate] = ()):
-    """Trace ``guide(data, mask)`` inside ``plates``."""
-    return poutine.trace(within_plates(guide, plates)).get_trace(data, mask)
+def trace_guide(guide, data, mask, plates: Sequence[Plate] = (), views: bool = False):
+    """Trace ``guide(data, mask)`` inside ``plates``.
+
+    With ``views`` every latent value in the returned trace is replaced by an identity view of
+    the sample (``value.view_as(value)``). Whatever is computed from the trace afterwards (the
+    replayed model, the guide densities) then reaches the sample through the view, while the
+    guide's own later samples (``w`` drawn from ``q(w | z)``) were computed from the sample
+    itself: a gradient hook on the view sees only the gradient of what was computed from the
+    trace, not the gradient that later samples pass back to it (see :func:`dreg_surrogate`).
+    """
+    tr = poutine.trace(within_plates(guide, plates)).get_trace(data, mask)
+    if views:
+        for name in latent_sites(tr):
+            value = tr.nodes[name]["value"]
+            tr.nodes[name]["value"] = value.view_as(value)
+    return tr
 
 
 def trace_model(model, guide_trace, data, mask, plates: Sequence[Plate] = ()):
@@ -73,24 +86,60 @@ def log_likelihood(model_trace, latents, weights: Optional[Mapping[str, float]] 
     return total
 
 
-def site_log_prob(site, value=None, stop_gradient: bool = False):
+def latent_values(guide_trace, latents) -> dict:
+    """``{name: value}`` of the latent sites ``latents`` of a guide trace."""
+    return {name: guide_trace.nodes[name]["value"] for name in latents}
+
+
+def stl_distribution(site, values: Optional[Mapping[str, torch.Tensor]] = None):
+    r"""The guide distribution at ``site`` as sticking the landing (and DReG) evaluates it:
+    the guide's parameters detached, the samples it depends on live.
+
+    STL (Roeder et al. 2017) drops from the reparameterised gradient only the score term
+    :math:`\partial_\phi\log q_\phi(s)` taken at fixed samples, which has expectation zero. For
+    a site of a hierarchical guide, :math:`q_\phi(w\mid z)` with parameters
+    :math:`\mu_\phi(z), \sigma_\phi(z)` of the sampled :math:`z=z_\phi(\epsilon)`, the path
+    term :math:`\partial_z\log q(w\mid z)\,\partial_\phi z` is not part of that score and must
+    be kept: the density is :math:`q(w;\,\mu_{\bar\phi}(z), \sigma_{\bar\phi}(z))` with
+    :math:`\bar\phi=\mathrm{stop\_grad}(\phi)` and :math:`z` live. Detaching the tensors
+    :math:`\mu, \sigma` themselves (``pyro.distributions.util.detach``) would cut that path
+    too. The dropped term is a score of :math:`q(w\mid z)` in :math:`z` and averages to zero
+    over :math:`w`, so the ELBO gradient would stay unbiased but would no longer vanish at the
+    exact posterior (the point of STL); inside DReG's weighted sum it does not average out,
+    and the IWAE gradient would be biased.
+
+    A guide supplies that density as ``site["infer"][STL_FN]`` (:data:`pyro_mmvae.protocol.STL_FN`),
+    a callable ``values -> distribution`` where ``values`` maps upstream site names to the
+    samples to use (sites not in it: the guide's own samples); :class:`guides.MultimodalGuide`
+    does so for its private latents. Without it the site's distribution is detached tensor by
+    tensor, which is exact when its parameters depend on no other sample.
+    """
+    rebuild = (site.get("infer") or {}).get(STL_FN)
+    return detach(site["fn"]) if rebuild is None else rebuild(values or {})
+
+
+def site_log_prob(site, value=None, stop_gradient: bool = False,
+                  values: Optional[Mapping[str, torch.Tensor]] = None):
     """``log fn(value)`` of a trace site with its scale and mask applied.
 
-    With ``stop_gradient`` the distribution's parameters are detached (STL: Roeder et al. 2017)
-    while the value stays live, so the pathwise gradient through the sample is kept.
+    With ``stop_gradient`` the distribution is :func:`stl_distribution` (guide parameters
+    detached, the samples ``values`` of the upstream sites live; STL: Roeder et al. 2017) while
+    the value stays live, so the pathwise gradient through the samples is kept.
     """
-    fn = detach(site["fn"]) if stop_gradient else site["fn"]
+    fn = stl_distribution(site, values) if stop_gradient else site["fn"]
     value = site["value"] if value is None else value
     return scale_and_mask(fn.log_prob(value), site["scale"], site["mask"])
 
 
-def kl_estimate(q_site, p_site, analytic: bool, stop_gradient: bool):
+def kl_estimate(q_site, p_site, analytic: bool, stop_gradient: bool,
+                values: Optional[Mapping[str, torch.Tensor]] = None):
     r"""Per-datapoint estimate of :math:`\mathrm{KL}(q\,\|\,p)` at one latent site.
 
     Uses the registered closed form when ``analytic`` and one exists (scaled and masked like
     ``TraceMeanField_ELBO``), otherwise the one-sample estimate
-    :math:`\log q(z) - \log p(z)` at the guide sample (``q`` detached under STL, ``p`` live).
-    ``p_site`` may be a model site (the prior) or another guide site (a conditional prior).
+    :math:`\log q(z) - \log p(z)` at the guide sample (``q`` as :func:`stl_distribution` under
+    STL, evaluated at the upstream samples ``values``; ``p`` live). ``p_site`` may be a model
+    site (the prior) or another guide site (a conditional prior).
     """
     if analytic:
         try:
@@ -100,7 +149,7 @@ def kl_estimate(q_site, p_site, analytic: bool, stop_gradient: bool):
         else:
             return scale_and_mask(kl, q_site["scale"], q_site["mask"])
     z = q_site["value"]
-    return site_log_prob(q_site, z, stop_gradient) - site_log_prob(p_site, z)
+    return site_log_prob(q_site, z, stop_gradient, values) - site_log_prob(p_site, z)
 
 
 def log_mean_exp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -113,19 +162,36 @@ def dreg_surrogate(log_w: torch.Tensor, samples: Sequence[torch.Tensor], dim: in
                    beta: float = 1.0):
     r"""Doubly-reparameterised IWAE gradient (Tucker et al. 2019) as a surrogate.
 
-    ``log_w`` must be computed with *detached* guide parameters (as under STL). Returns
+    ``log_w`` must be computed with the guide densities of :func:`stl_distribution`, and
+    ``samples`` must be the latent values it was computed from as identity views of the
+    reparameterised samples (``trace_guide(..., views=True)``). Returns
     :math:`\sum_k \tilde w_k \log w_k` with :math:`\tilde w=\operatorname{softmax}(\log w)`
-    detached, and hooks every latent sample so that its gradient is multiplied by
-    :math:`c_k = 1-\beta(1-\tilde w_k)` (:math:`=\tilde w_k` for :math:`\beta=1`): the guide
-    receives :math:`\sum_k\tilde w_k c_k\,\partial\log w_k/\partial z_k\,\partial z_k/\partial
-    \phi`, the model :math:`\sum_k\tilde w_k\nabla\log w_k`.
+    detached, and hooks every view so that the gradient of :math:`\log w_k` with respect to
+    the samples of particle :math:`k` is multiplied by :math:`c_k = 1-\beta(1-\tilde w_k)`
+    (:math:`=\tilde w_k` for :math:`\beta=1`). With :math:`s_k=(z_k, w_k)=T_\phi(\epsilon_k)`
+    all latents of particle :math:`k` (a hierarchical guide draws :math:`w_k` from
+    :math:`q_\phi(w\mid z_k)`), the guide receives
 
-    Why :math:`c_k`: with :math:`\log w = \log p(x\mid z) + \beta(\log p(z) - \log q_\phi(z))`
+    .. math:: \sum_k \tilde w_k\,c_k\,\partial_s\log w_k\;\frac{d s_k}{d\phi},
+
+    the total derivative :math:`ds_k/d\phi` including the path :math:`\phi\to z_k\to w_k`,
+    while parameters entering :math:`\log w_k` directly (the model's, a learned conditional
+    prior's) receive :math:`\sum_k\tilde w_k\nabla_\theta\log w_k`.
+
+    Why :math:`c_k`: with :math:`\log w = \log p(x\mid s) + \beta(\log p(s) - \log q_\phi(s))`
     the score term of the IWAE gradient is :math:`-\beta\sum_k\tilde w_k\nabla_\phi\log
-    q_\phi(z_k)`, and the reparameterisation identity turns its expectation into
-    :math:`-\beta\sum_k\tilde w_k(1-\tilde w_k)\,\partial_z\log w_k\,\partial_\phi z_k`. The
-    familiar :math:`\tilde w_k^2` is the case :math:`\beta=1`; used with :math:`\beta\neq1` it
-    would be biased.
+    q_\phi(s_k)`, and the reparameterisation identity
+    :math:`\mathbb E_q[f(s)\nabla_\phi\log q_\phi(s)] = \mathbb E_\epsilon[\partial_s f\;
+    ds/d\phi]` (any differentiable bijection :math:`T_\phi`, the hierarchical one included)
+    turns its expectation into :math:`-\beta\sum_k\tilde w_k(1-\tilde w_k)\,\partial_s\log
+    w_k\,ds_k/d\phi`. The familiar :math:`\tilde w_k^2` is the case :math:`\beta=1`; used
+    with :math:`\beta\neq1` it would be biased.
+
+    Why views: a hook on the sample :math:`z_k` itself would also scale the gradient that
+    :math:`w_k` passes back to :math:`z_k` through :math:`q_\phi(w\mid z_k)`'s sampling path,
+    which was already scaled at :math:`w_k` (:math:`c_k^2` on that path). The view carries only
+    the gradient of :math:`\log w_k`, each path is scaled once, and the backward pass from
+    the samples to :math:`\phi` is the ordinary one.
     """
     w = log_w.detach().softmax(dim)
     factor = w if beta == 1 else (1.0 - beta) + beta * w
