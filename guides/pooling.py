@@ -30,7 +30,7 @@ import torch
 from pyro.distributions import Normal
 from torch import nn
 
-from pyro_mmvae.nn import MLP, positive_scale
+from pyro_mmvae.nn import MLP, lecun_normal_, positive_scale
 
 from .distributions import DiagNormalMixture
 
@@ -113,6 +113,7 @@ class SumPooling(PooledAggregator):
                  empty: Empty = "learned", min_scale: float = 1e-3):
         super().__init__(latent_dim, pooling_dim, hidden_dim, num_components, empty, min_scale)
         self.chi = MLP(feature_dim, (hidden_dim, hidden_dim), pooling_dim, LeakyReLU)
+        lecun_normal_(self)
 
     def pool(self, features, mask):
         return _masked_sum(self.chi(features), mask)
@@ -185,6 +186,7 @@ class SelfAttention(PooledAggregator):
                                                              attention_dim, mlp_dim)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(pooling_dim, eps=1e-6)
+        lecun_normal_(self)
 
     def encode_slots(self, features, mask):
         """Per-slot outputs ``(..., B, M, P)`` of χ, the attention blocks and the final norm."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyro_mmvae.nn import MLP, positive_scale
+from pyro_mmvae.nn import MLP, lecun_normal_, positive_scale
 
 from .pooling import LeakyReLU, MaskedSelfAttentionBlock, _masked_sum
 
@@ -59,6 +59,7 @@ class PooledPrivate(nn.Module):
         self.chi2 = MLP(latent_dim, (hidden_dim, hidden_dim), pooling_dim, LeakyReLU)
         self.psi = MLP(pooling_dim, (hidden_dim,), 2 * private_dim, LeakyReLU)
         self.private_dim, self.min_scale = private_dim, min_scale
+        lecun_normal_(self)
 
     def forward(self, features, mask, z):
         context = _masked_sum(self.chi0(features), mask)  # (..., B, P)
@@ -85,6 +86,7 @@ class AttentionPrivate(nn.Module):
         self.norm = nn.LayerNorm(pooling_dim, eps=1e-6)
         self.out = nn.Linear(pooling_dim, 2 * private_dim)
         self.private_dim, self.min_scale = private_dim, min_scale
+        lecun_normal_(self)
 
     def forward(self, features, mask, z):
         g = self.chi1(features) + self.chi2(z).unsqueeze(-2)  # (..., B, M, P)

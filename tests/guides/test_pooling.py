@@ -145,3 +145,29 @@ def test_stl_density_passes_no_gradient_to_mixture_parameters():
     grads = torch.autograd.grad(site_log_prob(site, stop_gradient=True).sum(),
                                 (logits, locs, scales))
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_lecun_normal_matches_flax_dense_init():
+    from pyro_mmvae.nn import lecun_normal_
+    torch.manual_seed(0)
+    layer = lecun_normal_(torch.nn.Linear(400, 300))
+    std = 400 ** -0.5
+    assert layer.weight.std().item() == pytest.approx(std, rel=0.02)
+    assert layer.weight.abs().max().item() <= 2 * std / 0.87962566103423978 + 1e-7
+    assert (layer.bias == 0).all()
+
+
+@pytest.mark.parametrize("name", AGGREGATORS)
+def test_aggregators_use_the_authors_dense_init(name):
+    # Flax's lecun_normal keeps the input visible through chi and rho at initialisation;
+    # PyTorch's default Linear init (a third of the variance) does not
+    aggregator = AGGREGATORS[name]()
+    linears = [m for m in aggregator.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for layer in linears:
+        bound = 2 * layer.in_features ** -0.5 / 0.87962566103423978
+        assert layer.weight.abs().max().item() <= bound + 1e-7
+        assert layer.bias is None or (layer.bias == 0).all()
+    # weights in units of fan_in^(-1/2): standard deviation 1 (PyTorch's default: 0.58)
+    scaled = torch.cat([m.weight.flatten() * m.in_features ** 0.5 for m in linears])
+    assert scaled.std().item() == pytest.approx(1.0, abs=0.12)
