@@ -44,6 +44,16 @@ def _save(fig, path) -> None:
         _pyplot().close(fig)
 
 
+def _finish_axes(fig, ax, path, title: str) -> Path:
+    """Grid, legend and title of a one-axes figure, then write it as a PNG."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return Path(path)
+
+
 @torch.no_grad()
 def conditional_generations(model, guide, data: Mapping[str, torch.Tensor], subsets,
                             use_mean: bool = True) -> dict:
@@ -170,12 +180,7 @@ def plot_coherence(path, by_num_inputs: Mapping[str, Mapping], title: str = "") 
     ax.set_xlabel("number of input modalities")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-    return Path(path)
+    return _finish_axes(fig, ax, path, title)
 
 
 def plot_rate_distortion(path, points: Mapping[str, tuple], title: str = "",
@@ -188,9 +193,4 @@ def plot_rate_distortion(path, points: Mapping[str, tuple], title: str = "",
         ax.scatter([rate], [distortion], label=label)
     ax.set_xlabel("rate (nats)")
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-    return Path(path)
+    return _finish_axes(fig, ax, path, title)
