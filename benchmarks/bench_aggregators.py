@@ -2,15 +2,15 @@ r"""Step-time benchmark of the guide aggregators under the masked bound, as M gr
 
 Times one ``pyro.infer.SVI.step`` (forward, backward, ``pyro.optim.Adam``) of
 ``MaskedMultimodalELBO()`` (``iid_half`` masking, analytic KL where it exists, STL) with a
-``guides.MultimodalGuide`` whose aggregator is one of
+``pyro_mmvae.guides.MultimodalGuide`` whose aggregator is one of
 
 - ``PoE`` and ``MoPoE`` (Gaussian experts, encoder output ``E = 2 * latent``);
 - the permutation-invariant ``SumPooling`` and ``SelfAttention`` (``E = --feature-dim``,
   hidden and pooling widths ``--agg-width``, 4 heads, one attention block), and their mixture
   variants ``SumPoolingMixture`` and ``SelfAttentionMixture`` (``--components`` components),
 
-at ``M = 2, 5, 10, 20`` modalities, on ``models.LinearGaussianModel`` with ``D_m = 32`` per
-modality, latent 8, batch 256, every modality observed, one MLP ``guides.expert_encoder`` per
+at ``M = 2, 5, 10, 20`` modalities, on ``pyro_mmvae.models.LinearGaussianModel`` with ``D_m = 32`` per
+modality, latent 8, batch 256, every modality observed, one MLP ``pyro_mmvae.guides.expert_encoder`` per
 modality. Reported: the median step time, its ratio to PoE at the same ``M``, and the growth
 from the smallest to the largest ``M`` with its log-log slope (1: linear in ``M``, 2:
 quadratic).
@@ -56,16 +56,16 @@ import torch
 from pyro.infer import SVI
 
 try:  # the packages are installed (editable); fall back to the checkout this script sits in
-    import guides  # noqa: F401
+    import pyro_mmvae.guides  # noqa: F401
 except ModuleNotFoundError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_bounds' timing helpers
 
 from bench_bounds import (Variant, environment, library_revision, make_data, median_ms,  # noqa
                           time_interleaved)
-from guides import (MoPoE, MultimodalGuide, PoE, SelfAttention, SelfAttentionMixture, SumPooling,
+from pyro_mmvae.guides import (MoPoE, MultimodalGuide, PoE, SelfAttention, SelfAttentionMixture, SumPooling,
                     SumPoolingMixture, expert_encoder)
-from models import LinearGaussianModel
+from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae import MaskedMultimodalELBO
 
 AGGREGATORS = ["PoE", "MoPoE", "SumPooling", "SelfAttention", "SumPoolingMixture",
@@ -277,9 +277,9 @@ def render(args, argv, steps, alone, elapsed) -> str:
         f"- Date: {date}; total run time {elapsed:.0f} s",
         f"- Environment: {environment(args)}",
         f"- Library: commit {library_revision()}",
-        f"- Problem: `models.LinearGaussianModel` ({args.dim} features per modality, latent "
+        f"- Problem: `pyro_mmvae.models.LinearGaussianModel` ({args.dim} features per modality, latent "
         f"{args.latent_dim}), batch {args.batch}, every modality observed, one particle; "
-        f"`guides.MultimodalGuide` with one `expert_encoder(D_m, E // 2, {list(args.hidden)})` "
+        f"`pyro_mmvae.guides.MultimodalGuide` with one `expert_encoder(D_m, E // 2, {list(args.hidden)})` "
         f"per modality, E = {2 * args.latent_dim} for PoE / MoPoE and E = {args.feature_dim} for "
         f"the pooling aggregators; SumPooling / SelfAttention widths (hidden, pooling, attention, "
         f"MLP) {args.agg_width}, {args.heads} heads, one attention block; mixtures with "

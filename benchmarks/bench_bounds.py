@@ -35,8 +35,8 @@ Two tables:
    encoders once per encoding, which mirrored the library before ``MaskedMultimodalELBO``
    stacked its two encodings into one guide call.)
 
-Model: ``models.LinearGaussianModel`` (linear Gaussian decoders, unit noise, ``N(0, I)`` prior);
-guide: ``guides.MultimodalGuide`` with one MLP ``guides.expert_encoder`` per modality; data:
+Model: ``pyro_mmvae.models.LinearGaussianModel`` (linear Gaussian decoders, unit noise, ``N(0, I)`` prior);
+guide: ``pyro_mmvae.guides.MultimodalGuide`` with one MLP ``pyro_mmvae.guides.expert_encoder`` per modality; data:
 ``pyro_mmvae.data.linear_gaussian.shared_latent_study`` with every modality observed.
 
 Measurement:
@@ -93,12 +93,12 @@ from pyro import poutine
 from torch.distributions import Normal, kl_divergence
 
 try:  # the packages are installed (editable); fall back to the checkout this script sits in
-    import guides  # noqa: F401
+    import pyro_mmvae.guides  # noqa: F401
 except ModuleNotFoundError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
-from models import LinearGaussianModel
+from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae import (MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO,
                         full_mask)
 from pyro_mmvae.data.linear_gaussian import shared_latent_study

@@ -23,7 +23,7 @@ plus noise (:mod:`pyro_mmvae.data.identifiable`).
 
 Rows (both tables): PoE, MoE, SumPooling and SelfAttention with the standard-normal prior;
 SumPooling, SelfAttention, SumPoolingMixture and SelfAttentionMixture (5 components) with a
-learned 5-component Gaussian-mixture prior (:class:`~models.GaussianMixturePrior`, optimal
+learned 5-component Gaussian-mixture prior (:class:`~pyro_mmvae.models.GaussianMixturePrior`, optimal
 cluster factor). Each is trained with the masked bound (``"ours"``,
 :class:`~pyro_mmvae.MaskedMultimodalELBO`, masks drawn within each point's observed set) and
 the mixture bound (:class:`~pyro_mmvae.MixtureMultimodalELBO` with the same masking
@@ -75,11 +75,11 @@ try:
 except ImportError:  # run from a checkout where the package is not importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guides import (MLPEncoder, MoE, MultimodalGuide, PoE, SelfAttention,  # noqa: E402
+from pyro_mmvae.guides import (MLPEncoder, MoE, MultimodalGuide, PoE, SelfAttention,  # noqa: E402
                     SelfAttentionMixture, SumPooling, SumPoolingMixture)
-from models import (GaussianDecoder, GaussianMixturePrior, MultimodalModel,  # noqa: E402
+from pyro_mmvae.models import (GaussianDecoder, GaussianMixturePrior, MultimodalModel,  # noqa: E402
                     StandardNormalPrior)
-from models.decoders import CategoricalDecoder  # noqa: E402
+from pyro_mmvae.models.decoders import CategoricalDecoder  # noqa: E402
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO  # noqa: E402
 from pyro_mmvae.data.identifiable import (bimodal_label_study,  # noqa: E402
                                           multimodal_missing_study)

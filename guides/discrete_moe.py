@@ -13,7 +13,7 @@ a learned, data-dependent :class:`ExpertGate`), and the unimodal Gaussian expert
 so that the marginal of :math:`z` is :math:`q_{\rm MoE}(z\mid x)=\sum_{m\in O}\pi_m
 q_m(z\mid x_m)`. Masked-out modalities have weight exactly zero and are never drawn (with
 nothing observed, :math:`c` is the extra prior component :math:`\mathcal N(0, I)`, as for
-:class:`~guides.MoE`).
+:class:`~pyro_mmvae.guides.MoE`).
 
 **The objective is the MoE ELBO, exactly.** The model has no site :math:`c`. With an ordinary
 categorical density at :math:`c`, Pyro's ELBO would be :math:`\mathbb E[\log p(x,z)-\log
@@ -113,9 +113,9 @@ class GatedMoE(nn.Module):
     .. math:: q(z\mid x_S) = \sum_{m\in S}\pi_m(x)\,q(z\mid x_m),\qquad
         \pi = \operatorname{softmax}_{m\in S}(\text{logit}_m),
 
-    uniform (exactly :class:`~guides.MoE`) when ``gate`` is None, else the logits of ``gate``.
+    uniform (exactly :class:`~pyro_mmvae.guides.MoE`) when ``gate`` is None, else the logits of ``gate``.
     Components are the ``M`` experts then the prior :math:`\mathcal N(0,I)`, which is on only
-    where S is empty. Returns a :class:`~guides.DiagNormalMixture`; :meth:`components` gives
+    where S is empty. Returns a :class:`~pyro_mmvae.guides.DiagNormalMixture`; :meth:`components` gives
     its ``(logits, locs, scales)``.
     """
 
@@ -152,7 +152,7 @@ class ScoreFunctionCategorical(Categorical):
     r"""A categorical whose ``log_prob`` is :math:`\log\pi_c-\mathrm{stop\_grad}(\log\pi_c)`:
     value 0, gradient :math:`\nabla\log\pi_c`. Sampling is unchanged. It lets a guide choose a
     mixture component at a discrete site that contributes nothing to the ELBO's value but
-    carries the score function of the choice (see :mod:`guides.discrete_moe`)."""
+    carries the score function of the choice (see :mod:`pyro_mmvae.guides.discrete_moe`)."""
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ScoreFunctionCategorical, _instance)
@@ -172,7 +172,7 @@ class ComponentDraw(TorchDistribution):
     - ``log_prob(z)`` :math:`=\log\sum_k\pi_k\mathcal N(z;\mu_k,\sigma_k^2)`, with detached
       parameters when ``stl`` (the path gradient through ``z`` is kept).
 
-    :param mixture: a :class:`~guides.DiagNormalMixture` (batch ``(..., B)``).
+    :param mixture: a :class:`~pyro_mmvae.guides.DiagNormalMixture` (batch ``(..., B)``).
     :param component: long tensor of component indices broadcasting with its batch shape.
     """
 
@@ -248,7 +248,7 @@ class DiscreteMoEGuide(MultimodalGuide):
     the MoE ELBO exactly, with a score-function gradient for the gate.
 
     :param encoders: ``{modality: encoder}`` with Gaussian-expert outputs ``2D`` (as for
-        :class:`~guides.MoE`).
+        :class:`~pyro_mmvae.guides.MoE`).
     :param gate: None (uniform weights over the observed modalities, MMVAE) or a module
         ``(features (..., B, M, E), mask) -> logits (..., B, M)`` such as :class:`ExpertGate`.
     :param component_site: name of the discrete site (default ``"expert"``; not ``"c"``, which

@@ -25,7 +25,7 @@ class DiagNormalMixture(TorchDistribution):
 
     ``rsample`` returns exact mixture samples with implicit reparameterisation gradients
     (Figurnov et al. 2018) that reach the means, the scales and the logits, so learned mixture
-    weights (:class:`~guides.SumPoolingMixture`) train by the pathwise estimator. The multimodal
+    weights (:class:`~pyro_mmvae.guides.SumPoolingMixture`) train by the pathwise estimator. The multimodal
     bounds can also stratify over components through :attr:`component_distribution` and
     :attr:`mixture_distribution` (``MixtureMultimodalELBO(form="stratified")``).
     """

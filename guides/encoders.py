@@ -12,8 +12,8 @@ from pyro_mmvae.nn import MLP
 class MLPEncoder(MLP):
     """MLP encoder on flat inputs ``(B, in_dim) -> (B, out_dim)``.
 
-    For the Gaussian experts of :class:`~guides.PoE`, :class:`~guides.MoE` and
-    :class:`~guides.MoPoE` use ``out_dim = 2 * latent_dim`` (mean, unconstrained scale); see
+    For the Gaussian experts of :class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE` and
+    :class:`~pyro_mmvae.guides.MoPoE` use ``out_dim = 2 * latent_dim`` (mean, unconstrained scale); see
     :func:`expert_encoder`.
     """
 

@@ -20,7 +20,7 @@ class MultimodalGuide(PyroModule):
 
     Each modality ``m`` has an encoder ``encoders[m]: (B, ...) -> (B, E)``; their outputs are
     stacked in the order of ``encoders`` into ``(B, M, E)`` and handed with the mask to the
-    ``aggregator`` (:class:`~guides.PoE`, :class:`~guides.MoE`, :class:`~guides.MoPoE`, or any
+    ``aggregator`` (:class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE`, :class:`~pyro_mmvae.guides.MoPoE`, or any
     module with the same call signature), which returns the distribution of ``z``.
 
     Inputs of modalities outside the mask are replaced by zeros before encoding, so nothing
@@ -30,8 +30,8 @@ class MultimodalGuide(PyroModule):
     Call it as a Pyro program, ``guide(data, mask)``: it samples site ``"z"`` inside
     ``pyro.plate("data", B)``. :meth:`distribution` returns ``q(z | x_S)`` without sampling.
 
-    **Private latents.** With a ``private`` head (:class:`~guides.IndependentPrivate`,
-    :class:`~guides.PooledPrivate`, :class:`~guides.AttentionPrivate`) the guide then samples
+    **Private latents.** With a ``private`` head (:class:`~pyro_mmvae.guides.IndependentPrivate`,
+    :class:`~pyro_mmvae.guides.PooledPrivate`, :class:`~pyro_mmvae.guides.AttentionPrivate`) the guide then samples
     ``"w_<m>"`` for every modality from ``q(w_m | z, x_S)`` when ``m`` is in S and from the prior
     :math:`\mathcal N(0, I)` otherwise (seed 004 eq. 10). ``shared_features`` feeds only the
     first that many features to the aggregator (PE-PoE: the shared expert, the rest being the

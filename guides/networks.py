@@ -1,11 +1,11 @@
 r"""Encoder networks for images and text: one modality ``(B, ...) -> (B, E)`` features.
 
-For the Gaussian experts of :class:`~guides.PoE`, :class:`~guides.MoE` and :class:`~guides.MoPoE`
+For the Gaussian experts of :class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE` and :class:`~pyro_mmvae.guides.MoPoE`
 use ``out_dim = 2 * latent_dim`` (mean, unconstrained scale); for the learnable aggregators
-(:class:`~guides.SumPooling`, :class:`~guides.SelfAttention`) any feature size ``E``.
+(:class:`~pyro_mmvae.guides.SumPooling`, :class:`~pyro_mmvae.guides.SelfAttention`) any feature size ``E``.
 
 The architectures follow MoPoE (Sutter et al. 2021, App. C–D; notes A3.2–A3.3), generalised to
-any size; the matching decoders are in :mod:`models.networks`:
+any size; the matching decoders are in :mod:`pyro_mmvae.models.networks`:
 
 - :class:`ConvImageEncoder` is the PolyMNIST CNN (kernel 3, stride 2, padding 1 convolutions,
   then linear layers). The number of stride-2 convolutions is computed from the image size

@@ -5,7 +5,7 @@ With shared :math:`z` and private :math:`w_s` per modality the guide factorises 
 permuting the modalities permutes the private distributions the same way. A private head is
 called as ``head(features, mask, z)`` with features ``(B, M, E)``, mask ``(..., B, M)`` and the
 sampled shared latent ``z (..., B, D)``, and returns per-slot means and scales
-``(..., B, M, D_w)``; :class:`~guides.MultimodalGuide` keeps them for the slots in S and uses
+``(..., B, M, D_w)``; :class:`~pyro_mmvae.guides.MultimodalGuide` keeps them for the slots in S and uses
 the prior :math:`\mathcal N(0, I)` for the others (a masked-out modality's private latent comes
 from its prior, eq. 10).
 

@@ -35,11 +35,11 @@ class MultimodalModel(PyroModule):
     site ``"w_<m>"`` and each decoder fed the concatenation ``[z, w_m]``.
 
     :param prior: module returning the distribution of ``z`` (event ``(D,)``), e.g.
-        :class:`~models.StandardNormalPrior`.
+        :class:`~pyro_mmvae.models.StandardNormalPrior`.
     :param decoders: ``{modality: decoder}``, each ``decoder(z)`` (or ``decoder([z, w_m])``)
         returning ``p(x_m | z)``.
     :param private_dim: size of every private latent (None: shared latent only).
-    :param enumerate_clusters: with a :class:`~models.GaussianMixturePrior`, write the cluster
+    :param enumerate_clusters: with a :class:`~pyro_mmvae.models.GaussianMixturePrior`, write the cluster
         ``"c"`` explicitly and enumerate it (for ``TraceEnum_ELBO``); equivalent to the default
         marginal form, which every bound accepts.
     """

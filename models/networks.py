@@ -2,9 +2,9 @@ r"""Decoder networks for images and text, likelihood weights, and modality build
 
 The networks map ``z (..., B, D)`` to the parameters of the modality's likelihood,
 ``(..., B, C, H, W)`` or ``(..., B, L, A)``, broadcasting over any leading (particle, subset)
-dims, and are wrapped by the decoders of :mod:`models.decoders`
-(:class:`~models.decoders.LaplaceDecoder` etc.). They mirror the encoders of
-:mod:`guides.networks` and follow MoPoE (Sutter et al. 2021, App. C–D; notes A3.2–A3.3):
+dims, and are wrapped by the decoders of :mod:`pyro_mmvae.models.decoders`
+(:class:`~pyro_mmvae.models.decoders.LaplaceDecoder` etc.). They mirror the encoders of
+:mod:`pyro_mmvae.guides.networks` and follow MoPoE (Sutter et al. 2021, App. C–D; notes A3.2–A3.3):
 
 - :class:`ConvImageDecoder`: ``Linear`` then transposed convolutions (kernel 3, stride 2,
   padding 1, ``output_padding`` chosen per stage) that reach exactly ``(C, H, W)``, odd sizes
@@ -12,7 +12,7 @@ dims, and are wrapped by the decoders of :mod:`models.decoders`
   decoder.
 - :class:`TextDecoder`: the MoPoE 1-D transposed CNN giving per-character logits; at
   ``L = 8`` layer for layer the MNIST-SVHN-Text text decoder (which returns log-softmax
-  values; logits are equivalent under :class:`~models.decoders.CategoricalDecoder`).
+  values; logits are equivalent under :class:`~pyro_mmvae.models.decoders.CategoricalDecoder`).
 
 :func:`image_modality` and :func:`text_modality` return matching ``(encoder, decoder)`` pairs,
 and :func:`dimension_likelihood_weights` gives MoPoE's per-modality likelihood weights.
@@ -26,7 +26,7 @@ from typing import Literal, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from guides.networks import ConvImageEncoder, TextEncoder
+from pyro_mmvae.guides.networks import ConvImageEncoder, TextEncoder
 from pyro_mmvae.nn import apply_batched, check_sizes, image_pyramid, text_pyramid
 
 from .decoders import BernoulliDecoder, CategoricalDecoder, GaussianDecoder, LaplaceDecoder
@@ -40,7 +40,7 @@ class ConvImageDecoder(nn.Module):
     ``Linear(D, c_0 h_0 w_0) + activation`` (through a ``hidden_dim`` layer if given), reshape to
     ``(c_0, h_0, w_0)``, then ``ConvTranspose2d(k=3, p=1)`` stages through ``channels`` to ``C``
     output channels, each followed by the activation except the last. The stage sizes mirror
-    :class:`~guides.networks.ConvImageEncoder` with the same ``final_size``
+    :class:`~pyro_mmvae.guides.networks.ConvImageEncoder` with the same ``final_size``
     (28: 4 -> 7 -> 14 -> 28); each stride-2 stage takes ``output_padding`` 1 for an even target
     size and 0 for an odd one, so no cropping is needed. When ``channels`` lists more stages
     than the image needs halvings, the extra (stride-1) stages come first, at the bottleneck;
@@ -103,8 +103,8 @@ class TextDecoder(nn.Module):
     bottleneck length ``l_0 <= 4``, then ``ConvTranspose1d(C, C, k=4, s=2, p=1)`` stages
     doubling the length (``output_padding`` 1 where the target is odd) to ``L``, each followed
     by the activation, and ``Conv1d(C, A, k=1)`` to per-character logits. Mirrors
-    :class:`~guides.networks.TextEncoder`; wrap it in
-    :class:`~models.decoders.CategoricalDecoder`.
+    :class:`~pyro_mmvae.guides.networks.TextEncoder`; wrap it in
+    :class:`~pyro_mmvae.models.decoders.CategoricalDecoder`.
 
     :param latent_dim: size ``D`` of ``z``.
     :param length: characters per string ``L``.
@@ -195,14 +195,14 @@ def image_modality(in_shape: Sequence[int], latent_dim: int,
                    output_activation: Optional[nn.Module] = None) -> Tuple[nn.Module, nn.Module]:
     r"""A matching ``(encoder, decoder)`` pair for images ``(C, H, W)``.
 
-    The encoder is a :class:`~guides.networks.ConvImageEncoder` with ``embedding_dim`` outputs
+    The encoder is a :class:`~pyro_mmvae.guides.networks.ConvImageEncoder` with ``embedding_dim`` outputs
     (default ``2 * latent_dim``, the Gaussian experts of PoE / MoE / MoPoE); the decoder wraps a
     :class:`ConvImageDecoder` (``channels`` reversed) in the likelihood:
 
-    - ``"laplace"`` (default; MoPoE's images): :class:`~models.decoders.LaplaceDecoder` with
+    - ``"laplace"`` (default; MoPoE's images): :class:`~pyro_mmvae.models.decoders.LaplaceDecoder` with
       ``scale`` (MoPoE: 0.75, fixed);
-    - ``"gaussian"``: :class:`~models.decoders.GaussianDecoder` with ``scale``;
-    - ``"bernoulli"``: :class:`~models.decoders.BernoulliDecoder` (the network's output are
+    - ``"gaussian"``: :class:`~pyro_mmvae.models.decoders.GaussianDecoder` with ``scale``;
+    - ``"bernoulli"``: :class:`~pyro_mmvae.models.decoders.BernoulliDecoder` (the network's output are
       logits; for binary or [0, 1] images).
 
     ``hidden_dim`` adds a hidden linear layer to the encoder only (PolyMNIST: 512, whose decoder
@@ -226,8 +226,8 @@ def text_modality(length: int, latent_dim: int, alphabet_size: int = 71,
                   channels: int = 128) -> Tuple[nn.Module, nn.Module]:
     """A matching ``(encoder, decoder)`` pair for one-hot text ``(L, A)``.
 
-    :class:`~guides.networks.TextEncoder` with ``embedding_dim`` outputs (default
-    ``2 * latent_dim``) and :class:`~models.decoders.CategoricalDecoder` over a
+    :class:`~pyro_mmvae.guides.networks.TextEncoder` with ``embedding_dim`` outputs (default
+    ``2 * latent_dim``) and :class:`~pyro_mmvae.models.decoders.CategoricalDecoder` over a
     :class:`TextDecoder` (event ``(L, A)``), as MoPoE's MNIST-SVHN-Text text modality.
     """
     embedding_dim = 2 * latent_dim if embedding_dim is None else embedding_dim

@@ -2,7 +2,9 @@
 
 The multimodal protocol (batches, masks, site names) lives in :mod:`pyro_mmvae.protocol`; the
 bounds in :mod:`pyro_mmvae.infer`; evaluation in :mod:`pyro_mmvae.eval`. Generative models are
-in the top-level package ``models`` and guides in ``guides``.
+in :mod:`pyro_mmvae.models` and guides in :mod:`pyro_mmvae.guides` (the repository's top-level
+``models/`` and ``guides/`` folders, installed under this package so that a user's own
+``models.py`` or ``guides.py`` never shadows them).
 """
 
 from .infer import (MaskedMultimodalELBO, MixtureMultimodalELBO, MultimodalELBO,

@@ -109,7 +109,7 @@ def image_pyramid(height: int, width: int, final_size: int):
     """Number of stride-2 stages and the per-stage heights and widths (ceil halving).
 
     Stages halve both sides until the larger one is ``<= final_size``; shared by
-    :class:`guides.networks.ConvImageEncoder` and :class:`models.networks.ConvImageDecoder`, so
+    :class:`pyro_mmvae.guides.networks.ConvImageEncoder` and :class:`pyro_mmvae.models.networks.ConvImageDecoder`, so
     the two mirror each other exactly.
     """
     n = num_halvings(max(height, width), final_size)

@@ -14,7 +14,7 @@ The library's bounds call model and guide several times with different masks, an
 mask leading batch dimensions (a stack of subsets ``(T, N)``, one per plate entry, as
 :class:`~pyro_mmvae.infer.SubsampledMultimodalELBO` does): model and guide must broadcast masks
 against their batch shape as they broadcast particle dimensions. The library's own
-:class:`models.MultimodalModel` and :class:`guides.MultimodalGuide` do.
+:class:`pyro_mmvae.models.MultimodalModel` and :class:`pyro_mmvae.guides.MultimodalGuide` do.
 """
 
 from __future__ import annotations

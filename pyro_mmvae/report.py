@@ -35,8 +35,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from models import pca_maximum_likelihood, relative_llh_gap
-from models.linear_gaussian import gaussian_log_likelihood
+from pyro_mmvae.models import pca_maximum_likelihood, relative_llh_gap
+from pyro_mmvae.models.linear_gaussian import gaussian_log_likelihood
 from pyro_mmvae.diagnostics.plots import (plot_coherence, plot_rate_distortion,
                                           save_generation_grid, save_samples_grid)
 from pyro_mmvae.eval import log_likelihood, log_marginal, rate_distortion

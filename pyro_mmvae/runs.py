@@ -10,7 +10,7 @@ model and guide and loads the checkpoint.
   :class:`PreparedData` (train/test modalities, masks, labels, the kind of each modality), the
   per-dataset defaults of the command line, and how to build its generative model.
 - :func:`build_guide` makes one encoder per modality from its kind (``"vector"``: MLP,
-  ``"image"``: :class:`~guides.ConvImageEncoder`, ``"text"``: :class:`~guides.TextEncoder`)
+  ``"image"``: :class:`~pyro_mmvae.guides.ConvImageEncoder`, ``"text"``: :class:`~pyro_mmvae.guides.TextEncoder`)
   and the aggregator named by ``--aggregator``; :func:`build_model` the matching decoders and
   the prior named by ``--prior``; :func:`build_loss` the bound named by ``--bound``.
 """
@@ -27,13 +27,13 @@ import pyro
 import torch
 from torch import nn
 
-from guides import (ConvImageEncoder, MLPEncoder, MoE, MoPoE, MultimodalGuide, PoE, SelfAttention,
+from pyro_mmvae.guides import (ConvImageEncoder, MLPEncoder, MoE, MoPoE, MultimodalGuide, PoE, SelfAttention,
                     SelfAttentionMixture, SumPooling, SumPoolingMixture, TextEncoder)
-from models import (GaussianMixturePrior, LinearGaussianModel, MultimodalModel,
+from pyro_mmvae.models import (GaussianMixturePrior, LinearGaussianModel, MultimodalModel,
                     StandardNormalPrior, dimension_likelihood_weights)
-from models.decoders import (BernoulliDecoder, CategoricalDecoder, GaussianDecoder,
+from pyro_mmvae.models.decoders import (BernoulliDecoder, CategoricalDecoder, GaussianDecoder,
                              LaplaceDecoder)
-from models.networks import ConvImageDecoder, TextDecoder
+from pyro_mmvae.models.networks import ConvImageDecoder, TextDecoder
 from pyro_mmvae.data import load_digits_svhn_text, load_poly_digits, shared_latent_study
 from pyro_mmvae.infer import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO
 from pyro_mmvae.train import CHECKPOINT, CONFIG, load_checkpoint
@@ -221,9 +221,9 @@ def build_prior(args) -> nn.Module:
 
 def build_model(args, data: PreparedData) -> nn.Module:
     """The dataset's own model if it has one, else ``MultimodalModel`` with one decoder per
-    modality: images through :class:`~models.ConvImageDecoder` with the ``--likelihood``
+    modality: images through :class:`~pyro_mmvae.models.ConvImageDecoder` with the ``--likelihood``
     family (Laplace with MoPoE's fixed scale 0.75 by default), text through a
-    :class:`~models.TextDecoder` with a categorical likelihood."""
+    :class:`~pyro_mmvae.models.TextDecoder` with a categorical likelihood."""
     spec = DATASETS[args.dataset]
     if spec.build_model is not None:
         if args.prior != "normal":

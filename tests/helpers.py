@@ -4,8 +4,8 @@ import pyro
 import torch
 from pyro.distributions import MultivariateNormal
 
-from guides import MultimodalGuide, PoE, expert_encoder
-from models import LinearGaussianModel
+from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae.protocol import DATA_PLATE, batch_size, full_mask
 
 DIMS = {"a": 3, "b": 4, "c": 2}

@@ -43,7 +43,7 @@ def test_weak_mcc_of_a_noisy_copy_matches_its_correlation(linear_gaussian):
 
 
 def test_fixed_noise_mle_is_bounded_by_pca_and_beats_the_truth(linear_gaussian):
-    from models import pca_maximum_likelihood
+    from pyro_mmvae.models import pca_maximum_likelihood
     from pyro_mmvae.data.linear_gaussian import illustrative_bimodal
 
     ds = illustrative_bimodal(2000, seed=3, dtype=torch.float64)
@@ -175,8 +175,8 @@ def test_identifiable_smoke(identifiable, tmp_path):
 
 
 def test_identifiable_models_follow_the_recipe(identifiable):
-    from models import GaussianMixturePrior, StandardNormalPrior
-    from models.decoders import CategoricalDecoder
+    from pyro_mmvae.models import GaussianMixturePrior, StandardNormalPrior
+    from pyro_mmvae.models.decoders import CategoricalDecoder
 
     args = identifiable.parse_args(["--quick"])
     spec = next(s for s in identifiable.specs(args) if s["row"] == "sumpooling_mix+gmm")

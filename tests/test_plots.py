@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from models import MultimodalModel, StandardNormalPrior, image_modality, text_modality
-from guides import MultimodalGuide, PoE
+from pyro_mmvae.models import MultimodalModel, StandardNormalPrior, image_modality, text_modality
+from pyro_mmvae.guides import MultimodalGuide, PoE
 from pyro_mmvae.data.text import encode_text
 from pyro_mmvae.diagnostics.plots import (conditional_generations, save_generation_grid,
                                           save_samples_grid, unconditional_samples)

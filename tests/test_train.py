@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from guides import MultimodalGuide, PoE, expert_encoder
-from models import LinearGaussianModel
+from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae.data import shared_latent_study
 from pyro_mmvae.infer import MaskedMultimodalELBO
 from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, TrainingDiverged, fit,

@@ -1,7 +1,7 @@
 r"""Inspect a trained multimodal VAE's posterior with ArviZ.
 
-Trains a linear-Gaussian multimodal VAE (:class:`models.LinearGaussianModel`, a product-of-experts
-:class:`guides.MultimodalGuide`) with the masked bound
+Trains a linear-Gaussian multimodal VAE (:class:`pyro_mmvae.models.LinearGaussianModel`, a product-of-experts
+:class:`pyro_mmvae.guides.MultimodalGuide`) with the masked bound
 (:class:`pyro_mmvae.MaskedMultimodalELBO`) on the library's shared-latent simulation
 (:func:`pyro_mmvae.data.shared_latent_study`), then converts the guide's posterior on a few
 held-out data points to an :class:`arviz.InferenceData` with
@@ -41,8 +41,8 @@ with warnings.catch_warnings():  # arviz 0.2x announces its 1.0 refactor on impo
     warnings.filterwarnings("ignore", message=".*ArviZ is undergoing", category=FutureWarning)
     import arviz as az  # noqa: E402
 
-from guides import MultimodalGuide, PoE, expert_encoder  # noqa: E402
-from models import LinearGaussianModel  # noqa: E402
+from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder  # noqa: E402
+from pyro_mmvae.models import LinearGaussianModel  # noqa: E402
 from pyro_mmvae import MaskedMultimodalELBO  # noqa: E402
 from pyro_mmvae.data import shared_latent_study  # noqa: E402
 from pyro_mmvae.diagnostics import to_inference_data  # noqa: E402

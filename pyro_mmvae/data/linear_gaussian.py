@@ -68,7 +68,7 @@ def private_latent_study(num_points: int = 5000, num_modalities: int = 5, shared
     matrix gives :math:`[V_m \mid W_m]`; :math:`x_m = W_m z + V_m w_m + b_m + \epsilon_m`, so
     :math:`x_m` depends only on the shared :math:`z` and its own :math:`w_m`. ``latents`` and
     ``weights`` refer to the stacked latent :math:`u=(z, w_1, \dots, w_M)` (the order of
-    :class:`models.LinearGaussianModel` with ``private_dim``).
+    :class:`pyro_mmvae.models.LinearGaussianModel` with ``private_dim``).
     """
     gen = torch.Generator().manual_seed(seed)
     names = [f"m{i}" for i in range(num_modalities)]

@@ -5,8 +5,8 @@ trained beforehand on the *real* training data of that modality. MoPoE ships pre
 classifiers and gives no training details ("same as the encoder except the last layer"); here
 one classifier per modality is trained with cross-entropy and Adam on the training split:
 
-- images ``(N, C, H, W)``: :class:`guides.networks.ConvImageEncoder` with ``out_dim = K``;
-- one-hot text ``(N, L, A)``: :class:`guides.networks.TextEncoder` with ``out_dim = K``;
+- images ``(N, C, H, W)``: :class:`pyro_mmvae.guides.networks.ConvImageEncoder` with ``out_dim = K``;
+- one-hot text ``(N, L, A)``: :class:`pyro_mmvae.guides.networks.TextEncoder` with ``out_dim = K``;
 - flat vectors ``(N, D)``: an :class:`~pyro_mmvae.nn.MLP`.
 
 A classifier maps ``(..., *in_shape)`` to logits ``(..., K)``; the predicted label is their
@@ -47,8 +47,8 @@ def infer_kind(x: torch.Tensor) -> str:
 class ModalityClassifier(nn.Module):
     r"""Classifier ``(..., *in_shape) -> logits (..., num_classes)`` for one modality.
 
-    :param kind: ``"image"`` (:class:`~guides.networks.ConvImageEncoder`), ``"text"``
-        (:class:`~guides.networks.TextEncoder`) or ``"flat"`` (:class:`~pyro_mmvae.nn.MLP`).
+    :param kind: ``"image"`` (:class:`~pyro_mmvae.guides.networks.ConvImageEncoder`), ``"text"``
+        (:class:`~pyro_mmvae.guides.networks.TextEncoder`) or ``"flat"`` (:class:`~pyro_mmvae.nn.MLP`).
     :param in_shape: shape of one data point: ``(C, H, W)``, ``(L, A)`` or ``(D,)``.
     :param num_classes: number of labels ``K``.
     :param options: keyword arguments of the network (plain values only, so that they can be
@@ -67,7 +67,7 @@ class ModalityClassifier(nn.Module):
         self.num_classes = int(num_classes)
         self.options = dict(options)
         # imported here: pyro_mmvae.eval otherwise knows nothing about the guides package
-        from guides.networks import ConvImageEncoder, TextEncoder
+        from pyro_mmvae.guides.networks import ConvImageEncoder, TextEncoder
 
         if kind == "image":
             if len(self.in_shape) != 3:

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guides import IndependentPrivate, MoPoE, MultimodalGuide, PoE, expert_encoder
-from models import GaussianDecoder, MultimodalModel, StandardNormalPrior, image_modality
-from models.networks import text_modality
+from pyro_mmvae.guides import IndependentPrivate, MoPoE, MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior, image_modality
+from pyro_mmvae.models.networks import text_modality
 from pyro_mmvae.eval.classifiers import (ModalityClassifier, classifier_accuracy, infer_kind,
                                          load_classifiers, predict, save_classifiers,
                                          train_modality_classifiers)

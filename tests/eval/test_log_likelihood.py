@@ -2,7 +2,7 @@ import pyro
 import torch
 from pyro.distributions import MultivariateNormal
 
-from guides import PoE
+from pyro_mmvae.guides import PoE
 from pyro_mmvae.eval import log_likelihood, log_marginal, rate_distortion
 from tests.helpers import ExactPosteriorGuide, linear_problem, make_guide, random_mask
 

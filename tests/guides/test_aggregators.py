@@ -5,8 +5,8 @@ import pytest
 import torch
 from pyro.distributions import Normal
 
-from guides import DiagNormalMixture, MoE, MoPoE, PoE
-from guides.aggregators import gaussian_experts
+from pyro_mmvae.guides import DiagNormalMixture, MoE, MoPoE, PoE
+from pyro_mmvae.guides.aggregators import gaussian_experts
 from pyro_mmvae.nn import inverse_positive_scale
 from tests.helpers import make_guide, random_mask
 

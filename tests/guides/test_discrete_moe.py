@@ -9,8 +9,8 @@ from pyro import poutine
 from pyro.distributions import Normal
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
-from guides import MoE, MultimodalGuide, expert_encoder
-from guides.discrete_moe import (ComponentDraw, DiscreteMoEGuide, ExpertGate, MoEBaseline,
+from pyro_mmvae.guides import MoE, MultimodalGuide, expert_encoder
+from pyro_mmvae.guides.discrete_moe import (ComponentDraw, DiscreteMoEGuide, ExpertGate, MoEBaseline,
                                  ScoreFunctionCategorical)
 from pyro_mmvae import MixtureMultimodalELBO
 from pyro_mmvae.protocol import stack_mask

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from guides.networks import ConvImageEncoder, TextEncoder
+from pyro_mmvae.guides.networks import ConvImageEncoder, TextEncoder
 
 IMAGE_SHAPES = [(3, 16, 16), (1, 28, 28), (3, 32, 32), (3, 64, 64), (2, 15, 15), (3, 20, 9),
                 (1, 1, 7)]

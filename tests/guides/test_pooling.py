@@ -5,7 +5,7 @@ import pyro
 import pytest
 import torch
 
-from guides import (DiagNormalMixture, MultimodalGuide, SelfAttention, SelfAttentionMixture,
+from pyro_mmvae.guides import (DiagNormalMixture, MultimodalGuide, SelfAttention, SelfAttentionMixture,
                     SumPooling, SumPoolingMixture, expert_encoder)
 
 E, D = 6, 3

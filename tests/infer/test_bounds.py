@@ -5,7 +5,7 @@ import pytest
 import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from guides import (MoE, MoPoE, PoE, SelfAttention, SelfAttentionMixture, SumPooling,
+from pyro_mmvae.guides import (MoE, MoPoE, PoE, SelfAttention, SelfAttentionMixture, SumPooling,
                     SumPoolingMixture)
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO
 from tests.helpers import ExactPosteriorGuide, linear_problem, make_guide, random_mask

@@ -5,8 +5,8 @@ import pyro
 import torch
 from pyro.infer import SVI
 
-from guides import MultimodalGuide, SumPooling, expert_encoder
-from models import LinearGaussianModel, pca_maximum_likelihood, relative_llh_gap
+from pyro_mmvae.guides import MultimodalGuide, SumPooling, expert_encoder
+from pyro_mmvae.models import LinearGaussianModel, pca_maximum_likelihood, relative_llh_gap
 from pyro_mmvae import MaskedMultimodalELBO
 from pyro_mmvae.data import shared_latent_study
 

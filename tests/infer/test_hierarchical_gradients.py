@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from pyro.distributions import Normal
 from torch import nn
 
-from guides import MultimodalGuide, PoE, PooledPrivate
-from models import LinearGaussianModel
+from pyro_mmvae.guides import MultimodalGuide, PoE, PooledPrivate
+from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO
 from pyro_mmvae.nn import inverse_positive_scale
 from pyro_mmvae.protocol import STL_FN
@@ -88,7 +88,7 @@ class LinearPrivate(nn.Module):
 
 
 def exact_pe_guide(model, data):
-    r"""A :class:`~guides.MultimodalGuide` equal to the exact posterior: PoE experts equal to
+    r"""A :class:`~pyro_mmvae.guides.MultimodalGuide` equal to the exact posterior: PoE experts equal to
     the likelihood factors of :math:`z` (the private latents integrated out), and
     :math:`p(w_m\mid z, x_m)` from the joint posterior of :math:`(z, w_m)`."""
     n = next(iter(data.values())).shape[0]
@@ -170,7 +170,7 @@ def test_estimators_are_unbiased_for_a_hand_built_hierarchical_guide(elbo):
 # --- unbiasedness: the library's guide with PE-SumPooling's private head --------------------
 
 def pooled_guide(dims, n, seed=1):
-    """Free per-datapoint PoE experts and a tiny :class:`~guides.PooledPrivate` head whose
+    """Free per-datapoint PoE experts and a tiny :class:`~pyro_mmvae.guides.PooledPrivate` head whose
     output depends strongly on ``z``."""
     torch.manual_seed(seed)
     encoders = {m: Table(0.5 * torch.randn(2 * D), n) for m in dims}

@@ -9,7 +9,7 @@ from pyro import poutine
 from pyro.distributions import Normal, constraints
 from pyro.infer import SVI
 
-from guides import DiagNormalMixture, MoE
+from pyro_mmvae.guides import DiagNormalMixture, MoE
 from pyro_mmvae import MixtureMultimodalELBO
 from pyro_mmvae.infer.stratified_dreg import leave_one_out_logsumexp
 from pyro_mmvae.protocol import observe

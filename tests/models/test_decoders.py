@@ -4,8 +4,8 @@ import torch
 from pyro.distributions import Laplace, Normal
 from pyro.infer import SVI
 
-from guides import MultimodalGuide, MoPoE, expert_encoder
-from models import (BernoulliDecoder, GaussianDecoder, LaplaceDecoder, MultimodalModel,
+from pyro_mmvae.guides import MultimodalGuide, MoPoE, expert_encoder
+from pyro_mmvae.models import (BernoulliDecoder, GaussianDecoder, LaplaceDecoder, MultimodalModel,
                     StandardNormalPrior)
 from pyro_mmvae import MaskedMultimodalELBO
 from pyro_mmvae.nn import MLP

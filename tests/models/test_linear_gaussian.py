@@ -1,7 +1,7 @@
 import torch
 from pyro.distributions import MultivariateNormal
 
-from models import pca_maximum_likelihood, relative_llh_gap
+from pyro_mmvae.models import pca_maximum_likelihood, relative_llh_gap
 from tests.helpers import linear_problem, random_mask
 
 
@@ -49,7 +49,7 @@ def test_pca_maximum_likelihood_beats_the_generating_parameters():
 
 
 def test_private_latent_study_matches_the_private_model_structure():
-    from models import LinearGaussianModel
+    from pyro_mmvae.models import LinearGaussianModel
     from pyro_mmvae.data import private_latent_study
     sim = private_latent_study(num_points=2000, num_modalities=3, shared_dim=2, private_dim=2,
                                dim_range=(6, 9), seed=0, dtype=torch.float64)

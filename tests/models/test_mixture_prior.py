@@ -5,8 +5,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
-from guides import MultimodalGuide, SumPooling, expert_encoder
-from models import GaussianDecoder, GaussianMixturePrior, MultimodalModel
+from pyro_mmvae.guides import MultimodalGuide, SumPooling, expert_encoder
+from pyro_mmvae.models import GaussianDecoder, GaussianMixturePrior, MultimodalModel
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO
 from pyro_mmvae.nn import MLP
 

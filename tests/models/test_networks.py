@@ -10,13 +10,13 @@ from pyro.distributions import Bernoulli, Laplace, Normal, OneHotCategorical
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
-from guides.aggregators import PoE
-from guides.guide import MultimodalGuide
-from models.decoders import CategoricalDecoder
-from models.multimodal import MultimodalModel
-from models.networks import (ConvImageDecoder, TextDecoder, dimension_likelihood_weights,
+from pyro_mmvae.guides.aggregators import PoE
+from pyro_mmvae.guides.guide import MultimodalGuide
+from pyro_mmvae.models.decoders import CategoricalDecoder
+from pyro_mmvae.models.multimodal import MultimodalModel
+from pyro_mmvae.models.networks import (ConvImageDecoder, TextDecoder, dimension_likelihood_weights,
                              image_modality, text_modality)
-from models.priors import StandardNormalPrior
+from pyro_mmvae.models.priors import StandardNormalPrior
 from pyro_mmvae.infer import MaskedMultimodalELBO
 
 IMAGE_SHAPES = [(3, 16, 16), (1, 28, 28), (3, 32, 32), (3, 64, 64), (2, 15, 15), (3, 20, 9),

@@ -1,0 +1,51 @@
+"""The library's models and guides are ``pyro_mmvae.models`` / ``pyro_mmvae.guides``: a user's own
+``models.py`` and ``guides.py`` in the working folder change nothing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+USER_FILE = "raise RuntimeError('the user\\'s own {name}.py was imported')\n"
+
+
+@pytest.fixture
+def user_folder(tmp_path):
+    for name in ("models", "guides"):
+        (tmp_path / f"{name}.py").write_text(USER_FILE.format(name=name))
+    return tmp_path
+
+
+def run(args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_library_imports_its_own_packages_beside_user_files(user_folder):
+    code = ("import pyro_mmvae.cli, pyro_mmvae.models as m, pyro_mmvae.guides as g\n"
+            "from pyro_mmvae.guides import MultimodalGuide, PoE\n"
+            "from pyro_mmvae.models import MultimodalModel, LinearGaussianModel\n"
+            "print(m.__name__, g.__name__)\n")
+    out = run([sys.executable, "-c", code], user_folder)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["pyro_mmvae.models", "pyro_mmvae.guides"]
+    # the user's files are what a plain `import models` finds there, as they should be
+    out = run([sys.executable, "-c", "import models"], user_folder)
+    assert "the user's own models.py" in out.stderr
+
+
+def test_cli_runs_from_a_folder_with_user_models_and_guides(user_folder):
+    exe = Path(sys.executable).with_name("pyro-mmvae")
+    args = [str(exe)] if exe.exists() else [sys.executable, "-m", "pyro_mmvae.cli"]
+    out = run(args + ["train", "--help"], user_folder)
+    assert out.returncode == 0, out.stderr
+    assert "--aggregator" in out.stdout
+
+
+def test_no_top_level_models_or_guides_is_installed(tmp_path):
+    code = "import importlib.util as u; print(u.find_spec('models'), u.find_spec('guides'))"
+    out = run([sys.executable, "-c", code], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "None"]
