@@ -7,15 +7,15 @@ from typing import Mapping, Optional
 import pyro
 import torch
 from pyro.distributions import Normal
-from pyro.nn import PyroModule
 from torch import nn
 from torch.func import functional_call
 
+from pyro_mmvae.params import NamedPyroModule
 from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, STL_FN, batch_size, full_mask,
                                  private_site, stack_mask)
 
 
-class MultimodalGuide(PyroModule):
+class MultimodalGuide(NamedPyroModule):
     r"""Amortised guide ``q(z | x_S)`` for the multimodal protocol.
 
     Each modality ``m`` has an encoder ``encoders[m]: (B, ...) -> (B, E)``; their outputs are
@@ -39,12 +39,20 @@ class MultimodalGuide(PyroModule):
     :data:`~pyro_mmvae.protocol.STL_FN`) how to rebuild ``q(w_m | z, x_S)`` with detached
     parameters at a live ``z`` (:func:`detached_private`), the density the STL and DReG
     estimators need.
+
+    :param name: root of the guide's parameter names in Pyro's param store
+        (``"<name>.encoders$$$<modality>...."``; keyword only). None (default): the first of
+        ``""``, ``"MultimodalGuide_1"``, ... not holding another module's parameters, chosen
+        at the first call, so guides trained side by side in one store get their own
+        parameters (:mod:`pyro_mmvae.params`).
     """
+
+    vectorized = True  # broadcasts stacked masks and latents (pyro_mmvae.protocol.vectorized)
 
     def __init__(self, encoders: Mapping[str, nn.Module], aggregator: nn.Module,
                  latent_site: str = LATENT_SITE, private: Optional[nn.Module] = None,
-                 shared_features: Optional[int] = None):
-        super().__init__()
+                 shared_features: Optional[int] = None, *, name: Optional[str] = None):
+        super().__init__(name=name)
         if not encoders:
             raise ValueError("MultimodalGuide needs at least one modality encoder")
         self.modalities = list(encoders)
@@ -66,16 +74,28 @@ class MultimodalGuide(PyroModule):
         absent = [m for m in self.modalities if m not in mask]
         if absent:
             raise ValueError(f"modality '{absent[0]}' has no mask entry")
+        # the rest of the protocol (tensors, N, bool masks (..., N), no NaN), so that a bad
+        # batch is a clear error under Pyro's own ELBOs too (cheap: shapes, dtypes and one sum
+        # per modality)
+        from pyro_mmvae.protocol import validate_batch
+        validate_batch(data, mask, leading_mask_dims=True)
 
     def features(self, data, mask) -> torch.Tensor:
-        """Encoder outputs ``(B, M, E)``; inputs never observed in ``mask`` are zeroed first."""
+        """Encoder outputs ``(B, M, E)``; inputs never observed in ``mask`` are zeroed first.
+
+        Every modality's input is first checked against its encoder
+        (:func:`check_encoder_input`: dtype, and the width an MLP's first layer reads), and an
+        encoder that fails anyway re-raises naming the modality (:func:`run_encoder`).
+        """
         encoders = self.encoders  # one PyroModule attribute access: one param registration
+        for m in self.modalities:
+            check_encoder_input(m, encoders[m], data[m])
         feats = []
         for m in self.modalities:
             x = data[m]
             seen = mask[m].reshape(-1, x.shape[0]).any(0) if mask[m].dim() > 1 else mask[m]
             seen = seen.reshape(seen.shape + (1,) * (x.dim() - 1))
-            feats.append(encoders[m](torch.where(seen, x, torch.zeros_like(x))))
+            feats.append(run_encoder(m, encoders[m], torch.where(seen, x, torch.zeros_like(x))))
         return torch.stack(feats, dim=-2)
 
     def distribution(self, data, mask: Optional[Mapping] = None):
@@ -140,3 +160,104 @@ def detached_private(head: nn.Module, features, stacked, z, latent_site: str):
         return cache["dists"]
 
     return distributions
+
+
+# --------------------------------------------------------------------------- encoder inputs
+
+# layers that read the raw input with their own dtype; the first of an nn.Sequential is checked
+_INPUT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.GroupNorm,
+                 nn.modules.batchnorm._NormBase)
+# errors that torch raises for mismatched dtypes ("mat1 and mat2 must have the same dtype",
+# "Input type (double) and bias type (float) ...", "expected scalar type Float but found
+# Double", "... not implemented for 'Long'")
+_DTYPE_ERROR = ("dtype", "scalar type", "type (", "not implemented for '")
+_NOT_INPUT_ERRORS = tuple({NotImplementedError,
+                           *(getattr(mod, "OutOfMemoryError") for mod in (torch, torch.cuda)
+                             if hasattr(mod, "OutOfMemoryError"))})
+_DTYPE_FIX = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()",
+              torch.bfloat16: ".bfloat16()"}
+
+
+def _first_layer(encoder: nn.Module) -> nn.Module:
+    """The module that reads the input: the first entry of (nested) plain ``nn.Sequential``s."""
+    layer = encoder
+    while isinstance(layer, nn.Sequential) and len(layer) and \
+            type(layer).forward is nn.Sequential.forward:
+        layer = layer[0]
+    return layer
+
+
+def _autocast(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled()
+
+
+def _dtype_message(modality: str, x: torch.Tensor, expected: torch.dtype) -> str:
+    fix = _DTYPE_FIX.get(expected, f".to({expected})")
+    msg = (f"modality '{modality}': data has dtype {x.dtype} but its encoder's parameters are "
+           f"{expected}; convert the data, data['{modality}']{fix}")
+    if x.dtype == torch.uint8:
+        msg += " (8-bit images usually also want scaling to [0, 1]: .float() / 255)"
+    elif x.is_floating_point():
+        msg += f", or the encoder (and the model) to the data's dtype, module.to({x.dtype})"
+    return msg
+
+
+def check_encoder_input(modality: str, encoder: nn.Module, x: torch.Tensor) -> None:
+    """Check ``x``, a modality's input ``(B, ...)``, against what its encoder's first layer reads.
+
+    Where that layer is known — ``encoder`` itself or the first entry of a plain
+    ``nn.Sequential`` (an :class:`~pyro_mmvae.guides.MLPEncoder`) being an ``nn.Linear``, a
+    convolution or a normalisation layer — raises ``TypeError`` (naming the modality, the data's
+    dtype, the parameters' dtype and the fix, e.g. ``.float()``) when the dtypes differ, and
+    ``ValueError`` when an ``nn.Linear`` would read another number of features than the data's
+    last dim (e.g. an unflattened image ``(N, 1, 8, 8)`` into ``Linear(64, ...)``) or a
+    convolution another number of channels. Other encoders are checked by running them
+    (:func:`run_encoder`). Under ``torch.autocast`` the dtype is not checked.
+    """
+    layer = _first_layer(encoder)
+    if not isinstance(layer, _INPUT_LAYERS) or (
+            isinstance(layer, nn.modules.lazy.LazyModuleMixin)
+            and layer.has_uninitialized_params()):
+        return
+    param = next(layer.parameters(recurse=False), None)
+    if param is not None and x.dtype != param.dtype and not _autocast(x):
+        raise TypeError(_dtype_message(modality, x, param.dtype))
+    shape = tuple(x.shape)
+    if isinstance(layer, nn.Linear):
+        k = layer.in_features
+        if x.dim() < 2 or x.shape[-1] != k:
+            hint = f"expected (N, {k})"
+            if x.dim() > 2 and x[:1].numel() == k:
+                hint += f"; flatten it, data['{modality}'].flatten(1)"
+            raise ValueError(f"modality '{modality}': its encoder's first layer, Linear("
+                             f"in_features={k}), reads the data's last dim, but the data has "
+                             f"shape {shape} ({hint})")
+    elif isinstance(layer, nn.modules.conv._ConvNd):
+        nd, c = len(layer.kernel_size), layer.in_channels
+        if x.dim() != nd + 2 or x.shape[1] != c:
+            spatial = ", ".join(["..."] * nd)
+            raise ValueError(f"modality '{modality}': its encoder's first layer, "
+                             f"{type(layer).__name__}(in_channels={c}), reads (N, {c}, "
+                             f"{spatial}), but the data has shape {shape}")
+
+
+def run_encoder(modality: str, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``encoder(x)``; a ``RuntimeError`` or ``ValueError`` from it (torch's ``mat1 and mat2
+    shapes cannot be multiplied``, a reshape, a network's own shape check) re-raises as
+    ``ValueError`` naming the modality and the input's shape and dtype, with the original
+    message (and as ``TypeError`` when it is a dtype mismatch with the encoder's parameters).
+    Out-of-memory and ``NotImplementedError`` pass through unchanged."""
+    try:
+        return encoder(x)
+    except (RuntimeError, ValueError) as err:
+        if isinstance(err, _NOT_INPUT_ERRORS):
+            raise
+        param = next((p for p in encoder.parameters() if p.is_floating_point()), None)
+        dtype_error = any(s in str(err) for s in _DTYPE_ERROR)
+        if param is not None and x.dtype != param.dtype and dtype_error:
+            raise TypeError(f"{_dtype_message(modality, x, param.dtype)} ({err})") from err
+        raise ValueError(f"modality '{modality}': its encoder failed on the input of shape "
+                         f"{tuple(x.shape)} (dtype {x.dtype}): {err}") from err

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Optional
 
 import pyro
-from pyro.nn import PyroModule
 from torch import nn
 
 import torch
 from pyro.distributions import Normal
 
-from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, batch_size, full_mask, observe,
+from pyro_mmvae.params import NamedPyroModule
+from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, full_mask, num_points, observe,
                                  private_site)
 
 
@@ -21,14 +22,20 @@ def concat_latents(*parts: torch.Tensor) -> torch.Tensor:
     return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], dim=-1)
 
 
-class MultimodalModel(PyroModule):
+class MultimodalModel(NamedPyroModule):
     r"""Generative model :math:`p(z)\prod_m p(x_m\mid z)` following the multimodal protocol.
 
-    ``model(data, mask)`` samples ``"z"`` from ``prior()`` inside ``pyro.plate("data", B)`` and
-    observes every modality at ``"x_<m>"`` under ``poutine.mask(mask[m])``. Modalities absent
-    from ``data`` are sampled, which is how unconditional generation works:
-    ``model({}, num_samples=n)`` draws ``n`` joint samples (``poutine.uncondition`` samples
-    every modality even when data is given).
+    ``model(data, mask)`` samples ``"z"`` from ``prior()`` inside ``pyro.plate("data", N)``,
+    ``N = num_points(data, mask)`` (the mask's last dim), and observes every modality at
+    ``"x_<m>"`` with :func:`~pyro_mmvae.protocol.observe`: under ``poutine.mask(mask[m])``,
+    the site's value being the data where ``mask[m]`` is True and a draw from the decoder
+    elsewhere; a modality absent from ``data`` is generated everywhere. So
+    ``pyro.infer.Predictive(model, guide=guide, num_samples=k)(data, mask)`` cross-generates
+    the unobserved modalities, and ``model({}, {m: torch.zeros(n, dtype=torch.bool) for m in
+    model.modalities})`` draws ``n`` joint samples from the prior (``poutine.uncondition``
+    also re-samples the observed ones). ``mask=None`` observes every modality in ``data``.
+    ``num_samples=n`` (deprecated, with a ``DeprecationWarning``) is the all-False mask of
+    ``n`` points.
 
     With ``private_dim`` the model has private latents (seed 004 eq. 8):
     :math:`p(z)\prod_m p(w_m)\,p(x_m\mid z, w_m)` with :math:`w_m\sim\mathcal N(0, I)` at
@@ -42,12 +49,19 @@ class MultimodalModel(PyroModule):
     :param enumerate_clusters: with a :class:`~pyro_mmvae.models.GaussianMixturePrior`, write the cluster
         ``"c"`` explicitly and enumerate it (for ``TraceEnum_ELBO``); equivalent to the default
         marginal form, which every bound accepts.
+    :param name: root of the model's parameter names in Pyro's param store
+        (``"<name>.decoders$$$<modality>...."``; keyword only). None (default): the first of
+        ``""``, ``"<ClassName>_1"``, ... not holding another module's parameters, chosen at
+        the first call, so models trained side by side in one store get their own parameters
+        (:mod:`pyro_mmvae.params`).
     """
+
+    vectorized = True  # broadcasts stacked masks and latents (pyro_mmvae.protocol.vectorized)
 
     def __init__(self, prior: nn.Module, decoders: Mapping[str, nn.Module],
                  latent_site: str = LATENT_SITE, private_dim: Optional[int] = None,
-                 enumerate_clusters: bool = False):
-        super().__init__()
+                 enumerate_clusters: bool = False, *, name: Optional[str] = None):
+        super().__init__(name=name)
         self.modalities = list(decoders)
         self.prior = prior
         self.decoders = nn.ModuleDict(dict(decoders))
@@ -56,14 +70,29 @@ class MultimodalModel(PyroModule):
         self.enumerate_clusters = enumerate_clusters
 
     def forward(self, data, mask: Optional[Mapping] = None, num_samples: Optional[int] = None):
-        unknown = sorted(set(data) - set(self.modalities))
+        unknown = sorted((set(data) | set(mask or {})) - set(self.modalities))
         if unknown:
             raise ValueError(f"unknown modality '{unknown[0]}': the model has decoders for "
                              f"{self.modalities}")
-        if not data and num_samples is None:
-            raise ValueError("pass data, or num_samples to generate from the prior")
-        n = batch_size(data) if data else num_samples
-        mask = (full_mask(data) if data else {}) if mask is None else mask
+        if num_samples is not None:
+            warnings.warn("model({}, num_samples=n) is deprecated: pass a mask naming the "
+                          "modalities, all False to generate them: model({}, {m: "
+                          "torch.zeros(n, dtype=torch.bool) for m in model.modalities})",
+                          DeprecationWarning, stacklevel=2)
+            if mask is None:  # as before: what data holds is observed, the rest generated
+                ref = next(iter(data.values()), None)
+                if ref is None:
+                    ref = next(iter(self.buffers()), next(iter(self.parameters()), None))
+                n = ref.shape[0] if data else num_samples
+                mask = {m: torch.full((n,), m in data, dtype=torch.bool,
+                                      device=None if ref is None else ref.device)
+                        for m in self.modalities}
+        if mask is None:
+            if not data:
+                raise ValueError("pass a mask naming the modalities (all False to generate "
+                                 "them from the prior), or data to observe")
+            mask = full_mask(data)
+        n = num_points(data, mask)
         with pyro.plate(DATA_PLATE, n):
             if self.enumerate_clusters:
                 z = self.prior.enumerated_sample(self.latent_site)
@@ -75,5 +104,5 @@ class MultimodalModel(PyroModule):
                     w = pyro.sample(private_site(m), Normal(z.new_zeros(self.private_dim),
                                                             1.0).to_event(1))
                     code = concat_latents(z, w)
-                observe(m, decoder(code), data, mask if m in mask else None)
+                observe(m, decoder(code), data, mask)
         return z

@@ -2,13 +2,20 @@
 
 A batch is ``data: dict[str, Tensor]`` (one tensor per modality, leading dim ``N``) and
 ``mask: dict[str, BoolTensor]`` of shape ``(N,)``, True where that modality is observed for that
-data point. Missing values hold a finite placeholder (zeros), never NaN.
+data point. The mask names every modality, observed or not, so it always gives ``N``
+(:func:`num_points`). Missing values hold a finite placeholder (any value: zeros, or what
+:func:`from_nan` fills in), never NaN; a modality may also be absent from ``data`` altogether
+(nothing of it observed).
 
-A model is a Pyro program ``model(data, mask)`` that, inside ``pyro.plate("data", N)``, samples
-the latent ``"z"`` and observes each modality ``m`` at site ``"x_<m>"`` under
-``poutine.mask(mask=mask[m])`` (use :func:`observe`). A guide is a Pyro program
-``guide(data, mask)`` that samples the same latents conditioned only on the modalities whose mask
-is True.
+A model is a Pyro program ``model(data, mask)`` that, inside ``pyro.plate("data", N)`` with
+``N = num_points(data, mask)``, samples the latent ``"z"`` and observes each modality ``m`` at
+site ``"x_<m>"`` under ``poutine.mask(mask=mask[m])`` (use :func:`observe`), *generating* it
+where it is not observed: the site's value is the data where ``mask[m]`` is True and a draw
+from the likelihood elsewhere. So ``pyro.infer.Predictive(model, guide=guide,
+num_samples=k)(data, mask)`` returns cross-generations of the unobserved modalities from the
+observed subset, and with nothing observed (``data={}``, all-False masks) unconditional
+samples. A guide is a Pyro program ``guide(data, mask)`` that samples the same latents
+conditioned only on the modalities whose mask is True.
 
 The library's bounds call model and guide several times with different masks, and may give a
 mask leading batch dimensions (a stack of subsets ``(T, N)``, one per plate entry, as
@@ -19,11 +26,14 @@ against their batch shape as they broadcast particle dimensions. The library's o
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Mapping, Optional
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.runtime import get_plates
 
 LATENT_SITE = "z"
 OBS_PREFIX = "x_"
@@ -59,25 +69,189 @@ def batch_size(data: Data) -> int:
     return next(iter(data.values())).shape[0]
 
 
+def num_points(data: Data, mask: Optional[Mask] = None) -> int:
+    """The number of data points ``N`` of a batch: the last dim of the mask.
+
+    The mask names every modality, observed or not, so it gives ``N`` even when ``data`` is
+    empty (unconditional generation: ``model({}, {m: torch.zeros(n, dtype=torch.bool)})``) or
+    lacks a modality. Masks may carry leading dims (stacked subsets, ``(T, 1, N)``); ``N`` is
+    always their last dim. Without a mask (``None`` or empty), the leading dim of ``data``.
+    Use it for the model's ``pyro.plate("data", N)``.
+    """
+    if mask:
+        mk = next(iter(mask.values()))
+        if torch.is_tensor(mk) and mk.dim() > 0:
+            return mk.shape[-1]
+    if data:
+        return batch_size(data)
+    raise ValueError("cannot tell the number of data points: pass a mask naming the modalities "
+                     "({modality: (N,) bool}), e.g. all False to generate every modality")
+
+
 def full_mask(data: Data) -> dict:
     """A mask observing every modality of every data point."""
     n = batch_size(data)
     return {m: torch.ones(n, dtype=torch.bool, device=x.device) for m, x in data.items()}
 
 
-def observe(modality: str, fn, data: Data, mask: Optional[Mask] = None):
-    """Observe ``data[modality]`` at site ``"x_<modality>"`` under that modality's mask.
+def _plate_batch_shape(fn) -> torch.Size:
+    """``fn``'s batch shape broadcast against the enclosing vectorised plates, as Pyro's
+    ``BroadcastMessenger`` would expand it at a sample site."""
+    dims = [f for f in get_plates() if f.dim is not None and f.size != -1]
+    if not dims:
+        return fn.batch_shape
+    shape = [1] * max(-f.dim for f in dims)
+    for f in dims:
+        shape[f.dim] = f.size
+    return torch.broadcast_shapes(fn.batch_shape, torch.Size(shape))
 
-    Must be called inside the model's ``pyro.plate("data", N)``. The mask may carry leading
-    batch dimensions (stacked subsets); ``poutine.mask`` broadcasts it against the site's
-    batch shape. With a mask that is False everywhere the site stays in the trace and
-    contributes exactly zero log-density.
+
+def generate(fn) -> Optional[torch.Tensor]:
+    """One draw of ``fn`` without gradient, expanded to the enclosing plates (what
+    :func:`observe` puts at entries that are not observed); None if ``fn`` cannot be sampled."""
+    shape = _plate_batch_shape(fn)
+    with torch.no_grad():
+        if shape != fn.batch_shape:
+            try:
+                fn = fn.expand(shape)
+            except NotImplementedError:
+                pass  # the draw is broadcast against the data instead
+        try:
+            return fn.sample()
+        except NotImplementedError:
+            return None
+
+
+def _is_all(mask, value: bool) -> bool:
+    if isinstance(mask, bool):
+        return mask is value
+    return bool(mask.all()) if value else not bool(mask.any())
+
+
+def observe(modality: str, fn, data: Data, mask: Optional[Mask] = None):
+    r"""Observe ``data[modality]`` at site ``"x_<modality>"`` where ``mask[modality]`` is
+    True, and generate it everywhere else.
+
+    Must be called inside the model's ``pyro.plate("data", N)``. The site is always an
+    observation site under ``poutine.mask(mask[modality])``, so log-densities are those of the
+    observed entries only (a masked-out entry contributes exactly zero). Its value is the data
+    where observed and a draw :math:`\tilde x\sim` ``fn`` (no gradient) elsewhere:
+    ``where(mask, data, x̃)``. So any finite placeholder at masked-out entries is fine (zeros
+    for one-hot, categorical or Bernoulli modalities too: only the draw, which is in the
+    support, reaches ``fn.log_prob``), and the trace holds cross-generations of what is not
+    observed — :class:`pyro.infer.Predictive` returns them, and with nothing observed
+    (``data={}`` or all-False masks) unconditional samples.
+
+    - ``mask`` None, or without an entry for ``modality``: ``data[modality]`` is observed
+      everywhere (nothing is drawn).
+    - A modality absent from ``data`` is generated everywhere (its mask, if given, must be all
+      False): ``obs = x̃`` under ``poutine.mask(False)``.
+    - The mask may carry leading batch dimensions (stacked subsets, ``(T, 1, N)``) and the
+      latents a leading particle dimension: the mask is broadcast against the draw's batch
+      shape (right-aligned, as ``poutine.mask`` does), so the value then has the broadcast
+      batch shape.
+    - Where the mask is all True the data are observed as they are and nothing is drawn; a
+      distribution without ``sample`` keeps the placeholder at masked-out entries.
     """
+    name = obs_site(modality)
     value = data.get(modality)
-    if mask is None:
-        return pyro.sample(obs_site(modality), fn, obs=value)
-    with poutine.mask(mask=mask[modality]):
-        return pyro.sample(obs_site(modality), fn, obs=value)
+    on = None if mask is None else mask.get(modality)
+    if value is None:
+        if on is not None and not _is_all(on, False):
+            raise ValueError(f"modality '{modality}' is marked observed in the mask but has no "
+                             "data; pass a placeholder and the mask, or mask it out")
+        drawn = generate(fn)
+        if drawn is None:
+            raise ValueError(f"modality '{modality}' has no data and its distribution "
+                             f"{type(fn).__name__} cannot be sampled to generate it")
+        with poutine.mask(mask=False):
+            return pyro.sample(name, fn, obs=drawn)
+    if on is None:
+        return pyro.sample(name, fn, obs=value)
+    if not isinstance(on, bool):
+        on = on.to(value.device)
+    if not _is_all(on, True):
+        drawn = generate(fn)
+        if drawn is not None:
+            event = len(fn.event_shape)
+            where = torch.as_tensor(on, device=value.device)
+            value = torch.where(where.reshape(where.shape + (1,) * event), value,
+                                drawn.to(device=value.device, dtype=value.dtype))
+    with poutine.mask(mask=on):
+        return pyro.sample(name, fn, obs=value)
+
+
+def from_nan(arrays, placeholder="observed", how: str = "any", dtype=None, device=None):
+    r"""``(data, mask)`` from NaN-marked arrays, the usual numpy / pandas form of missing data.
+
+    :param arrays: ``{modality: array}`` with one row per data point (leading dim ``N``,
+        shared): numpy arrays, torch tensors, pandas ``DataFrame``\ s / ``Series`` (one per
+        modality), or anything ``numpy.asarray`` takes. NaN marks missing entries.
+    :param placeholder: what missing data points hold (never NaN). ``"observed"`` (default):
+        a copy of the modality's first observed data point, which is in the support of
+        whatever likelihood the data come from (one-hot, categorical, binary, positive, ...),
+        so any Pyro program that scores the placeholder under a mask passes validation; zeros
+        where a modality has no observed point. A number: that value everywhere (``0.0``, the
+        README's convention; :func:`observe` replaces masked-out entries by a draw before
+        scoring, so the library's models accept any finite placeholder). A dict
+        ``{modality: number or "observed"}`` chooses per modality.
+    :param how: ``"any"`` (default): a data point's modality is missing if *any* of its
+        entries is NaN (a partly-NaN vector cannot be scored, so this is the safe rule);
+        ``"all"``: missing only if all its entries are NaN, and a partly-NaN data point is a
+        ``ValueError``.
+    :param dtype: dtype of the returned data (default: torch's default dtype, the dtype the
+        library's modules are created in, e.g. float32 unless changed).
+    :param device: device of the returned tensors (default: that of a tensor input, else CPU).
+    :returns: ``(data, mask)``: ``{modality: (N, ...)}`` tensors with finite placeholders and
+        ``{modality: (N,)}`` bool masks, True where observed.
+    """
+    import numpy as np
+
+    if how not in ("any", "all"):
+        raise ValueError(f"how must be 'any' or 'all', got {how!r}")
+    if not isinstance(arrays, Mapping) or not arrays:
+        raise ValueError("arrays must be a non-empty dict {modality: array}")
+    dtype = dtype or torch.get_default_dtype()
+    data, mask, sizes = {}, {}, {}
+    for m, a in arrays.items():
+        if hasattr(a, "to_numpy") and not torch.is_tensor(a):  # pandas DataFrame / Series
+            a = a.to_numpy(dtype=float, na_value=np.nan)
+        x = a if torch.is_tensor(a) else torch.tensor(np.array(a, dtype=float))
+        if device is not None:
+            x = x.to(device)
+        if x.dim() == 0:
+            raise ValueError(f"modality '{m}': expected a leading data-point dimension, got a "
+                             "scalar")
+        n = sizes[m] = x.shape[0]
+        x = x.to(torch.float64) if not x.is_floating_point() else x
+        nan = torch.isnan(x.reshape(n, -1))
+        missing = nan.any(-1) if how == "any" else nan.all(-1)
+        partly = nan.any(-1) & ~missing
+        if partly.any():
+            idx = partly.nonzero().flatten()[:5].tolist()
+            raise ValueError(f"modality '{m}': data points {idx} are partly NaN; with "
+                             "how='all' only all-NaN points are missing (use how='any')")
+        if (~torch.isfinite(x.reshape(n, -1)) & ~nan).any(-1).logical_and(~missing).any():
+            raise ValueError(f"modality '{m}': infinite values in observed data points")
+        fill = placeholder.get(m, "observed") if isinstance(placeholder, Mapping) \
+            else placeholder
+        observed = ~missing
+        if isinstance(fill, str):
+            if fill != "observed":
+                raise ValueError(f"placeholder must be a number, 'observed' or a dict of "
+                                 f"them, got {fill!r}")
+            first = observed.nonzero().flatten()
+            fill = x[first[0]] if len(first) else torch.zeros_like(x[0])
+        row = observed.reshape((n,) + (1,) * (x.dim() - 1))
+        fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+        if not torch.isfinite(fill).all():
+            raise ValueError(f"modality '{m}': the placeholder must be finite, got {fill}")
+        data[m] = torch.where(row, x, fill).to(dtype)
+        mask[m] = observed
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"'{m}': {n}" for m, n in sizes.items())
+        raise ValueError(f"modalities have different numbers of data points N ({listing})")
+    return data, mask
 
 
 def stack_mask(mask: Mask, modalities) -> torch.Tensor:
@@ -91,15 +265,22 @@ def unstack_mask(tensor: torch.Tensor, modalities) -> dict:
 
 
 def validate_batch(data: Data, mask: Optional[Mask] = None, *, modalities=None,
-                   require_observed: bool = False) -> dict:
+                   require_observed: bool = False, leading_mask_dims: bool = False) -> dict:
     """Check a batch and its mask; return the mask (all-observed if ``mask`` is None).
 
-    Raises ``ValueError`` naming the modality and the problem for: an empty batch, a
-    non-tensor, modality tensors with different leading dimension, an unknown modality (a mask
-    key, or a name outside ``modalities``), NaN or infinite values in observed entries, a
-    non-boolean or wrongly shaped mask, NaN anywhere (missing entries must hold a finite
-    placeholder, or they would poison gradients), and (with ``require_observed``) a data point with no
-    observed modality.
+    Raises ``ValueError`` naming the modality and the problem for: an empty batch (``N = 0``),
+    a non-tensor, modality tensors with different leading dimension, an unknown modality (a
+    mask key, or a name outside ``modalities``), a non-boolean or wrongly shaped mask, NaN or
+    infinite values anywhere in the data (missing entries must hold a finite placeholder, or
+    they would poison gradients; the message says whether observed or masked-out points hold
+    them), and (with ``require_observed``) a data point with no observed modality.
+
+    :param leading_mask_dims: accept masks ``(..., N)`` with leading dims (stacked subsets,
+        ``(T, 1, N)``), as the library's bounds hand them to a guide; all modalities' masks must
+        then have the same shape. Default: masks must be ``(N,)``.
+
+    Cheap enough to run at every step: the finiteness check is one sum per modality and a single
+    device sync (:func:`_check_finite`); the other checks read only shapes and dtypes.
     """
     if not isinstance(data, Mapping) or not data:
         raise ValueError("data must be a non-empty dict {modality: tensor}")
@@ -114,6 +295,10 @@ def validate_batch(data: Data, mask: Optional[Mask] = None, *, modalities=None,
         listing = ", ".join(f"'{m}': {n}" for m, n in sizes.items())
         raise ValueError(f"modalities have different batch sizes N ({listing})")
     n = next(iter(sizes.values()))
+    if n == 0:
+        names = ", ".join(f"'{m}'" for m in data)
+        raise ValueError(f"empty batch: modalities {names} have N = 0 data points; pass at "
+                         "least one")
     if modalities is not None:
         unknown = sorted(set(data) - set(modalities))
         if unknown:
@@ -122,33 +307,178 @@ def validate_batch(data: Data, mask: Optional[Mask] = None, *, modalities=None,
     if mask is None:
         mask = full_mask(data)
     else:
-        unknown = sorted(set(mask) - set(data))
+        # a modality absent from data may be named in the mask if nothing of it is observed
+        unknown = sorted(m for m in set(mask) - set(data)
+                         if not (torch.is_tensor(mask[m]) and mask[m].dtype == torch.bool
+                                 and not mask[m].any()))
         if unknown:
-            raise ValueError(f"unknown modality '{unknown[0]}' in mask: data has {sorted(data)}")
+            raise ValueError(f"unknown modality '{unknown[0]}' in mask: data has {sorted(data)} "
+                             "(a modality without data must be masked out everywhere)")
         missing = sorted(set(data) - set(mask))
         if missing:
             raise ValueError(f"modality '{missing[0]}' has data but no mask entry")
+        shapes = {}
         for m, mk in mask.items():
             if not torch.is_tensor(mk) or mk.dtype != torch.bool:
                 dtype = mk.dtype if torch.is_tensor(mk) else type(mk).__name__
                 raise ValueError(f"modality '{m}': mask must be a bool tensor, got {dtype}")
-            if mk.shape != (n,):
+            if leading_mask_dims:
+                if mk.dim() == 0 or mk.shape[-1] != n:
+                    raise ValueError(f"modality '{m}': mask must have shape (..., {n}) (its "
+                                     f"last dim the batch size N), got {tuple(mk.shape)}")
+            elif mk.shape != (n,):
                 raise ValueError(f"modality '{m}': mask must have shape ({n},), got "
                                  f"{tuple(mk.shape)}")
-    for m, x in data.items():
-        if x.is_floating_point() or x.is_complex():
-            bad = ~torch.isfinite(x.reshape(n, -1)).all(-1)
-            if bad.any():
-                seen = bad & mask[m]
-                where = "observed" if seen.any() else "masked-out"
-                idx = (seen if seen.any() else bad).nonzero().flatten()[:5].tolist()
-                raise ValueError(f"modality '{m}': NaN or infinite values in {where} data points "
-                                 f"{idx}; fill missing entries with a finite placeholder (zeros) "
-                                 "and mask them out")
+            shapes[m] = tuple(mk.shape)
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"'{m}': {s}" for m, s in shapes.items())
+            raise ValueError(f"masks of the modalities have different shapes ({listing})")
+    _check_finite(data, mask, n)
     if require_observed:
-        none = ~stack_mask(mask, list(data)).any(-1)
+        observed = stack_mask(mask, list(data))
+        none = ~observed.reshape(-1, n, observed.shape[-1]).any(-1).all(0)
         if none.any():
             idx = none.nonzero().flatten()[:5].tolist()
             raise ValueError(f"data points {idx} have no observed modality; this bound needs "
                              "at least one")
     return dict(mask)
+
+
+def _check_finite(data: Data, mask: Mask, n: int) -> None:
+    """``ValueError`` naming the first modality with NaN or infinite values (see
+    :func:`validate_batch`).
+
+    Fast path: a NaN or an infinity makes the sum of a tensor non-finite, so finite sums (one
+    reduction per modality, one device sync in all) prove the data finite; only otherwise (or
+    when a sum overflows) are the entries scanned one by one.
+    """
+    floats = [(m, x) for m, x in data.items() if x.is_floating_point() or x.is_complex()]
+    if not floats:
+        return
+    sums = [x.sum() for _, x in floats]
+    device = sums[0].device
+    if bool(torch.isfinite(torch.stack([s.to(device) for s in sums])).all()):
+        return
+    for m, x in floats:
+        bad = ~torch.isfinite(x.reshape(n, -1)).all(-1)
+        if bad.any():
+            mk = mask[m]
+            seen = bad & (mk.reshape(-1, n).any(0) if mk.dim() > 1 else mk).to(bad.device)
+            where = "observed" if seen.any() else "masked-out"
+            idx = (seen if seen.any() else bad).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"modality '{m}': NaN or infinite values in {where} data points "
+                             f"{idx}; fill missing entries with a finite placeholder (zeros) "
+                             "and mask them out")
+
+
+# --------------------------------------------------------------------------- argument checks
+
+def _describe(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_positive_int(value, name: str, *, allow_none: bool = False):
+    """``value`` as a Python ``int`` if it is a positive integer; else an error naming ``name``.
+
+    Counts (``num_particles``, ``num_samples``, ``chunk_size``, ``batch_size``, ...) are
+    checked with it before any computation. Accepted: Python ints and integer scalars of numpy
+    and torch (0-d integer tensors). Rejected with ``TypeError``: bools (``True`` is not a
+    count), floats — integral ones such as ``2.0`` too, so that a count never comes from a
+    computation that silently rounded (pass ``int(x)``) — and anything else; with
+    ``ValueError``: zero and negative integers. With ``allow_none``, None passes through (an
+    automatic choice, e.g. ``chunk_size=None``).
+    """
+    if value is None and allow_none:
+        return None
+    kind = "a positive integer" + (" or None" if allow_none else "")
+    if torch.is_tensor(value):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_floating_point() or \
+                value.is_complex():
+            raise TypeError(f"{name} must be {kind}, got a tensor of shape "
+                            f"{tuple(value.shape)} and dtype {value.dtype}")
+        value = int(value)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # int, numpy integers
+    else:
+        hint = ""
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+                math.isfinite(value) and float(value).is_integer():
+            hint = f"; pass int({value!r})"
+        raise TypeError(f"{name} must be {kind}, got {_describe(value)}{hint}")
+    if value < 1:
+        raise ValueError(f"{name} must be {kind}, got {value}")
+    return value
+
+
+def _real(value, name: str, kind: str) -> float:
+    if torch.is_tensor(value):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be {kind}, got a tensor of shape "
+                            f"{tuple(value.shape)} and dtype {value.dtype}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {kind}, got {_describe(value)}")
+    return float(value)
+
+
+def check_positive_float(value, name: str) -> float:
+    """``value`` as a Python ``float`` if it is a finite number ``> 0``; else an error naming
+    ``name``: ``TypeError`` for a non-number (a bool, a string, a list or a callable — e.g. a
+    schedule: the bounds take one fixed value), ``ValueError`` for NaN, infinity, zero or a
+    negative value. Used for ``beta``."""
+    kind = "a finite positive number"
+    if callable(value) or isinstance(value, (list, tuple, range)):
+        raise TypeError(f"{name} must be {kind}, got {_describe(value)}; the bounds take one "
+                        "fixed value, not a schedule")
+    x = _real(value, name, kind)
+    if not math.isfinite(x) or x <= 0:
+        raise ValueError(f"{name} must be positive and finite, got {x}")
+    return x
+
+
+def check_weights(weights, name: str = "likelihood_weights") -> dict:
+    """``{modality: float}`` if ``weights`` is None (``{}``) or a mapping of finite numbers
+    ``>= 0``; else an error naming ``name`` and the modality: ``TypeError`` for a non-mapping or
+    a non-number weight, ``ValueError`` for a NaN, infinite or negative weight. (Whether each
+    modality exists is checked against the data, when the bound first sees a batch.)"""
+    if weights is None:
+        return {}
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"{name} must be a dict {{modality: weight}}, got "
+                        f"{type(weights).__name__}")
+    out = {}
+    for m, w in weights.items():
+        x = _real(w, f"{name}: modality '{m}' weight", "a finite number >= 0")
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"{name}: modality '{m}' has weight {x}; weights must be finite "
+                             "and >= 0")
+        out[m] = x
+    return out
+
+
+# --------------------------------------------------------------------------- vectorised programs
+
+VECTORIZED = "vectorized"
+
+
+def vectorized(program):
+    """Declare that a model or guide broadcasts over plates left of its data plate.
+
+    Such a program accepts masks with extra leading dimensions (``(T, 1, N)``: subsets stacked
+    on a plate, a singleton particle dim) and latents with extra leading dimensions (particles,
+    subsets, mixture components), exactly as a model must for Pyro's
+    ``Trace_ELBO(vectorize_particles=True)``: tensors it builds from the mask or the latents
+    broadcast against them, global latents (outside the data plate) included. The library's
+    bounds and evaluation functions then call it **once**, with everything stacked on plates;
+    any other program is called once per (subset, particle) cell with plain ``(N,)`` masks,
+    to the same result. Use as a decorator on a function (``@vectorized``) or set the class
+    attribute ``vectorized = True`` (the library's ``MultimodalModel`` and ``MultimodalGuide``
+    do). Returns ``program``.
+    """
+    setattr(program, VECTORIZED, True)
+    return program
+
+
+def is_vectorized(program) -> bool:
+    """Whether ``program`` declared itself vectorised (see :func:`vectorized`)."""
+    return bool(getattr(program, VECTORIZED, False))

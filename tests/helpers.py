@@ -31,6 +31,8 @@ def make_guide(aggregator=None, dims=DIMS, latent_dim=2, hidden=(8,)):
 class ExactPosteriorGuide:
     """Guide sampling z from the model's exact posterior p(z | x_S) (masks may be stacked)."""
 
+    vectorized = True
+
     def __init__(self, model):
         self.model = model
 
@@ -55,6 +57,8 @@ def random_mask(data, p=0.6, seed=1, at_least_one=True):
 class ExactPrivatePosteriorGuide:
     """Exact posterior of a LinearGaussianModel with private latents, in guide form:
     z ~ p(z | x_S), then w_m ~ p(w_m | z, x_m) for m in S and the prior N(0, I) otherwise."""
+
+    vectorized = True
 
     def __init__(self, model):
         self.model = model

@@ -18,10 +18,10 @@ import torch
 from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 
-from pyro_mmvae.protocol import stack_mask, unstack_mask, validate_batch
+from pyro_mmvae.protocol import is_vectorized, stack_mask, unstack_mask, validate_batch
 
 from .masking import Masking, get_masking
-from .traces import dreg_surrogate, log_mean_exp
+from .traces import dreg_surrogate, global_latents, global_log_ratio, log_mean_exp
 
 Estimator = Literal["standard", "stl", "dreg"]
 
@@ -48,13 +48,33 @@ class MultimodalELBO(ELBO):
     :param analytic_kl: use a registered closed-form KL where one exists (ELBO only; IWAE
         needs sampled densities). STL has no effect on closed-form KL terms.
     :param max_plate_nesting: data plates in the model (1 under the protocol).
+    :param vectorize: how model and guide are called. ``None`` (default): a program that
+        declares :func:`~pyro_mmvae.protocol.vectorized` (the library's own do) runs once with
+        subsets and particles stacked on plates; any other once per (subset, particle) with
+        plain ``(N,)`` masks, to the same value and gradients. ``False`` calls both once per
+        cell, ``True`` treats both as vectorised.
+
+    **Global latents** (sites outside the ``"data"`` plate, e.g. a learned noise scale or
+    Bayesian decoder weights, with or without an autoguide for them) are drawn once per step
+    and particle and shared by every subset term of the bound; their
+    :math:`\log p(\theta) - \log q(\theta)` is counted once (weight 1, not :math:`\beta`;
+    no STL/DReG for them), averaged over particles and spread evenly over the data points of
+    ``terms()["elbo"]`` so that the per-datapoint terms still sum to the bound
+    (``terms()["global"]`` holds it alone). With ``iwae=True`` global latents are refused:
+    the importance-weighted bound no longer factorises over data points. Auxiliary guide sites
+    (``infer={"is_auxiliary": True}``, as in Pyro's autoguides) add their :math:`-\log q`.
     """
 
     def __init__(self, num_particles: int = 1, *, beta: float = 1.0,
                  likelihood_weights: Optional[Mapping[str, float]] = None,
                  masking: Masking = "iid_half", iwae: bool = False,
                  estimator: Optional[Estimator] = None, analytic_kl: bool = True,
-                 max_plate_nesting: int = 1):
+                 max_plate_nesting: int = 1, vectorize: Optional[bool] = None):
+        # bad arguments are a TypeError / ValueError naming them, before any step
+        from pyro_mmvae.protocol import check_positive_float, check_positive_int, check_weights
+        num_particles = check_positive_int(num_particles, "num_particles")
+        beta = check_positive_float(beta, "beta")
+        likelihood_weights = check_weights(likelihood_weights, "likelihood_weights")
         # Particles are vectorised by this class itself (see particle_plate), so Pyro's own
         # vectorize_particles stays off and max_plate_nesting counts the data plates only.
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
@@ -67,18 +87,15 @@ class MultimodalELBO(ELBO):
                              "(DReG reduces to it)")
         if estimator == "stl" and iwae:
             raise ValueError("estimator='stl' is biased for the IWAE bound; use 'dreg'")
-        if beta <= 0:
-            raise ValueError(f"beta must be positive, got {beta}")
-        if num_particles < 1:
-            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-        self.beta = float(beta)
-        self.likelihood_weights = dict(likelihood_weights or {})
+        self.beta = beta
+        self.likelihood_weights = likelihood_weights
         self.masking_name = masking if isinstance(masking, str) else getattr(
             masking, "__name__", "custom")
         self.masking = get_masking(masking)
         self.iwae = iwae
         self.estimator = estimator
         self.analytic_kl = analytic_kl and not iwae
+        self.vectorize = vectorize
 
     # --- Pyro's ELBO interface -----------------------------------------------------------
     def _get_trace(self, model, guide, args, kwargs):
@@ -118,6 +135,22 @@ class MultimodalELBO(ELBO):
         raise NotImplementedError
 
     # --- helpers for subclasses -------------------------------------------------------------
+    def vectorized(self, program) -> bool:
+        """Whether ``program`` runs once inside the bound's plates (see ``vectorize``)."""
+        return is_vectorized(program) if self.vectorize is None else self.vectorize
+
+    def with_globals(self, terms: dict, guide_tr, model_tr) -> dict:
+        """Add the global latents' log-ratio (class docstring) to ``terms["elbo"]`` ``(B,)``."""
+        names = global_latents(guide_tr)
+        if not names:
+            return terms
+        if self.iwae:
+            raise ValueError(f"iwae=True with global latents {names}: the importance-weighted "
+                             "bound does not factorise over data points; use iwae=False")
+        ratio = global_log_ratio(guide_tr, model_tr, self.particle_dim).mean()
+        elbo = terms["elbo"]
+        return {**terms, "elbo": elbo + ratio / elbo.shape[-1], "global": ratio.detach()}
+
     @property
     def particle_dim(self) -> int:
         return -(self.max_plate_nesting + 1)

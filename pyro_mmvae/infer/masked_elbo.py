@@ -24,12 +24,15 @@ from pyro.infer.util import is_validation_enabled
 from torch.distributions import kl_divergence
 
 from .base import MultimodalELBO
-from .traces import (check_model_guide, kl_estimate, latent_sites, latent_values, log_likelihood,
-                     stl_distribution, trace_guide, trace_model)
+from .cells import StackedDistribution
+from .traces import (check_model_guide, latent_sites, latent_values, local_latents,
+                     log_likelihood, rate, stl_distribution, trace_guide, trace_model)
 
 
 def swap_pair(fn):
     """A distribution with batch ``(2, ...)`` with its two rows swapped, or None if unknown."""
+    if isinstance(fn, StackedDistribution):
+        return fn.reordered([1, 0])
     base = fn.base_dist if isinstance(fn, Independent) else fn
     if isinstance(base, (Normal, Laplace)):
         swapped = type(base)(base.loc.flip(0), base.scale.flip(0))
@@ -63,7 +66,7 @@ def conditional_kl(site, prior_fn, prior_log_prob, analytic: bool, stop_gradient
     return scale_and_mask(own - prior_log_prob, site["scale"], site["mask"])[1]
 
 
-def conditional_priors(guide, data, guide_tr, latents, s_mask, plates):
+def conditional_priors(guide, data, guide_tr, latents, s_mask, plates, vectorize=None):
     r"""``{site: (fn, log_prob)}`` of the conditional prior, rows aligned with ``guide_tr``.
 
     With one latent site :math:`q(z\mid x_S)` does not depend on samples: it is row 0 of the
@@ -77,11 +80,12 @@ def conditional_priors(guide, data, guide_tr, latents, s_mask, plates):
         fn, z = site["fn"], site["value"]
         return {latents[0]: (swap_pair(fn), fn.log_prob(z.flip(0)).flip(0))}
     full_path = poutine.Trace()
-    for name in latents:
-        value = guide_tr.nodes[name]["value"]
-        full_path.add_node(name, name=name, type="sample", is_observed=False, infer={},
-                           value=value[1:].expand_as(value))
-    prior_tr = trace_guide(poutine.replay(guide, trace=full_path), data, s_mask, plates)
+    for name in latent_sites(guide_tr):
+        site = dict(guide_tr.nodes[name])
+        if name in latents:  # global latents are shared by both rows already
+            site["value"] = site["value"][1:].expand_as(site["value"])
+        full_path.add_node(name, **site)
+    prior_tr = trace_guide(guide, data, s_mask, plates, upstream=full_path, vectorize=vectorize)
     out = {}
     for name in latents:
         site = prior_tr.nodes[name]
@@ -119,26 +123,30 @@ class MaskedMultimodalELBO(MultimodalELBO):
         encode = self.masks(torch.stack([subset, observed]).unsqueeze(1), modalities)
         score = self.masks(torch.stack([subset, rest]).unsqueeze(1), modalities)
         plates = [("masked_pair", 2, self.outer_dim()), self.particle_plate()]
-        guide_tr = trace_guide(guide, data, encode, plates,
-                               views=self.estimator == "dreg")  # z: rows z_S, z_O
-        model_tr = trace_model(model, guide_tr, data, score, plates)
-        latents = latent_sites(guide_tr)
-        values = latent_values(guide_tr, latents)
+        vectorize = self.vectorized(guide)
+        guide_tr = trace_guide(guide, data, encode, plates, views=self.estimator == "dreg",
+                               vectorize=vectorize)  # z: rows z_S, z_O
+        model_tr = trace_model(model, guide_tr, data, score, plates,
+                               vectorize=self.vectorized(model))
+        latents = local_latents(guide_tr)
+        values = latent_values(guide_tr, latent_sites(guide_tr))
         if is_validation_enabled():
-            check_model_guide(model_tr, latents, data)
+            check_model_guide(model_tr, guide_tr, data)
 
-        rec = log_likelihood(model_tr, latents, self.likelihood_weights)  # (2, S, B)
-        kl_s = sum(kl_estimate(guide_tr.nodes[n], model_tr.nodes[n], self.analytic_kl,
-                               self.stop_gradient, values)[0] for n in latents)
+        rec = log_likelihood(model_tr, latent_sites(guide_tr),
+                             self.likelihood_weights)  # (2, S, B)
+        kl_s = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient,
+                    values)[0]
         s_pair = self.masks(torch.stack([subset, subset]).unsqueeze(1), modalities)
-        priors = conditional_priors(guide, data, guide_tr, latents, s_pair, plates)
+        priors = conditional_priors(guide, data, guide_tr, latents, s_pair, plates, vectorize)
         kl_c = sum(conditional_kl(guide_tr.nodes[n], *priors[n], self.analytic_kl,
                                   self.stop_gradient, values) for n in latents)
         kl_c = torch.where(rest.any(-1), kl_c, torch.zeros_like(kl_c))
         kl = torch.stack(torch.broadcast_tensors(kl_s, kl_c))
-        value = self.reduce_particles(rec - self.beta * kl, list(values.values()))  # (2, B)
+        samples = [values[n] for n in latents]
+        value = self.reduce_particles(rec - self.beta * kl, samples)  # (2, B)
         dim = self.particle_dim
-        return {
+        return self.with_globals({
             "elbo": value.sum(0),
             "marginal": value[0],
             "conditional": value[1],
@@ -147,4 +155,4 @@ class MaskedMultimodalELBO(MultimodalELBO):
             "conditional_reconstruction": rec[1].mean(dim).detach(),
             "conditional_rate": kl[1].mean(dim).detach(),
             "subset_size": subset.sum(-1),
-        }
+        }, guide_tr, model_tr)

@@ -18,6 +18,7 @@ Named choices:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal, Union
 
 import torch
@@ -77,11 +78,45 @@ MASKINGS = {"iid_half": iid_half, "hierarchical": hierarchical, "singletons": si
 
 
 def get_masking(masking: Masking) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Resolve a masking name (or pass a callable through)."""
+    """Resolve a masking name, or wrap a custom callable in :func:`checked_masking`."""
     if callable(masking):
-        return masking
+        known = any(masking is f for f in MASKINGS.values())
+        if known or getattr(masking, "_checked_masking", False):
+            return masking
+        return checked_masking(masking)
     try:
         return MASKINGS[masking]
     except KeyError:
         raise ValueError(f"unknown masking distribution {masking!r}; choose one of "
                          f"{sorted(MASKINGS)} or pass a callable") from None
+
+
+def checked_masking(fn: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a custom masking callable so that what it returns is checked on every call.
+
+    The wrapper raises ``ValueError`` naming ``masking`` unless ``fn(observed)`` is a bool
+    tensor of exactly ``observed``'s shape (``(..., B, M)``: the bounds may call it on stacked
+    observed masks); the bounds intersect it with ``observed`` themselves.
+    """
+    name = getattr(fn, "__name__", type(fn).__name__)
+
+    @functools.wraps(fn)
+    def masking(observed):
+        subset = fn(observed)
+        if not torch.is_tensor(subset):
+            raise ValueError(f"masking {name!r} must return a bool tensor of shape "
+                             f"{tuple(observed.shape)} (the observed mask's), got "
+                             f"{type(subset).__name__}")
+        if subset.dtype != torch.bool:
+            raise ValueError(f"masking {name!r} must return a bool tensor of shape "
+                             f"{tuple(observed.shape)} (the observed mask's), got dtype "
+                             f"{subset.dtype}")
+        if subset.shape != observed.shape:
+            raise ValueError(f"masking {name!r} must return a bool tensor of shape "
+                             f"{tuple(observed.shape)} (the observed mask's), got shape "
+                             f"{tuple(subset.shape)}")
+        return subset
+
+    masking._checked_masking = True
+    return masking

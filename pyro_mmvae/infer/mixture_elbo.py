@@ -41,34 +41,17 @@ from typing import Literal
 
 import torch
 from pyro import poutine
-from pyro.distributions import Independent, Laplace, Normal
 from pyro.infer.util import is_validation_enabled
 
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+
 from .base import MultimodalELBO
+from .mixtures import components_first, is_mixture, mixture_logits
 from .stratified_dreg import stratified_dreg
-from .traces import (check_model_guide, kl_estimate, latent_sites, latent_values, log_likelihood,
-                     site_log_prob, trace_guide, trace_model)
+from .traces import (check_model_guide, global_latents, kl_estimate, latent_sites, latent_values,
+                     local_latents, log_likelihood, rate, site_log_prob, trace_guide, trace_model)
 
 Form = Literal["stratified", "average", "sampled"]
-
-
-def is_mixture(fn) -> bool:
-    """Whether a distribution exposes ``mixture_distribution`` and ``component_distribution``."""
-    cls = type(fn)
-    return hasattr(cls, "mixture_distribution") and hasattr(cls, "component_distribution")
-
-
-def components_first(mixture):
-    """The components of a mixture as one distribution with batch ``(K, ...)``."""
-    comp = mixture.component_distribution
-    ndims = comp.reinterpreted_batch_ndims if isinstance(comp, Independent) else 0
-    base = comp.base_dist if isinstance(comp, Independent) else comp
-    if not isinstance(base, (Normal, Laplace)):
-        raise ValueError(f"form='stratified'/'average' needs Normal or Laplace mixture components, "
-                         f"got {type(base).__name__}; use form='sampled'")
-    k_dim = -(ndims + 1)
-    moved = type(base)(base.loc.movedim(k_dim, 0), base.scale.movedim(k_dim, 0))
-    return moved.to_event(ndims) if ndims else moved
 
 
 class MixtureMultimodalELBO(MultimodalELBO):
@@ -119,33 +102,35 @@ class MixtureMultimodalELBO(MultimodalELBO):
         s_mask = self.masks(subset, modalities)
         o_mask = self.masks(observed, modalities)
         plates = [self.particle_plate()]
-        guide_s = trace_guide(guide, data, s_mask, plates, views=self.estimator == "dreg")
-        latents = latent_sites(guide_s)
+        guide_s = trace_guide(guide, data, s_mask, plates, views=self.estimator == "dreg",
+                              vectorize=self.vectorized(guide))
+        latents = local_latents(guide_s)
         q_site = guide_s.nodes[latents[0]]
         if self.form != "sampled" and is_mixture(q_site["fn"]):
             if len(latents) > 1:
                 raise NotImplementedError("form='stratified'/'average' supports a single latent "
                                           "site; use form='sampled'")
-            out = self._per_component(model, q_site, data, o_mask, plates)
+            out = self._per_component(model, guide_s, q_site, data, o_mask, plates)
             return {**out, "subset_size": subset.sum(-1)}
-        model_s = trace_model(model, guide_s, data, o_mask, plates)
+        model_s = trace_model(model, guide_s, data, o_mask, plates,
+                              vectorize=self.vectorized(model))
         if is_validation_enabled():
-            check_model_guide(model_s, latents, data)
-        rec = log_likelihood(model_s, latents, self.likelihood_weights)
-        values = latent_values(guide_s, latents)
-        kl = sum(kl_estimate(guide_s.nodes[n], model_s.nodes[n], self.analytic_kl,
-                             self.stop_gradient, values) for n in latents)
-        elbo = self.reduce_particles(rec - self.beta * kl, list(values.values()))
+            check_model_guide(model_s, guide_s, data)
+        rec = log_likelihood(model_s, latent_sites(guide_s), self.likelihood_weights)
+        values = latent_values(guide_s, latent_sites(guide_s))
+        kl = rate(guide_s, model_s, latents, self.analytic_kl, self.stop_gradient, values)
+        elbo = self.reduce_particles(rec - self.beta * kl, [values[n] for n in latents])
         dim = self.particle_dim
-        return {"elbo": elbo, "reconstruction": rec.mean(dim).detach(),
-                "rate": kl.mean(dim).detach(), "subset_size": subset.sum(-1)}
+        return self.with_globals({"elbo": elbo, "reconstruction": rec.mean(dim).detach(),
+                                  "rate": kl.mean(dim).detach(),
+                                  "subset_size": subset.sum(-1)}, guide_s, model_s)
 
-    def _per_component(self, model, q_site, data, o_mask, plates):
+    def _per_component(self, model, guide_s, q_site, data, o_mask, plates):
         """Stratified / average forms: one draw per mixture component, in one model call."""
         q = q_site["fn"]  # batch (S, B)
         comps = components_first(q)  # batch (K, S, B)
         z = comps.rsample()  # (K, S, B, D)
-        weights = q.mixture_distribution.probs.movedim(-1, 0)  # (K, S, B)
+        weights = mixture_logits(q).exp().movedim(-1, 0)  # (K, S, B)
         unbiased_dreg = (self.form == "stratified" and self.iwae and self.estimator == "dreg"
                          and self.mixture_dreg == "unbiased")
         # The unbiased stratified DReG scores the model at a detached copy of the samples and
@@ -153,14 +138,19 @@ class MixtureMultimodalELBO(MultimodalELBO):
         z_in = (z.detach().requires_grad_(z.requires_grad and torch.is_grad_enabled())
                 if unbiased_dreg else z)
         name = q_site["name"]
-        fake = poutine.Trace()
-        fake.add_node(name, name=name, type="sample", is_observed=False, value=z_in, infer={},
-                      fn=comps, scale=q_site["scale"], mask=q_site["mask"])
         k_plate = ("mixture_components", z.shape[0], self.outer_dim())
-        model_tr = trace_model(model, fake, data, o_mask, [k_plate] + list(plates))
+        fake = poutine.Trace()  # the global latents, and z drawn from every component
+        for other in global_latents(guide_s):
+            fake.add_node(other, **guide_s.nodes[other])
+        k_frame = CondIndepStackFrame(k_plate[0], k_plate[2], k_plate[1], 0)
+        fake.add_node(name, name=name, type="sample", is_observed=False, value=z_in, infer={},
+                      fn=comps, scale=q_site["scale"], mask=q_site["mask"],
+                      cond_indep_stack=(k_frame,) + tuple(q_site["cond_indep_stack"]))
+        model_tr = trace_model(model, fake, data, o_mask, [k_plate] + list(plates),
+                               vectorize=self.vectorized(model))
         if is_validation_enabled():
-            check_model_guide(model_tr, [name], data)
-        rec = log_likelihood(model_tr, [name], self.likelihood_weights)  # (K, S, B)
+            check_model_guide(model_tr, fake, data)
+        rec = log_likelihood(model_tr, latent_sites(fake), self.likelihood_weights)  # (K, S, B)
         p_site = model_tr.nodes[name]
         if self.form == "stratified":
             # log q(z_k | x_S) is the mixture density, so KL is the sampled log-ratio.
@@ -177,6 +167,6 @@ class MixtureMultimodalELBO(MultimodalELBO):
         w = weights.mean(self.particle_dim)
         elbo = torch.where(w > 0, w * value, torch.zeros_like(value)).sum(0)
         dim = self.particle_dim
-        return {"elbo": elbo,
-                "reconstruction": (w * rec.mean(dim)).sum(0).detach(),
-                "rate": (w * kl.mean(dim)).sum(0).detach()}
+        return self.with_globals({"elbo": elbo,
+                                  "reconstruction": (w * rec.mean(dim)).sum(0).detach(),
+                                  "rate": (w * kl.mean(dim)).sum(0).detach()}, guide_s, model_tr)

@@ -63,6 +63,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions.util import detach
 
+from .mixtures import components_first, mixture_logits
 from .traces import log_mean_exp
 
 
@@ -97,12 +98,12 @@ def stratified_dreg(log_w: torch.Tensor, z: torch.Tensor, z_in: torch.Tensor, mi
     lw = log_w.detach()
     w = lw.softmax(dim)
     surrogate = (w * log_w).sum(dim)  # model gradients: sum_s w_s grad_theta log w_s
-    logits = mixture.mixture_distribution.logits  # (..., S, B, K), normalised
+    logits = mixture_logits(mixture)  # (..., S, B, K), normalised
     needs_path = torch.is_grad_enabled() and z.requires_grad
     if needs_path or logits.requires_grad:
         # log pi_k q_k(z_ls) at detached parameters: (L, ..., S, B, K)
-        comps = detach(mixture.component_distribution)
-        joint_lp = logits.detach() + comps.log_prob(z_in.unsqueeze(-2))
+        comps = detach(components_first(mixture))  # batch (K, ..., S, B)
+        joint_lp = logits.detach() + comps.log_prob(z_in.unsqueeze(1)).movedim(1, -1)
     if needs_path:
         log_r = joint_lp - joint_lp.logsumexp(-1, keepdim=True)  # responsibilities
         log_r = log_r.movedim(-1, 1)  # (L, K, ..., S, B)

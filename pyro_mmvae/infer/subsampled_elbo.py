@@ -17,8 +17,8 @@ import torch
 from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
-from .traces import (check_model_guide, kl_estimate, latent_sites, latent_values, log_likelihood,
-                     trace_guide, trace_model)
+from .traces import (check_model_guide, latent_sites, latent_values, local_latents,
+                     log_likelihood, rate, trace_guide, trace_model)
 
 
 class SubsampledMultimodalELBO(MultimodalELBO):
@@ -56,17 +56,21 @@ class SubsampledMultimodalELBO(MultimodalELBO):
         # {m: (T, 1, B)}: the subsets plate sits left of the particle plate
         masks = self.masks(stacked.unsqueeze(1), modalities)
         plates = [("subsets", stacked.shape[0], self.outer_dim()), self.particle_plate()]
-        guide_tr = trace_guide(guide, data, masks, plates, views=self.estimator == "dreg")
-        model_tr = trace_model(model, guide_tr, data, masks, plates)
-        latents = latent_sites(guide_tr)
+        guide_tr = trace_guide(guide, data, masks, plates, views=self.estimator == "dreg",
+                               vectorize=self.vectorized(guide))
+        model_tr = trace_model(model, guide_tr, data, masks, plates,
+                               vectorize=self.vectorized(model))
+        latents = local_latents(guide_tr)
         if is_validation_enabled():
-            check_model_guide(model_tr, latents, data)
-        rec = log_likelihood(model_tr, latents, self.likelihood_weights)  # (T, S, B)
-        values = latent_values(guide_tr, latents)
-        kl = sum(kl_estimate(guide_tr.nodes[n], model_tr.nodes[n], self.analytic_kl,
-                             self.stop_gradient, values) for n in latents)
-        value = self.reduce_particles(rec - self.beta * kl, list(values.values()))  # (T, B)
+            check_model_guide(model_tr, guide_tr, data)
+        rec = log_likelihood(model_tr, latent_sites(guide_tr),
+                             self.likelihood_weights)  # (T, S, B)
+        values = latent_values(guide_tr, latent_sites(guide_tr))
+        kl = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient, values)
+        value = self.reduce_particles(rec - self.beta * kl,
+                                      [values[n] for n in latents])  # (T, B)
         valid = stacked.any(-1)
         value = torch.where(valid, value, torch.zeros_like(value))
-        return {"elbo": value.sum(0), "full": value[0], "unimodal": value[1:1 + m].sum(0),
-                "random": value[1 + m:].sum(0)}
+        return self.with_globals({"elbo": value.sum(0), "full": value[0],
+                                  "unimodal": value[1:1 + m].sum(0),
+                                  "random": value[1 + m:].sum(0)}, guide_tr, model_tr)

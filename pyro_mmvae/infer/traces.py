@@ -9,27 +9,47 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence, Tuple
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from pyro_mmvae.protocol import STL_FN, site_modality
+from pyro_mmvae.protocol import STL_FN, is_vectorized, site_modality
+
+from .cells import in_data_plate, looped_trace, within_plates  # noqa: F401
 
 Plate = Tuple[str, int, int]  # (name, size, dim)
 
 
-def within_plates(fn, plates: Sequence[Plate]):
-    """Wrap a Pyro program in vectorising plates (outermost first)."""
-    for name, size, dim in reversed(plates):
-        fn = pyro.plate(name, size, dim=dim)(fn)
-    return fn
+def _vectorize(program, plates, vectorize: Optional[bool]) -> bool:
+    return not plates or (is_vectorized(program) if vectorize is None else vectorize)
 
 
-def trace_guide(guide, data, mask, plates: Sequence[Plate] = (), views: bool = False):
+def trace_program(program, data, mask, plates: Sequence[Plate] = (), upstream=None,
+                  vectorize: Optional[bool] = None):
+    """Trace ``program(data, mask)`` inside ``plates``, replaying ``upstream``'s latents.
+
+    Vectorised (one call inside the plates) when the program declares
+    :func:`~pyro_mmvae.protocol.vectorized` or ``vectorize=True``; otherwise one call per
+    plate cell with plain masks, merged to the same layout
+    (:func:`~pyro_mmvae.infer.cells.looped_trace`).
+    """
+    if _vectorize(program, plates, vectorize):
+        fn = within_plates(program, plates)
+        if upstream is not None:
+            fn = poutine.replay(fn, trace=upstream)
+        return poutine.trace(fn).get_trace(data, mask)
+    return looped_trace(program, data, mask, plates, upstream=upstream)
+
+
+def trace_guide(guide, data, mask, plates: Sequence[Plate] = (), views: bool = False,
+                vectorize: Optional[bool] = None, upstream=None):
     """Trace ``guide(data, mask)`` inside ``plates``.
+
+    A guide that declares :func:`~pyro_mmvae.protocol.vectorized` (or ``vectorize=True``) runs
+    once inside the plates; any other is called once per plate cell with plain masks and the
+    calls merged (:func:`~pyro_mmvae.infer.cells.looped_trace`), to the same trace layout.
 
     With ``views`` every latent value in the returned trace is replaced by an identity view of
     the sample (``value.view_as(value)``). Whatever is computed from the trace afterwards (the
@@ -38,7 +58,7 @@ def trace_guide(guide, data, mask, plates: Sequence[Plate] = (), views: bool = F
     itself: a gradient hook on the view sees only the gradient of what was computed from the
     trace, not the gradient that later samples pass back to it (see :func:`dreg_surrogate`).
     """
-    tr = poutine.trace(within_plates(guide, plates)).get_trace(data, mask)
+    tr = trace_program(guide, data, mask, plates, upstream, vectorize)
     if views:
         for name in latent_sites(tr):
             value = tr.nodes[name]["value"]
@@ -46,10 +66,11 @@ def trace_guide(guide, data, mask, plates: Sequence[Plate] = (), views: bool = F
     return tr
 
 
-def trace_model(model, guide_trace, data, mask, plates: Sequence[Plate] = ()):
-    """Trace ``model(data, mask)`` replayed against ``guide_trace``, with log-probs computed."""
-    tr = poutine.trace(poutine.replay(within_plates(model, plates), trace=guide_trace)
-                       ).get_trace(data, mask)
+def trace_model(model, guide_trace, data, mask, plates: Sequence[Plate] = (),
+                vectorize: Optional[bool] = None):
+    """Trace ``model(data, mask)`` replayed against ``guide_trace``, with log-probs computed
+    (vectorised or cell by cell as :func:`trace_guide`)."""
+    tr = trace_program(model, data, mask, plates, guide_trace, vectorize)
     tr.compute_log_prob()
     return tr
 
@@ -62,10 +83,64 @@ def latent_sites(guide_trace):
             and not site_is_subsample(site)]
 
 
-def check_model_guide(model_trace, latents, data):
-    """Validation: every guide latent is a model latent and every modality is observed."""
-    for name in latents:
+def is_auxiliary(site) -> bool:
+    """A guide site marked ``infer={"is_auxiliary": True}`` (no model counterpart; its density
+    is part of the guide's, as in Pyro's ELBOs and autoguides)."""
+    return bool((site.get("infer") or {}).get("is_auxiliary"))
+
+
+def local_latents(guide_trace):
+    """Latent sites inside the ``"data"`` plate (per-datapoint latents and auxiliary sites)."""
+    return [n for n in latent_sites(guide_trace) if in_data_plate(guide_trace.nodes[n])]
+
+
+def global_latents(guide_trace):
+    """Latent sites outside the ``"data"`` plate (global latents and their auxiliary sites)."""
+    return [n for n in latent_sites(guide_trace) if not in_data_plate(guide_trace.nodes[n])]
+
+
+def rate(guide_trace, model_trace, names, analytic: bool, stop_gradient: bool,
+         values: Optional[Mapping[str, torch.Tensor]] = None):
+    r"""Per-datapoint :math:`\mathrm{KL}(q\,\|\,p)` estimate summed over the sites ``names``
+    (:func:`kl_estimate`); an auxiliary guide site contributes :math:`\log q` alone."""
+    total = 0.0
+    for n in names:
+        q = guide_trace.nodes[n]
+        if is_auxiliary(q):
+            total = total + site_log_prob(q, None, stop_gradient, values)
+        else:
+            total = total + kl_estimate(q, model_trace.nodes[n], analytic, stop_gradient, values)
+    return total
+
+
+def global_log_ratio(guide_trace, model_trace, particle_dim: int):
+    r""":math:`\log p(	heta) - \log q(	heta)` of the global latents :math:`	heta` (sites
+    outside the data plate), one value per particle ``(S,)`` (0. without global latents).
+
+    Counted once per particle, however many subset terms share the draw; the guide density
+    keeps its score term (no STL or DReG for global latents) and auxiliary sites add their
+    :math:`-\log q`.
+    """
+    total = 0.0
+    for n in global_latents(guide_trace):
+        q = guide_trace.nodes[n]
+        term = -site_log_prob(q)
+        if not is_auxiliary(q):
+            term = term + site_log_prob(model_trace.nodes[n])
+        if term.dim() >= -particle_dim:
+            term = term.sum(tuple(range(term.dim() + particle_dim + 1, term.dim())))
+            term = term.reshape(term.shape[term.dim() + particle_dim:])
+        total = total + term
+    return total
+
+
+def check_model_guide(model_trace, guide_trace, data):
+    """Validation: every guide latent (auxiliary sites aside) is a model latent and every
+    modality is observed."""
+    for name in latent_sites(guide_trace):
         site = model_trace.nodes.get(name)
+        if is_auxiliary(guide_trace.nodes[name]):
+            continue
         if site is None or site["type"] != "sample":
             raise ValueError(f"guide samples site '{name}' but the model has no such site")
     observed = {site_modality(n) for n, s in model_trace.nodes.items()

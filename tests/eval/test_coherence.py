@@ -205,6 +205,7 @@ def test_one_guide_and_one_model_call_per_minibatch():
         def wrapper(*args, **kwargs):
             calls[key] += 1
             return fn(*args, **kwargs)
+        wrapper.vectorized = True  # as the wrapped library model and guide declare
         return wrapper
 
     conditional_coherence(counted(model, "model"), counted(guide, "guide"), data, y,

@@ -25,6 +25,8 @@ def log_mean_exp(x, dim):
 class Recorder:
     """Wraps a model and keeps the value of ``z`` it was scored at (the bound's samples)."""
 
+    vectorized = True
+
     def __init__(self, model):
         self.model, self.z = model, None
 

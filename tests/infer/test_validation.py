@@ -1,11 +1,12 @@
 """Bad input raises ValueError naming the modality and the problem, before any step."""
 
+import pyro
 import pytest
 import torch
 
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO
 from pyro_mmvae.eval import log_likelihood
-from pyro_mmvae.protocol import validate_batch
+from pyro_mmvae.protocol import observe, validate_batch
 from tests.helpers import linear_problem, make_guide
 
 BOUNDS = [MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO]
@@ -74,9 +75,11 @@ def test_model_without_an_observation_site_for_a_modality():
     model, data = linear_problem()
     guide = make_guide()
 
-    def partial_model(data, mask=None):
-        return model({"a": data["a"], "b": data["b"]},
-                     None if mask is None else {"a": mask["a"], "b": mask["b"]})
+    def partial_model(data, mask=None):  # observes a and b only, never generates c
+        with pyro.plate("data", len(data["a"])):
+            z = pyro.sample("z", model.prior())
+            for m in ("a", "b"):
+                observe(m, model.decoders[m](z), data, mask)
 
     with pytest.raises(ValueError, match="modality 'c': the model observes no site 'x_c'"):
         MaskedMultimodalELBO().loss(partial_model, guide, data)
