@@ -259,6 +259,9 @@ class DiscreteMoEGuide(MultimodalGuide):
         :class:`MoEBaseline`); Pyro trains it by least squares on the downstream cost.
     :param stl: evaluate the density at ``"z"`` with detached parameters (unbiased, lower
         variance).
+    :param name: root of the guide's parameter names in Pyro's param store, as for
+        :class:`~pyro_mmvae.guides.MultimodalGuide` (default: the first free of ``""``,
+        ``"DiscreteMoEGuide_1"``, ... at the first call); :meth:`mixture_guide` shares it.
 
     ``SVI(model, guide, optim, TraceGraph_ELBO())`` trains it with any protocol model; with
     ``TraceGraph_ELBO(num_particles=P, vectorize_particles=True, max_plate_nesting=1)`` the
@@ -269,8 +272,10 @@ class DiscreteMoEGuide(MultimodalGuide):
 
     def __init__(self, encoders: Mapping[str, nn.Module], gate: Optional[nn.Module] = None, *,
                  component_site: str = COMPONENT_SITE, baseline: Baseline = None,
-                 stl: bool = True, latent_site: str = LATENT_SITE, min_scale: float = 1e-3):
-        super().__init__(encoders, GatedMoE(gate, min_scale), latent_site=latent_site)
+                 stl: bool = True, latent_site: str = LATENT_SITE, min_scale: float = 1e-3,
+                 name: Optional[str] = None):
+        super().__init__(encoders, GatedMoE(gate, min_scale), latent_site=latent_site,
+                         name=name)
         if component_site == latent_site:
             raise ValueError(f"component_site and latent_site must differ, both are "
                              f"{latent_site!r}")
@@ -286,8 +291,11 @@ class DiscreteMoEGuide(MultimodalGuide):
 
     def mixture_guide(self) -> MultimodalGuide:
         """The continuous-mixture guide :math:`q_{\\rm MoE}(z\\mid x_S)` sharing this guide's
-        encoders and gate (same parameters), for the library's bounds and evaluators."""
-        return MultimodalGuide(self.encoders, self.aggregator, latent_site=self.latent_site)
+        encoders and gate (same parameters, under this guide's names in the param store), for
+        the library's bounds and evaluators."""
+        guide = MultimodalGuide(self.encoders, self.aggregator, latent_site=self.latent_site)
+        guide._share_names_with(self)
+        return guide
 
     @staticmethod
     def baseline_input(features, mask):

@@ -43,17 +43,21 @@ class LinearGaussianModel(MultimodalModel):
     :param noise_scale: initial (or fixed) noise standard deviation, shared or per modality.
     :param learn_noise: learn the noise scale (one scalar per modality).
     :param private_dim: size of each private latent (0: none).
+    :param name: root of the model's parameter names in Pyro's param store (keyword only;
+        see :class:`~pyro_mmvae.models.MultimodalModel`). None (default): the first free of
+        ``""``, ``"LinearGaussianModel_1"``, ... at the first call.
     """
 
     def __init__(self, modality_dims: Mapping[str, int], latent_dim: int,
-                 noise_scale=1.0, learn_noise: bool = False, private_dim: int = 0):
+                 noise_scale=1.0, learn_noise: bool = False, private_dim: int = 0, *,
+                 name: Optional[str] = None):
         scales = noise_scale if isinstance(noise_scale, Mapping) else {
             m: noise_scale for m in modality_dims}
         decoders = {m: GaussianDecoder(nn.Linear(latent_dim + private_dim, d),
                                        scale=float(scales[m]), learn_scale=learn_noise)
                     for m, d in modality_dims.items()}
         super().__init__(StandardNormalPrior(latent_dim), decoders,
-                         private_dim=private_dim or None)
+                         private_dim=private_dim or None, name=name)
         self.latent_dim = latent_dim
         self.modality_dims = dict(modality_dims)
 
