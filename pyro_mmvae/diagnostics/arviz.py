@@ -59,7 +59,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_mmvae.infer.traces import (check_model_guide, latent_sites, site_log_prob, trace_guide,
                                      trace_model)
-from pyro_mmvae.protocol import DATA_PLATE, site_modality, validate_batch
+from pyro_mmvae.protocol import DATA_PLATE, check_positive_int, site_modality, validate_batch
 
 DRAWS_PLATE = "_draws"
 SAMPLE_DIMS = ("chain", "draw")
@@ -106,11 +106,8 @@ def to_inference_data(model, guide, data: Mapping[str, torch.Tensor],
     :raises ValueError: bad data or mask (see :func:`pyro_mmvae.validate_batch`), a guide latent
         the model lacks, a modality the model does not observe, bad ``coords`` or ``dims``.
     """
-    if int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    num_samples = int(num_samples)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
     mask = validate_batch(data, mask)
     n = next(iter(data.values())).shape[0]
     chunk = chunk_size or max(1, min(num_samples, 65536 // max(n, 1)))

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pyro_mmvae.io import atomic_write
 from pyro_mmvae.nn import MLP
+from pyro_mmvae.protocol import check_positive_int
 
 KINDS = ("image", "text", "flat")
 _FORMAT = "pyro_mmvae.classifiers"
@@ -116,6 +117,7 @@ def _from_config(config: Mapping) -> ModalityClassifier:
 def predict(classifier, x: torch.Tensor, batch_size: Optional[int] = None) -> torch.Tensor:
     """Predicted labels ``(N,)`` for ``x (N, ...)``: the argmax of the classifier's scores
     ``(N, K)``; a classifier that returns integer labels ``(N,)`` is taken at its word."""
+    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
     if isinstance(classifier, nn.Module):
         classifier.eval()
     chunks = [x] if batch_size is None else x.split(batch_size)
@@ -149,6 +151,8 @@ def train_modality_classifiers(data: Mapping[str, torch.Tensor], labels: torch.T
     :param device: where to train (default: the data's device).
     :returns: ``{modality: classifier}`` in eval mode, on ``device``.
     """
+    num_classes = check_positive_int(num_classes, "num_classes")
+    batch_size = check_positive_int(batch_size, "batch_size")
     labels = torch.as_tensor(labels).long()
     if labels.dim() != 1:
         raise ValueError(f"labels must have shape (N,), got {tuple(labels.shape)}")
@@ -202,6 +206,7 @@ def classifier_accuracy(classifiers: Mapping[str, nn.Module], data: Mapping[str,
                         batch_size: int = 1024) -> dict:
     """Test accuracy of each classifier on real data: ``{modality: float}`` (modalities of
     ``data`` that have a classifier; with ``mask``, only observed data points count)."""
+    batch_size = check_positive_int(batch_size, "batch_size")
     out = {}
     for m, clf in classifiers.items():
         if m not in data:

@@ -46,8 +46,8 @@ from pyro.distributions import Categorical, OneHotCategorical
 
 from pyro_mmvae.eval.classifiers import predict
 from pyro_mmvae.infer.traces import trace_guide, within_plates
-from pyro_mmvae.protocol import (LATENT_SITE, batch_size as data_size, obs_site, stack_mask,
-                                 unstack_mask, validate_batch)
+from pyro_mmvae.protocol import (LATENT_SITE, batch_size as data_size, check_positive_int,
+                                 obs_site, stack_mask, unstack_mask, validate_batch)
 
 SubsetSpec = Union[str, Iterable[str]]
 
@@ -71,11 +71,14 @@ def subset_matrix(subsets: Optional[Sequence[SubsetSpec]], modalities: Sequence[
 
     ``subsets`` defaults to all ``2^M - 1`` non-empty subsets; an entry may be a name
     (``"m0+m2"``, or a single modality) or an iterable of modality names. Members are put in
-    the order of ``modalities``.
+    the order of ``modalities``. A bare string is one subset (``subsets="top"`` is the single
+    modality ``"top"``, not its letters).
     """
     modalities = list(modalities)
     if subsets is None:
         subsets = all_subsets(modalities)
+    elif isinstance(subsets, str):  # one subset ("m0+m2" or "top"), not one per character
+        subsets = [subsets]
     names, rows = [], []
     for spec in subsets:
         if isinstance(spec, str):
@@ -217,6 +220,8 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
         "leave_one_out_mean": float, "num_points": {subset: evaluated data points}}``;
         accuracies are floats (``None`` where no data point has ``S`` observed).
     """
+    num_samples = check_positive_int(num_samples, "num_samples")
+    batch_size = check_positive_int(batch_size, "batch_size")
     mask = validate_batch(data, mask)
     modalities = list(data)
     n = data_size(data)
@@ -226,9 +231,6 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
         raise ValueError("conditional_coherence needs at least one classifier")
     targets = [m for m in modalities if m in classifiers] + \
         [m for m in classifiers if m not in modalities]
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, "
-                         f"{batch_size}")
     names, rows = subset_matrix(subsets, modalities, device)
     s, p = len(names), int(num_samples)
     plates = [("subsets", s, -(max_plate_nesting + 2)),
@@ -288,6 +290,8 @@ def joint_coherence(model, classifiers: Mapping, num_samples: int = 1000, use_me
     samples ``model({}, num_samples=n)`` (``z`` from the prior, then every modality decoded,
     its likelihood mean with ``use_mean``) on which all ``classifiers`` predict the same
     label. Drawn in chunks of ``batch_size``."""
+    num_samples = check_positive_int(num_samples, "num_samples")
+    batch_size = check_positive_int(batch_size, "batch_size")
     if not classifiers:
         raise ValueError("joint_coherence needs at least one classifier")
     agree, done = 0, 0
@@ -311,6 +315,7 @@ def encode_subsets(guide, data: Mapping[str, torch.Tensor], rows: torch.Tensor,
     (``(S, M)`` bool, modalities in ``data`` order): the mean of the guide's ``latent_site``
     with ``use_mean`` (else one sample), event dims flattened. One guide call per mini-batch,
     the subsets stacked on a plate left of the data plate."""
+    batch_size = check_positive_int(batch_size, "batch_size")
     modalities = list(data)
     s = rows.shape[0]
     plates = [("subsets", s, -(max_plate_nesting + 1))]
@@ -356,6 +361,9 @@ def latent_classification(guide, train_data: Mapping[str, torch.Tensor], train_l
     """
     from sklearn.linear_model import LogisticRegression
 
+    batch_size = check_positive_int(batch_size, "batch_size")
+    num_train = check_positive_int(num_train, "num_train", allow_none=True)
+    max_iter = check_positive_int(max_iter, "max_iter")
     train_mask = validate_batch(train_data, train_mask)
     test_mask = validate_batch(test_data, test_mask)
     modalities = list(train_data)

@@ -24,13 +24,14 @@ from pyro_mmvae.infer.masked_elbo import MaskedMultimodalELBO
 from pyro_mmvae.infer.masking import Masking, get_masking
 from pyro_mmvae.infer.traces import (kl_estimate, latent_sites, log_likelihood, trace_guide,
                                      trace_model)
-from pyro_mmvae.protocol import stack_mask, unstack_mask, validate_batch
+from pyro_mmvae.protocol import check_positive_int, stack_mask, unstack_mask, validate_batch
 
 
 @torch.no_grad()
 def rate_distortion(model, guide, data, mask=None, masking: Masking = "iid_half",
                     num_samples: int = 1, max_plate_nesting: int = 1) -> dict:
     """Per-datapoint rate and reconstruction terms ``{name: (B,)}`` (see module docstring)."""
+    num_samples = check_positive_int(num_samples, "num_samples")
     mask = validate_batch(data, mask, require_observed=True)
     modalities = list(data)
     observed = stack_mask(mask, modalities)

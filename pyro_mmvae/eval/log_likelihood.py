@@ -18,7 +18,7 @@ import torch
 
 from pyro_mmvae.infer.traces import (latent_sites, log_likelihood as trace_log_likelihood,
                                      site_log_prob, trace_guide, trace_model)
-from pyro_mmvae.protocol import stack_mask, unstack_mask, validate_batch
+from pyro_mmvae.protocol import check_positive_int, stack_mask, unstack_mask, validate_batch
 
 
 @torch.no_grad()
@@ -30,6 +30,9 @@ def log_marginal(model, guide, data, mask, num_samples: int = 1000,
     pairs per chunk), combined with a running log-sum-exp, so memory stays bounded for any K.
     Data points with an empty ``A`` get exactly 0.
     """
+    num_samples = check_positive_int(num_samples, "num_samples")
+    chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    mask = validate_batch(data, mask)
     n = next(iter(data.values())).shape[0]
     chunk = chunk_size or max(1, min(num_samples, 65536 // max(n, 1)))
     dim = -(max_plate_nesting + 1)
@@ -64,6 +67,8 @@ def log_likelihood(model, guide, data, mask=None, given: Optional[Iterable[str]]
 
     :param num_samples: importance samples K (default 1000), vectorised and chunked.
     """
+    num_samples = check_positive_int(num_samples, "num_samples")
+    chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
     mask = validate_batch(data, mask)
     modalities = list(data)
     for name, names in (("given", given), ("targets", targets)):
