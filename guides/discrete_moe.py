@@ -82,7 +82,7 @@ from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.protocol import DATA_PLATE, LATENT_SITE, batch_size, full_mask, stack_mask
+from pyro_mmvae.protocol import LATENT_SITE, batch_size, data_plate, full_mask, stack_mask
 
 from .aggregators import gaussian_experts
 from .distributions import DiagNormalMixture
@@ -323,9 +323,10 @@ class DiscreteMoEGuide(MultimodalGuide):
         features = self.features(data, mask)
         stacked = stack_mask(mask, self.modalities)
         logits, locs, scales = self.aggregator.components(features, stacked)
-        with pyro.plate(DATA_PLATE, batch_size(data)):
+        with data_plate(batch_size(data)):
             infer = self._infer(features, stacked, logits.shape[:-1])
             c = pyro.sample(self.component_site, ScoreFunctionCategorical(logits=logits),
                             infer=infer)
             mixture = DiagNormalMixture(logits, locs, scales)
-            return pyro.sample(self.latent_site, ComponentDraw(mixture, c, self.stl))
+            z = pyro.sample(self.latent_site, ComponentDraw(mixture, c, self.stl))
+            return {self.component_site: c, self.latent_site: z}

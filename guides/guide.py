@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from pyro_mmvae.params import NamedPyroModule
-from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, STL_FN, batch_size, full_mask,
+from pyro_mmvae.protocol import (LATENT_SITE, STL_FN, batch_size, data_plate, full_mask,
                                  private_site, stack_mask)
 
 
@@ -28,7 +28,9 @@ class MultimodalGuide(NamedPyroModule):
     dimensions (stacked subsets); the encoders still run once per modality.
 
     Call it as a Pyro program, ``guide(data, mask)``: it samples site ``"z"`` inside
-    ``pyro.plate("data", B)``. :meth:`distribution` returns ``q(z | x_S)`` without sampling.
+    ``pyro.plate("data", B)`` and returns ``{site: value}`` of what it sampled, as Pyro's
+    autoguides do (so it can be a part of an ``AutoGuideList``; its data plate records no
+    subsample site, :func:`~pyro_mmvae.protocol.data_plate`). :meth:`distribution` returns ``q(z | x_S)`` without sampling.
 
     **Private latents.** With a ``private`` head (:class:`~pyro_mmvae.guides.IndependentPrivate`,
     :class:`~pyro_mmvae.guides.PooledPrivate`, :class:`~pyro_mmvae.guides.AttentionPrivate`) the guide then samples
@@ -114,17 +116,18 @@ class MultimodalGuide(NamedPyroModule):
         self._check(data, mask)
         features = self.features(data, mask)
         stacked = stack_mask(mask, self.modalities)
-        with pyro.plate(DATA_PLATE, batch_size(data)):
+        with data_plate(batch_size(data)):
             z = pyro.sample(self.latent_site, self._shared(features, stacked))
             head = self.private
             if head is None:
-                return z
+                return {self.latent_site: z}
             private = private_distributions(*head(features, stacked, z), stacked)
             stl = detached_private(head, features, stacked, z, self.latent_site)
+            out = {self.latent_site: z}
             for i, m in enumerate(self.modalities):
-                pyro.sample(private_site(m), private[i],
-                            infer={STL_FN: lambda values, i=i: stl(values)[i]})
-            return z
+                out[private_site(m)] = pyro.sample(
+                    private_site(m), private[i], infer={STL_FN: lambda values, i=i: stl(values)[i]})
+            return out
 
 
 def private_distributions(loc, scale, stacked):

@@ -479,6 +479,17 @@ def vectorized(program):
     return program
 
 
+def data_plate(size: int):
+    """``pyro.plate("data", size)`` for a guide, recording no subsample site.
+
+    An ``AutoGuideList`` creates its parts' plates itself, which records a site ``"data"``; a
+    guide part opening the protocol's plate again would record a second one ("Multiple sample
+    sites named 'data'"). Without subsampling the site carries nothing the ELBOs need.
+    """
+    with poutine.block(hide=[DATA_PLATE]):
+        return pyro.plate(DATA_PLATE, size)
+
+
 def is_vectorized(program) -> bool:
     """Whether ``program`` declared itself vectorised (see :func:`vectorized`)."""
     return bool(getattr(program, VECTORIZED, False))

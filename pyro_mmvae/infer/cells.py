@@ -25,11 +25,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from pyro import poutine
-from pyro.distributions import TorchDistribution
+from pyro.distributions import (Independent, Laplace, MultivariateNormal, Normal,
+                                TorchDistribution)
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import constraints, kl_divergence, register_kl
+from torch.distributions import Distribution, constraints, kl_divergence, register_kl
 
 from pyro_mmvae.protocol import DATA_PLATE, STL_FN
 
@@ -156,12 +157,51 @@ class StackedDistribution(TorchDistribution):
                                    self.cell_batch)
 
 
+def as_stack(fn, grid, cell_batch) -> StackedDistribution:
+    """A Normal / Laplace / MultivariateNormal (or an ``Independent`` of one) with batch
+    ``grid + cell_batch`` as a :class:`StackedDistribution` on that grid, by slicing its
+    parameters; ``NotImplementedError`` for other families."""
+    ndims = fn.reinterpreted_batch_ndims if isinstance(fn, Independent) else 0
+    base = fn.base_dist if isinstance(fn, Independent) else fn
+    grid, cell_batch = torch.Size(grid), torch.Size(cell_batch)
+    if isinstance(base, (Normal, Laplace)):
+        names, event_ndims = ("loc", "scale"), (0, 0)
+    elif isinstance(base, MultivariateNormal):
+        names, event_ndims = ("loc", "scale_tril"), (1, 2)
+    else:
+        raise NotImplementedError
+    batch = grid + cell_batch + base.batch_shape[len(base.batch_shape) - ndims:]
+    params = []
+    for name, k in zip(names, event_ndims):
+        t = getattr(base, name)
+        t = t.expand(batch + t.shape[t.dim() - k:])
+        params.append(t.reshape((grid.numel(),) + t.shape[len(grid):]))
+    parts = []
+    for i in range(grid.numel()):
+        if isinstance(base, MultivariateNormal):
+            part = MultivariateNormal(params[0][i], scale_tril=params[1][i])
+        else:
+            part = type(base)(params[0][i], params[1][i])
+        parts.append(part.to_event(ndims) if ndims else part)
+    return StackedDistribution(parts, grid, cell_batch)
+
+
 @register_kl(StackedDistribution, StackedDistribution)
 def _kl_stacked(p, q):
     if p.grid != q.grid or p.cell_batch != q.cell_batch:
         raise NotImplementedError
     return p._stack([kl_divergence(a, b).expand(p.cell_batch) for a, b in zip(p.parts, q.parts)],
                     0)
+
+
+@register_kl(Distribution, StackedDistribution)
+def _kl_to_stacked(p, q):
+    return _kl_stacked(as_stack(p, q.grid, q.cell_batch), q)
+
+
+@register_kl(StackedDistribution, Distribution)
+def _kl_from_stacked(p, q):
+    return _kl_stacked(p, as_stack(q, p.grid, p.cell_batch))
 
 
 # --------------------------------------------------------------------------- looped tracing
