@@ -114,8 +114,9 @@ def exact_pe_guide(model, data):
     return MultimodalGuide(encoders, PoE(), private=head)
 
 
+@pytest.mark.parametrize("vectorize", [None, False])  # False: once per particle
 @pytest.mark.parametrize("estimator", ["stl", "dreg"])
-def test_guide_gradient_vanishes_at_the_exact_hierarchical_posterior(estimator):
+def test_guide_gradient_vanishes_at_the_exact_hierarchical_posterior(estimator, vectorize):
     """Sticking the landing with private latents: every sample gives zero guide gradient."""
     model, data = problem(DIMS, 3)
     guide = exact_pe_guide(model, data)
@@ -124,7 +125,7 @@ def test_guide_gradient_vanishes_at_the_exact_hierarchical_posterior(estimator):
     for est in (estimator, "standard"):
         pyro.set_rng_seed(0)
         elbo = MaskedMultimodalELBO(16, masking="all", iwae=iwae, analytic_kl=False,
-                                    estimator=est)
+                                    estimator=est, vectorize=vectorize)
         loss = elbo.differentiable_loss(model, guide, data)
         assert torch.allclose(-loss, model.exact_log_likelihood(data).sum(), atol=1e-8)
         grads[est] = torch.cat([g.flatten() for g in torch.autograd.grad(

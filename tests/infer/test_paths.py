@@ -112,6 +112,25 @@ def test_vectorised_and_per_cell_paths_agree(aggregator, bound, estimator, crn):
     assert torch.allclose(got[0], ref[0], rtol=1e-10, atol=1e-10), (got[0], ref[0])
     for g, r in zip(got[1], ref[1]):
         assert torch.allclose(g, r, rtol=1e-8, atol=1e-10)
+    # the library's (vectorised) guide beside a user's plain model: the model alone is looped
+    mixed = loss_and_grads(BOUNDS[bound](**ESTIMATORS[estimator]), PlainModel(model), guide,
+                           data, mask, crn)
+    assert torch.allclose(mixed[0], ref[0], rtol=1e-10, atol=1e-10), (mixed[0], ref[0])
+    for g, r in zip(mixed[1], ref[1]):
+        assert torch.allclose(g, r, rtol=1e-8, atol=1e-10)
+
+
+class PlainModel(torch.nn.Module):
+    """A library model behind a wrapper that declares nothing (and checks it gets (N,) masks)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, data, mask):
+        n = next(iter(mask.values())).shape[-1]
+        assert all(m.shape == (n,) for m in mask.values())
+        return self.model(data, mask)
 
 
 def test_per_cell_path_calls_plain_programs_once_per_cell():

@@ -32,27 +32,32 @@ def pe_guide(kind, dims=DIMS):
 KINDS = ["PE-PoE", "PE-SumPooling", "PE-SelfAttention"]
 
 
+@pytest.mark.parametrize("vectorize", [None, False])  # False: once per (subset, particle)
 @pytest.mark.parametrize("masking", ["iid_half", "hierarchical", "singletons", "all", "none"])
-def test_masked_bound_with_private_latents_is_exact_at_the_exact_posterior(masking):
+def test_masked_bound_with_private_latents_is_exact_at_the_exact_posterior(masking, vectorize):
     model, data = private_problem(n=6)
     guide = ExactPrivatePosteriorGuide(model)
     mask = random_mask(data)
     exact = model.exact_log_likelihood(data, mask).detach()
-    t = MaskedMultimodalELBO(masking=masking, analytic_kl=False).terms(model, guide, data, mask)
+    t = MaskedMultimodalELBO(2, masking=masking, analytic_kl=False, vectorize=vectorize).terms(
+        model, guide, data, mask)
     assert torch.allclose(t["elbo"], exact, atol=1e-8)
 
 
-def test_other_bounds_with_private_latents_at_the_exact_posterior():
+@pytest.mark.parametrize("vectorize", [None, False])
+def test_other_bounds_with_private_latents_at_the_exact_posterior(vectorize):
     model, data = private_problem(n=5, dims={"a": 3, "b": 4})
     guide = ExactPrivatePosteriorGuide(model)
     exact = model.exact_log_likelihood(data).detach()
-    mix = MixtureMultimodalELBO(masking="all", analytic_kl=False).terms(model, guide, data)
+    mix = MixtureMultimodalELBO(masking="all", analytic_kl=False, vectorize=vectorize).terms(
+        model, guide, data)
     assert torch.allclose(mix["elbo"], exact, atol=1e-8)
-    gap = MixtureMultimodalELBO(2000, masking="singletons").terms(model, guide, data)["elbo"]
+    gap = MixtureMultimodalELBO(200 if vectorize is False else 2000, masking="singletons",
+                                vectorize=vectorize).terms(model, guide, data)["elbo"]
     assert (gap < exact - 1e-2).all()
     only = {m: {k: torch.full((5,), k == m) for k in data} for m in data}
     expected = exact + sum(model.exact_log_likelihood(data, only[m]) for m in data).detach()
-    sub = SubsampledMultimodalELBO(analytic_kl=False).terms(model, guide, data)
+    sub = SubsampledMultimodalELBO(analytic_kl=False, vectorize=vectorize).terms(model, guide, data)
     assert torch.allclose(sub["elbo"], expected, atol=1e-8)
 
 
