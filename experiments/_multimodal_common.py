@@ -346,15 +346,15 @@ def evaluate(spec: dict, ns, data, model, guide, device) -> dict:
     out = {"num_eval_points": len(labels), "is_num_samples": k}
 
     joint = log_likelihood(model, guide, test, num_samples=k)
-    out["test_log_likelihood"] = joint.mean().item()
+    out["test_log_likelihood"] = joint.nanmean().item()  # NaN: nothing to score
     marginals, conditionals = {}, {}
     for subset in spec["llh_subsets"]:
         members = subset.split("+")
         logp = log_likelihood(model, guide, test, targets=members, num_samples=k)
-        marginals[subset] = logp.mean().item()
+        marginals[subset] = logp.nanmean().item()
         rest = subset_name(m for m in modalities if m not in members)
         if rest:  # log p(x_rest | x_S) = log p(x) - log p(x_S)
-            conditionals[f"{rest}|{subset}"] = (joint - logp).mean().item()
+            conditionals[f"{rest}|{subset}"] = (joint - logp).nanmean().item()
     out["test_marginal_log_likelihood"] = marginals
     out["test_conditional_log_likelihood"] = conditionals
 

@@ -58,7 +58,12 @@ class LaplaceDecoder(_LocScaleDecoder):
 
 
 class BernoulliDecoder(nn.Module):
-    """``p(x|z) = Bernoulli(logits=net(z))`` for binary (or [0, 1]-valued) data."""
+    """``p(x|z) = Bernoulli(logits=net(z))`` for binary (or [0, 1]-valued) data.
+
+    Arguments are not validated, so [0, 1]-valued data (image intensities) are scored by the
+    continuous relaxation of the log-likelihood. A placeholder at masked-out entries never
+    reaches ``log_prob`` anyway: :func:`~pyro_mmvae.protocol.observe` puts a draw there.
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -76,8 +81,11 @@ class CategoricalDecoder(nn.Module):
     batch and it are further event dims: logits ``(..., B, L, A)`` give event ``(L, A)`` (one
     categorical per character, summed), logits ``(..., B, A)`` a single categorical, event
     ``(A,)``. ``log p(x|z)`` is the sum of ``log_softmax(logits)`` at the one-hot indices.
-    Arguments are not validated, so the all-zero placeholder of a missing modality is accepted
-    (it scores category 0; the protocol masks it out).
+    Any placeholder of a missing modality (all zeros, say) is fine inside a model:
+    :func:`~pyro_mmvae.protocol.observe` replaces masked-out entries by a draw (a valid
+    one-hot) before they are scored. Arguments are still not validated, so code that scores
+    the decoder's distribution at the raw data itself (an all-zero row scores category 0) or
+    at soft one-hot vectors does not raise.
     """
 
     def __init__(self, net: nn.Module):

@@ -23,7 +23,7 @@ import torch
 from pyro.distributions import MultivariateNormal, Normal
 from torch import nn
 
-from pyro_mmvae.protocol import full_mask
+from pyro_mmvae.protocol import full_mask, num_points
 
 from .decoders import GaussianDecoder
 from .multimodal import MultimodalModel
@@ -80,15 +80,25 @@ class LinearGaussianModel(MultimodalModel):
         return torch.cat(blocks, dim=1), dec.net.bias, dec.scale
 
     def _natural_posterior(self, data, mask):
-        # masks (..., B) may carry leading (stacked-subset) dims; everything broadcasts.
+        # masks (..., B) may carry leading (stacked-subset) dims; everything broadcasts. A
+        # modality absent from data (its mask all False, if given) contributes nothing; one in
+        # data without a mask entry is observed everywhere.
         mask = full_mask(data) if mask is None else mask
         d = self.stacked_dim
-        ref = next(iter(data.values()))
+        ref = next(iter(data.values()), None)
+        if ref is None:
+            ref = self.decoders[self.modalities[0]].net.weight
+        n = num_points(data, mask)
         lam = torch.eye(d, dtype=ref.dtype, device=ref.device)  # (D, D)
-        eta = log_noise = 0.0
+        eta, log_noise = ref.new_zeros(n, d), ref.new_zeros(n)
         for m in self.modalities:
+            if m not in data:
+                if m in mask and mask[m].any():
+                    raise ValueError(f"modality '{m}' is marked observed but has no data")
+                continue
             w, b, s = self.linear_parameters(m)
-            on = mask[m].to(ref.dtype)  # (..., B)
+            on = (mask[m] if m in mask else torch.ones(n, dtype=torch.bool)).to(
+                dtype=ref.dtype, device=ref.device)  # (..., B)
             prec = s.pow(-2)  # scalar
             r = data[m] - b  # (B, D_m)
             lam = lam + on[..., None, None] * prec * (w.T @ w)

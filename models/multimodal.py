@@ -34,8 +34,9 @@ class MultimodalModel(NamedPyroModule):
     the unobserved modalities, and ``model({}, {m: torch.zeros(n, dtype=torch.bool) for m in
     model.modalities})`` draws ``n`` joint samples from the prior (``poutine.uncondition``
     also re-samples the observed ones). ``mask=None`` observes every modality in ``data``.
-    ``num_samples=n`` (deprecated, with a ``DeprecationWarning``) is the all-False mask of
-    ``n`` points.
+    ``model({}, num_samples=n)`` (deprecated, with a ``DeprecationWarning``) still draws ``n``
+    joint samples: without a mask, ``num_samples`` observes what ``data`` holds and generates
+    the rest.
 
     With ``private_dim`` the model has private latents (seed 004 eq. 8):
     :math:`p(z)\prod_m p(w_m)\,p(x_m\mid z, w_m)` with :math:`w_m\sim\mathcal N(0, I)` at

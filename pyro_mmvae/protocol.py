@@ -26,8 +26,10 @@ against their batch shape as they broadcast particle dimensions. The library's o
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
+import random
 from typing import Mapping, Optional
 
 import pyro
@@ -106,9 +108,57 @@ def _plate_batch_shape(fn) -> torch.Size:
     return torch.broadcast_shapes(fn.batch_shape, torch.Size(shape))
 
 
+class _GenerationStream:
+    """The random numbers of :func:`generate`'s draws, kept apart from torch's global stream.
+
+    Drawing the generations from torch's global generator would shift every later random
+    number of a training step (latents, subset masks) by an amount that depends on how the
+    model is called (one vectorised call or one call per subset; masks all True or not), so
+    the same seed would no longer give the same training run. Instead each draw runs inside
+    ``torch.random.fork_rng`` on a generator seeded from a hash of torch's current state and
+    64 bits of Python's ``random`` module: torch's generators are left exactly as they were,
+    consecutive draws differ, and ``pyro.set_rng_seed`` (which seeds both) makes them
+    reproducible.
+    """
+
+    @staticmethod
+    def _device(fn) -> torch.device:
+        seen, todo = set(), [fn]
+        while todo:
+            obj = todo.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            for v in vars(obj).values():
+                if torch.is_tensor(v):
+                    return v.device
+                if isinstance(v, torch.distributions.Distribution):
+                    todo.append(v)
+        return torch.device("cpu")
+
+    def sample(self, fn) -> torch.Tensor:
+        device = self._device(fn)
+        cuda = device.type == "cuda"
+        index = (device.index if device.index is not None else torch.cuda.current_device()) \
+            if cuda else None
+        generator = torch.cuda.default_generators[index] if cuda else torch.default_generator
+        key = generator.get_state().numpy().tobytes() + random.getrandbits(64).to_bytes(8, "little")
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 2 ** 63
+        with torch.random.fork_rng(devices=[index] if cuda else []):
+            generator.manual_seed(seed)
+            return fn.sample()
+
+
+_STREAM = _GenerationStream()
+
+
 def generate(fn) -> Optional[torch.Tensor]:
     """One draw of ``fn`` without gradient, expanded to the enclosing plates (what
-    :func:`observe` puts at entries that are not observed); None if ``fn`` cannot be sampled."""
+    :func:`observe` puts at entries that are not observed); None if ``fn`` cannot be sampled.
+
+    The draw comes from a random stream of its own (:class:`_GenerationStream`): it consumes
+    nothing of torch's global generators, so generating changes no other random number of a
+    run, and ``pyro.set_rng_seed`` makes it reproducible."""
     shape = _plate_batch_shape(fn)
     with torch.no_grad():
         if shape != fn.batch_shape:
@@ -117,7 +167,7 @@ def generate(fn) -> Optional[torch.Tensor]:
             except NotImplementedError:
                 pass  # the draw is broadcast against the data instead
         try:
-            return fn.sample()
+            return _STREAM.sample(fn)
         except NotImplementedError:
             return None
 

@@ -22,7 +22,8 @@ run directory
 For the linear-Gaussian dataset it reports exact, PCA-optimal and importance-sampled
 log-likelihoods and the relative LLH gap (seed 004 §5.1).
 
-Log-likelihoods and rates are means per data point in nats.
+Log-likelihoods and rates are means per data point in nats (over the points that have
+something to score: :func:`~pyro_mmvae.eval.log_likelihood` is NaN for the others).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def evaluate_linear_gaussian(args, data, model, guide) -> Dict[str, float]:
         cov = w @ w.T + sigma2 * torch.eye(x_test.shape[-1], dtype=torch.float64)
         out["pca_mle_test_log_likelihood"] = gaussian_log_likelihood(x_test, b, cov).mean().item()
         test = {m: x.to(device) for m, x in data.test.items()}
-        out["test_is_log_likelihood"] = log_likelihood(model, guide, test,
-                                                       num_samples=args.is_samples).mean().item()
+        out["test_is_log_likelihood"] = log_likelihood(
+            model, guide, test, num_samples=args.is_samples).nanmean().item()
         out["is_num_samples"] = args.is_samples
     return out
 
@@ -149,7 +150,7 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
     modalities = list(test)
     observed = {m: torch.ones(len(labels), dtype=torch.bool, device=device) for m in modalities}
     joint = log_marginal(model, guide, test, observed, args.is_samples)
-    out["test_log_likelihood"] = joint.mean().item()
+    out["test_log_likelihood"] = joint.mean().item()  # every test point fully observed
     if len(modalities) > 1:  # log p(x_m | x_rest) = log p(x) - log p(x_rest): one joint for all
         out["test_leave_one_out_log_likelihood"] = {
             m: (joint - log_marginal(model, guide, test, observed | {m: ~observed[m]},
@@ -166,7 +167,8 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
     out["classifier_test_accuracy"] = classifier_accuracy(classifiers, test, labels)
     log("coherence and latent classification for every subset of inputs")
     out["conditional_coherence"] = conditional_coherence(model, guide, test, labels, classifiers)
-    out["joint_coherence"] = joint_coherence(model, classifiers, num_samples=1000)
+    out["joint_coherence"] = joint_coherence(model, classifiers, num_samples=1000,
+                                             modalities=modalities)
     train = _sub(data.train, n and 4 * n, device)
     train_labels = data.train_labels[:n and 4 * n].to(device) if n else \
         data.train_labels.to(device)
@@ -187,7 +189,7 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
     save_generation_grid(run_dir / "generation_all.png", model, guide, test, modalities)
     for m in modalities:
         save_generation_grid(run_dir / f"generation_{m}.png", model, guide, test, [m])
-    save_samples_grid(run_dir / "samples.png", model)
+    save_samples_grid(run_dir / "samples.png", model, modalities=modalities)
     out["evaluation_time_s"] = time.perf_counter() - t0
     return out
 
@@ -227,7 +229,7 @@ def evaluate_run(args, data, model, guide, run_dir, device, progress: bool = Fal
     else:  # unlabelled data: likelihoods only
         test = _sub(data.test, args.eval_points, device)
         metrics = {"test_log_likelihood": log_likelihood(
-            model, guide, test, num_samples=args.is_samples).mean().item()}
+            model, guide, test, num_samples=args.is_samples).nanmean().item()}
     write_json(run_dir / EVALUATION, metrics)
     return metrics
 

@@ -10,11 +10,13 @@ arrays on the CPU (whatever device the tensors live on). ``chain`` has size 1 an
   is ``<site>_dim``, a larger event ``<site>_dim_0, <site>_dim_1, ...``, a scalar none.
 - ``posterior_predictive``: ``x_<m>`` with ``(chain, draw, datapoint, <m>_dim_0, ...)``, one
   draw of :math:`p(x_m\mid z)` per latent draw: a reconstruction where ``m`` is observed, a
-  cross-modal generation where it is masked out.
+  cross-modal generation where it is masked out or absent from ``data`` (the value
+  :func:`pyro_mmvae.observe` put in the trace there).
 - ``log_likelihood``: ``x_<m>`` with ``(chain, draw, datapoint)``, the pointwise
   :math:`\log p(x_m\mid z)` at the data (unscaled), ``NaN`` where ``m`` is masked out.
 - ``observed_data``: ``x_<m>`` with ``(datapoint, <m>_dim_0, ...)``, the data with ``NaN``
-  where masked out (integer data is converted to float64 to hold the ``NaN``).
+  where masked out (integer data is converted to float64 to hold the ``NaN``); modalities
+  absent from ``data`` have none.
 - ``constant_data``: ``mask_<m>`` with ``(datapoint,)``, the mask (bool).
 - ``sample_stats``: ``lp`` (:math:`\log p(x_S, z)`, every model site in the data plate, masked
   as in the bounds), ``log_q`` (:math:`\log q(z\mid x_S)`) and ``log_weight`` (``lp - log_q``,
@@ -59,7 +61,8 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_mmvae.infer.traces import (check_model_guide, latent_sites, site_log_prob, trace_guide,
                                      trace_model)
-from pyro_mmvae.protocol import DATA_PLATE, check_positive_int, site_modality, validate_batch
+from pyro_mmvae.protocol import (DATA_PLATE, check_positive_int, num_points, site_modality,
+                                 validate_batch)
 
 DRAWS_PLATE = "_draws"
 SAMPLE_DIMS = ("chain", "draw")
@@ -88,7 +91,8 @@ def to_inference_data(model, guide, data: Mapping[str, torch.Tensor],
     :param data: ``{modality: (N, ...)}`` tensors (missing entries: a finite placeholder).
     :param mask: ``{modality: (N,)}`` bool, True where observed; None observes everything. The
         guide is conditioned on it, so masked-out modalities are cross-generated in
-        ``posterior_predictive``.
+        ``posterior_predictive``. It may name a modality absent from ``data`` (all False): the
+        model generates it.
     :param num_samples: draws per data point (the ``draw`` dim; ``chain`` has size 1).
     :param coords: extra or replacing coordinates, ``{dim: values}``, e.g.
         ``{"datapoint": ids, "z_dim": ["size", "tilt"]}``. ``datapoint`` defaults to
@@ -109,7 +113,7 @@ def to_inference_data(model, guide, data: Mapping[str, torch.Tensor],
     num_samples = check_positive_int(num_samples, "num_samples")
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
     mask = validate_batch(data, mask)
-    n = next(iter(data.values())).shape[0]
+    n = num_points(data, mask)
     chunk = chunk_size or max(1, min(num_samples, 65536 // max(n, 1)))
     draw_dim = -(max_plate_nesting + 1)
 
@@ -167,7 +171,7 @@ def _draw(model, guide, data, mask, size, draw_dim, max_plate_nesting, predictiv
     guide_tr = trace_guide(guide, data, mask, plates)
     model_tr = trace_model(model, guide_tr, data, mask, plates)
     latents = latent_sites(guide_tr)
-    check_model_guide(model_tr, latents, data)
+    check_model_guide(model_tr, guide_tr, data)
     out = {"posterior": {}, "posterior_predictive": {}, "log_likelihood": {}, "stats": {},
            "dims": {}, "observed": {}}
     for name in latents:
@@ -180,7 +184,8 @@ def _draw(model, guide, data, mask, size, draw_dim, max_plate_nesting, predictiv
         m = site_modality(name)
         if m is None:
             continue
-        # observed sites are re-drawn from p(x_m | z); unobserved ones already were
+        # re-drawn from p(x_m | z) everywhere (observe generated the masked-out entries, but
+        # the observed ones hold the data); a site sampled by the model is already a draw
         fn = site["fn"]
         if not site["is_observed"]:
             value = site["value"]
@@ -191,10 +196,10 @@ def _draw(model, guide, data, mask, size, draw_dim, max_plate_nesting, predictiv
         value, out["dims"][name] = _plated(site, value, max_plate_nesting, m, "_dim_0")
         if predictive:
             out["posterior_predictive"][name] = _numpy(value)
-        if not site["is_observed"] or m not in mask:
+        if not site["is_observed"] or m not in mask or m not in data:
             continue
         on = _aligned_mask(site, mask[m]).to(value.device)
-        obs = site["value"]
+        obs = data[m].to(value.device)  # the site's value holds generations where masked out
         if not obs.is_floating_point():
             obs = obs.double()
         obs = obs.expand(fn.batch_shape[1:] + fn.event_shape)
@@ -203,12 +208,14 @@ def _draw(model, guide, data, mask, size, draw_dim, max_plate_nesting, predictiv
         out["observed"][name] = _numpy(_plated(site, obs[None], max_plate_nesting, m,
                                                "_dim_0")[0][0])
         if loglik:
-            lp = fn.log_prob(site["value"])  # unscaled and unmasked
+            # unscaled and unmasked, at the site's value: the data where observed, a draw in
+            # the support elsewhere (NaN'd below), so a placeholder never reaches log_prob
+            lp = fn.log_prob(site["value"])
             lp = torch.where(on, lp, torch.full_like(lp, math.nan))
             lp, _ = _plated(site, lp, max_plate_nesting, m, "_dim_0", event_dim=0)
             out["log_likelihood"][name] = _numpy(lp)
     if stats:
-        n = next(iter(data.values())).shape[0]
+        n = num_points(data, mask)
 
         def total(trace, names):
             parts = [_per_datapoint(trace.nodes[k], size, max_plate_nesting) for k in names]

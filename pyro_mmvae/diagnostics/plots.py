@@ -3,7 +3,8 @@ r"""Pictures of a trained multimodal VAE: reconstructions, cross-generations, sa
 - :func:`conditional_generations`: every modality generated from :math:`z\sim q(z\mid x_S)`
   for one or several input subsets ``S`` (one guide call and one model call for all subsets,
   as :func:`pyro_mmvae.eval.conditional_coherence` does);
-- :func:`unconditional_samples`: ``model({}, num_samples=n)``;
+- :func:`unconditional_samples`: ``model({}, mask)`` with every modality masked out, so
+  :func:`pyro_mmvae.observe` generates them all from the prior;
 - :func:`generation_grid` / :func:`save_generation_grid`: a PNG with one column per data
   point, the inputs on top and one row per generated modality below; images are drawn with
   :func:`torchvision.utils.make_grid`, one-hot text is written out as its decoded string, and
@@ -21,11 +22,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from pyro import poutine
 
 from pyro_mmvae.data.text import ALPHABET, decode_text
-from pyro_mmvae.eval.coherence import (_generated, decoded_value, generation_trace,
-                                       subset_matrix)
+from pyro_mmvae.eval.coherence import (_device, _generated, decoded_value, generation_trace,
+                                       subset_matrix, unconditional_trace)
 from pyro_mmvae.io import atomic_write
 from pyro_mmvae.protocol import batch_size as data_size, validate_batch
 
@@ -81,9 +81,17 @@ def conditional_generations(model, guide, data: Mapping[str, torch.Tensor], subs
 
 
 @torch.no_grad()
-def unconditional_samples(model, num_samples: int, use_mean: bool = True) -> dict:
-    """``{modality: (n, ...)}`` generated from the prior, ``model({}, num_samples=n)``."""
-    trace = poutine.trace(model).get_trace({}, num_samples=num_samples)
+def unconditional_samples(model, num_samples: int, use_mean: bool = True,
+                          modalities: Optional[Sequence[str]] = None) -> dict:
+    """``{modality: (n, ...)}`` generated from the prior: ``model({}, mask)`` with the mask
+    all False for ``modalities`` (default: ``model.modalities``; a plain function must be told
+    them, as the mask gives the number of points), every ``"x_<m>"`` site of the trace kept."""
+    if modalities is None:
+        modalities = getattr(model, "modalities", None)
+        if modalities is None:
+            raise ValueError("pass modalities=[...]: the model has no 'modalities' attribute "
+                             "and the mask must name them")
+    trace = unconditional_trace(model, modalities, num_samples, _device(model))
     out = {}
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and name.startswith("x_"):
@@ -160,9 +168,11 @@ def save_generation_grid(path, model, guide, data: Mapping[str, torch.Tensor], g
     return Path(path)
 
 
-def save_samples_grid(path, model, num_samples: int = 8, use_mean: bool = True) -> Path:
-    """PNG of ``num_samples`` unconditional samples, one row per modality."""
-    samples = unconditional_samples(model, num_samples, use_mean)
+def save_samples_grid(path, model, num_samples: int = 8, use_mean: bool = True,
+                      modalities: Optional[Sequence[str]] = None) -> Path:
+    """PNG of ``num_samples`` unconditional samples, one row per modality
+    (:func:`unconditional_samples`)."""
+    samples = unconditional_samples(model, num_samples, use_mean, modalities)
     _save(generation_grid([(f"sample {m}", x) for m, x in samples.items()],
                           "unconditional samples, z ~ p(z)"), path)
     return Path(path)

@@ -23,11 +23,14 @@ modality ``m`` has a classifier :math:`\mathrm{clf}_m` trained on real data
 
 **Batched over subsets.** All subsets are stacked along a plate left of the data plate: the
 guide is traced *once* per mini-batch with masks of shape ``(S, [P,] B)`` (the protocol's
-leading mask dims), and the model is replayed against that trace *once*, with no data
-(``model({}, num_samples=B)``), so every ``"x_<m>"`` site is sampled for every subset and
-particle; the classifiers then run on the flattened ``(S * P * B, ...)`` generations. Latents
-the guide does not sample (e.g. the private ``"w_<m>"`` of a modality outside ``S``, for a guide
-that leaves them out) come from the model's prior. This works for any protocol model and guide.
+leading mask dims), and the model is replayed against that trace *once* with every modality
+masked out (``model(data, {m: all False (B,)})``: the protocol's generation mechanism,
+:func:`pyro_mmvae.protocol.observe`), so every ``"x_<m>"`` site is generated for every subset
+and particle; the classifiers then run on the flattened ``(S * P * B, ...)`` generations.
+Latents the guide does not sample (e.g. the private ``"w_<m>"`` of a modality outside ``S``,
+for a guide that leaves them out) come from the model's prior. This works for any protocol
+model and guide (ones that do not declare :func:`pyro_mmvae.protocol.vectorized` are called
+cell by cell by :func:`~pyro_mmvae.infer.traces.trace_guide` and ``trace_model``).
 
 Results are plain floats and dicts keyed by readable subset names (``"m0+m2"``, modalities in
 data order), ready for ``json.dump``; quantities with nothing to average are ``None``.
@@ -45,7 +48,7 @@ from pyro import poutine
 from pyro.distributions import Categorical, OneHotCategorical
 
 from pyro_mmvae.eval.classifiers import predict
-from pyro_mmvae.infer.traces import trace_guide, within_plates
+from pyro_mmvae.infer.traces import trace_guide, trace_model
 from pyro_mmvae.protocol import (LATENT_SITE, batch_size as data_size, check_positive_int,
                                  obs_site, stack_mask, unstack_mask, validate_batch)
 
@@ -137,24 +140,30 @@ def decoded_value(site: dict, use_mean: bool = True) -> torch.Tensor:
     return torch.broadcast_to(out, value.shape)
 
 
+def unobserved(modalities, n: int, device=None) -> dict:
+    """The all-False mask ``{m: (n,)}``: nothing observed, every modality generated."""
+    return {m: torch.zeros(n, dtype=torch.bool, device=device) for m in modalities}
+
+
 def generation_trace(model, guide, data: Mapping[str, torch.Tensor], rows: torch.Tensor,
                      plates, max_plate_nesting: int = 1):
     r"""One guide call on all subsets ``rows (S, M)`` stacked on ``plates`` (``"subsets"``
-    then ``"particles"``, left of the data plate), and one model call replayed on it with no
-    data, so every ``"x_<m>"`` site is generated from :math:`z\sim q(z\mid x_S)` for every
-    subset and particle. Returns the model trace."""
+    then ``"particles"``, left of the data plate), and one model call replayed on it with
+    every modality masked out (``model(data, all-False masks)``, the protocol's generation
+    mechanism), so every ``"x_<m>"`` site is generated from :math:`z\sim q(z\mid x_S)` for
+    every subset and particle. Returns the model trace."""
     b = data_size(data)
     guide_tr = trace_guide(guide, data, _subset_masks(rows, b, list(data), max_plate_nesting,
                                                       True), plates)
-    return poutine.trace(poutine.replay(within_plates(model, plates), trace=guide_tr)
-                         ).get_trace({}, num_samples=b)
+    device = next(iter(data.values())).device
+    return trace_model(model, guide_tr, data, unobserved(data, b, device), plates)
 
 
 def _generated(trace, modality: str) -> dict:
     site = trace.nodes.get(obs_site(modality))
     if site is None or site["type"] != "sample":
         raise ValueError(f"modality '{modality}': the model generates no site "
-                         f"'{obs_site(modality)}' when called as model({{}}, num_samples=n)")
+                         f"'{obs_site(modality)}' when called with '{modality}' masked out")
     return site
 
 
@@ -283,21 +292,44 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
     }
 
 
+def _device(*modules):
+    """The device of the first parameter or buffer of any ``torch.nn.Module`` given (CPU if
+    none has one)."""
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            for t in itertools.chain(module.parameters(), module.buffers()):
+                return t.device
+    return torch.device("cpu")
+
+
+def unconditional_trace(model, modalities: Sequence[str], n: int, device=None):
+    """Trace of ``model({}, {m: all False (n,)})``: ``n`` joint samples from the prior, every
+    modality generated (:func:`pyro_mmvae.protocol.observe`)."""
+    return poutine.trace(model).get_trace({}, unobserved(modalities, n, device))
+
+
 @torch.no_grad()
 def joint_coherence(model, classifiers: Mapping, num_samples: int = 1000, use_mean: bool = True,
-                    batch_size: int = 1000) -> float:
+                    batch_size: int = 1000, modalities: Optional[Sequence[str]] = None) -> float:
     r"""Random-generation coherence (MoPoE "joint coherence"): the fraction of unconditional
-    samples ``model({}, num_samples=n)`` (``z`` from the prior, then every modality decoded,
-    its likelihood mean with ``use_mean``) on which all ``classifiers`` predict the same
-    label. Drawn in chunks of ``batch_size``."""
+    samples (``model({}, mask)`` with every modality masked out: ``z`` from the prior, then
+    every modality generated, its likelihood mean with ``use_mean``) on which all
+    ``classifiers`` predict the same label. Drawn in chunks of ``batch_size``.
+
+    :param modalities: the modalities the mask names (default: ``model.modalities`` if the
+        model has that attribute, else the classifiers' modalities).
+    """
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = check_positive_int(batch_size, "batch_size")
     if not classifiers:
         raise ValueError("joint_coherence needs at least one classifier")
+    if modalities is None:
+        modalities = getattr(model, "modalities", None) or list(classifiers)
+    device = _device(model, *classifiers.values())
     agree, done = 0, 0
     while done < num_samples:
         n = min(batch_size, num_samples - done)
-        trace = poutine.trace(model).get_trace({}, num_samples=n)
+        trace = unconditional_trace(model, modalities, n, device)
         preds = torch.stack([predict(clf, _flat_generations(_generated(trace, m), n, use_mean, m))
                              for m, clf in classifiers.items()])
         agree += int((preds == preds[0]).all(0).sum())

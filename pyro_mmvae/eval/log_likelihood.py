@@ -6,13 +6,14 @@ r"""Importance-sampled log-likelihoods (seed 004 App. I; Burda et al. 2016).
 per data point, with the guide conditioned on the same set ``A`` it scores (the proposal that
 keeps the estimate tight). Conditionals are differences of two such estimates,
 :math:`\log p(x_T\mid x_S)=\log p(x_{S\cup T})-\log p(x_S)`. Likelihood weights are never
-applied here.
+applied here. :func:`log_likelihood` is NaN for data points with nothing to score (no observed
+target): average it with ``nanmean``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import torch
 
@@ -28,7 +29,8 @@ def log_marginal(model, guide, data, mask, num_samples: int = 1000,
 
     Particles are vectorised in chunks of ``chunk_size`` (default: about 65k particle-datapoint
     pairs per chunk), combined with a running log-sum-exp, so memory stays bounded for any K.
-    Data points with an empty ``A`` get exactly 0.
+    Data points with an empty ``A`` get exactly 0 (the log-probability of observing nothing,
+    what the difference of a conditional needs; :func:`log_likelihood` reports them as NaN).
     """
     num_samples = check_positive_int(num_samples, "num_samples")
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
@@ -56,31 +58,44 @@ def log_marginal(model, guide, data, mask, num_samples: int = 1000,
     return torch.where(observed_any, value, torch.zeros_like(value))
 
 
-def log_likelihood(model, guide, data, mask=None, given: Optional[Iterable[str]] = None,
-                   targets: Optional[Iterable[str]] = None, num_samples: int = 1000,
+def log_likelihood(model, guide, data, mask=None,
+                   given: Optional[Union[str, Iterable[str]]] = None,
+                   targets: Optional[Union[str, Iterable[str]]] = None, num_samples: int = 1000,
                    chunk_size: Optional[int] = None) -> torch.Tensor:
     r"""Per-datapoint importance-sampled log-likelihood, ``(B,)``.
 
-    - ``given=None``: the joint :math:`\log p(x_O)` of the observed modalities ``O``.
+    - ``given=None``: the joint :math:`\log p(x_T)` of the observed modalities (``T = O``, or
+      ``O`` intersected with ``targets``).
     - ``given=S``: :math:`\log p(x_T\mid x_S)` with ``T = targets`` (default: the observed
-      modalities outside ``S``), intersected per data point with what is observed.
+      modalities outside ``S``), both intersected per data point with what is observed. Where
+      none of ``S`` is observed this is :math:`\log p(x_T)`.
 
+    **NaN** marks data points with nothing to score, whose ``T`` is empty once intersected
+    with what is observed (a target modality missing there; the joint of a point with nothing
+    observed): average with ``torch.nanmean`` / ``numpy.nanmean``, or select with
+    ``~result.isnan()``.
+
+    :param given: a modality name or a list of them (``"top"`` is ``["top"]``).
+    :param targets: a modality name or a list of them.
     :param num_samples: importance samples K (default 1000), vectorised and chunked.
     """
     num_samples = check_positive_int(num_samples, "num_samples")
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
     mask = validate_batch(data, mask)
     modalities = list(data)
+    given, targets = _names(given), _names(targets)
     for name, names in (("given", given), ("targets", targets)):
         for m in names or ():
             if m not in data:
                 raise ValueError(f"{name} names unknown modality '{m}': data has {modalities}")
     observed = stack_mask(mask, modalities)
     if given is None:
+        t = observed
         if targets is not None:
-            observed = observed & _indicator(targets, modalities, observed)
-        return log_marginal(model, guide, data, unstack_mask(observed, modalities), num_samples,
-                            chunk_size)
+            t = t & _indicator(targets, modalities, observed)
+        joint = log_marginal(model, guide, data, unstack_mask(t, modalities), num_samples,
+                             chunk_size)
+        return _scored(joint, t)
     s = observed & _indicator(given, modalities, observed)
     t = observed & ~s
     if targets is not None:
@@ -88,8 +103,20 @@ def log_likelihood(model, guide, data, mask=None, given: Optional[Iterable[str]]
     joint = log_marginal(model, guide, data, unstack_mask(s | t, modalities), num_samples,
                          chunk_size)
     marginal = log_marginal(model, guide, data, unstack_mask(s, modalities), num_samples,
-                            chunk_size)
-    return joint - marginal
+                            chunk_size)  # exactly 0 where none of S is observed
+    return _scored(joint - marginal, t)
+
+
+def _scored(value: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``value`` where a data point has an observed target (``targets (N, M)``), else NaN."""
+    return torch.where(targets.any(-1), value, torch.full_like(value, math.nan))
+
+
+def _names(names) -> Optional[list]:
+    """A modality name or an iterable of them as a list (None stays None)."""
+    if names is None:
+        return None
+    return [names] if isinstance(names, str) else list(names)
 
 
 def _indicator(names, modalities, like):

@@ -207,6 +207,7 @@ def test_image_text_model_trains_under_masked_bound_and_trace_elbo():
         losses = [svi.step(data, mask) for _ in range(3)]
         assert all(math.isfinite(v) for v in losses)
     # generation: the model samples both modalities from the prior
-    tr = pyro.poutine.trace(model).get_trace({}, None, num_samples=4)
+    tr = pyro.poutine.trace(model).get_trace({}, {m: torch.zeros(4, dtype=torch.bool)
+                                                  for m in ("img", "text")})
     assert tr.nodes["x_img"]["value"].shape == (4, 3, 15, 15)
     assert tr.nodes["x_text"]["value"].shape == (4, 8, 5)
