@@ -9,9 +9,9 @@ Times one ``pyro.infer.SVI.step`` (forward, backward, ``pyro.optim.Adam``) of
   hidden and pooling widths ``--agg-width``, 4 heads, one attention block), and their mixture
   variants ``SumPoolingMixture`` and ``SelfAttentionMixture`` (``--components`` components),
 
-at ``M = 2, 5, 10, 20`` modalities, on ``pyro_mmvae.models.LinearGaussianModel`` with ``D_m = 32`` per
-modality, latent 8, batch 256, every modality observed, one MLP ``pyro_mmvae.guides.expert_encoder`` per
-modality. Reported: the median step time, its ratio to PoE at the same ``M``, and the growth
+at ``M = 2, 5, 10, 20`` modalities, on ``pyro_mmvae.models.LinearGaussianModel`` with
+``D_m = 32`` per modality, latent 8, batch 256, every modality observed, one MLP
+``pyro_mmvae.guides.expert_encoder`` per modality. Reported: the median step time, its ratio to PoE at the same ``M``, and the growth
 from the smallest to the largest ``M`` with its log-log slope (1: linear in ``M``, 2:
 quadratic).
 
@@ -55,18 +55,14 @@ import pyro.optim
 import torch
 from pyro.infer import SVI
 
-try:  # the packages are installed (editable); fall back to the checkout this script sits in
-    import pyro_mmvae.guides  # noqa: F401
-except ModuleNotFoundError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_bounds' timing helpers
 
 from bench_bounds import (Variant, environment, library_revision, make_data, median_ms,  # noqa
                           time_interleaved)
-from pyro_mmvae.guides import (MoPoE, MultimodalGuide, PoE, SelfAttention, SelfAttentionMixture, SumPooling,
-                    SumPoolingMixture, expert_encoder)
-from pyro_mmvae.models import LinearGaussianModel
-from pyro_mmvae import MaskedMultimodalELBO
+from pyro_mmvae import MaskedMultimodalELBO  # noqa: E402
+from pyro_mmvae.guides import (MoPoE, MultimodalGuide, PoE, SelfAttention,  # noqa: E402
+                               SelfAttentionMixture, SumPooling, SumPoolingMixture, expert_encoder)
+from pyro_mmvae.models import LinearGaussianModel  # noqa: E402
 
 AGGREGATORS = ["PoE", "MoPoE", "SumPooling", "SelfAttention", "SumPoolingMixture",
                "SelfAttentionMixture"]
@@ -277,9 +273,11 @@ def render(args, argv, steps, alone, elapsed) -> str:
         f"- Date: {date}; total run time {elapsed:.0f} s",
         f"- Environment: {environment(args)}",
         f"- Library: commit {library_revision()}",
-        f"- Problem: `pyro_mmvae.models.LinearGaussianModel` ({args.dim} features per modality, latent "
+        f"- Problem: `pyro_mmvae.models.LinearGaussianModel` ({args.dim} features per modality, "
+        f"latent "
         f"{args.latent_dim}), batch {args.batch}, every modality observed, one particle; "
-        f"`pyro_mmvae.guides.MultimodalGuide` with one `expert_encoder(D_m, E // 2, {list(args.hidden)})` "
+        f"`pyro_mmvae.guides.MultimodalGuide` with one "
+        f"`expert_encoder(D_m, E // 2, {list(args.hidden)})` "
         f"per modality, E = {2 * args.latent_dim} for PoE / MoPoE and E = {args.feature_dim} for "
         f"the pooling aggregators; SumPooling / SelfAttention widths (hidden, pooling, attention, "
         f"MLP) {args.agg_width}, {args.heads} heads, one attention block; mixtures with "

@@ -35,8 +35,9 @@ Two tables:
    encoders once per encoding, which mirrored the library before ``MaskedMultimodalELBO``
    stacked its two encodings into one guide call.)
 
-Model: ``pyro_mmvae.models.LinearGaussianModel`` (linear Gaussian decoders, unit noise, ``N(0, I)`` prior);
-guide: ``pyro_mmvae.guides.MultimodalGuide`` with one MLP ``pyro_mmvae.guides.expert_encoder`` per modality; data:
+Model: ``pyro_mmvae.models.LinearGaussianModel`` (linear Gaussian decoders, unit noise, ``N(0, I)``
+prior); guide: ``pyro_mmvae.guides.MultimodalGuide`` with one MLP
+``pyro_mmvae.guides.expert_encoder`` per modality; data:
 ``pyro_mmvae.data.linear_gaussian.shared_latent_study`` with every modality observed.
 
 Measurement:
@@ -91,11 +92,6 @@ import torch.nn.functional as F
 from pyro.infer import SVI
 from pyro import poutine
 from torch.distributions import Normal, kl_divergence
-
-try:  # the packages are installed (editable); fall back to the checkout this script sits in
-    import pyro_mmvae.guides  # noqa: F401
-except ModuleNotFoundError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import LinearGaussianModel
@@ -435,7 +431,7 @@ def overhead_table(args) -> dict:
                     Variant("torch", lambda: hand.step(xs, observed), own_store=False)]
         print(f"[overhead M={m_count}] timing ...", flush=True)
         time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds,
-                     args.prime_below_ms / 1e3)
+                         args.prime_below_ms / 1e3)
         results[m_count] = {"check": check, "n": min(len(v.times) for v in variants),
                             **{v.name: median_ms(v) for v in variants}}
     return results

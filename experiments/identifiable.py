@@ -22,12 +22,12 @@ plus noise (:mod:`pyro_mmvae.data.identifiable`).
   ``q(z | x_observed)``.
 
 Rows (both tables): PoE, MoE, SumPooling and SelfAttention with the standard-normal prior;
-SumPooling, SelfAttention, SumPoolingMixture and SelfAttentionMixture (5 components) with a
-learned 5-component Gaussian-mixture prior (:class:`~pyro_mmvae.models.GaussianMixturePrior`, optimal
+SumPooling, SelfAttention, SumPoolingMixture and SelfAttentionMixture (5 components) with a learned
+5-component Gaussian-mixture prior (:class:`~pyro_mmvae.models.GaussianMixturePrior`, optimal
 cluster factor). Each is trained with the masked bound (``"ours"``,
-:class:`~pyro_mmvae.MaskedMultimodalELBO`, masks drawn within each point's observed set) and
-the mixture bound (:class:`~pyro_mmvae.MixtureMultimodalELBO` with the same masking
-distribution, one draw from the mixture guide, as in seed 004's code).
+:class:`~pyro_mmvae.MaskedMultimodalELBO`, masks drawn within each point's observed set) and the
+mixture bound (:class:`~pyro_mmvae.MixtureMultimodalELBO` with the same masking distribution, one
+draw from the mixture guide, as in seed 004's code).
 
 Recipe (spec §9.3-9.4): encoders MLP ``D_s -> H -> H -> E`` (ReLU), ``H = E = 128`` (Table 3)
 or ``256`` (Table 4), ``E = 2d`` for PoE and MoE; aggregator widths ``H``, 4 heads, one
@@ -76,9 +76,9 @@ except ImportError:  # run from a checkout where the package is not importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyro_mmvae.guides import (MLPEncoder, MoE, MultimodalGuide, PoE, SelfAttention,  # noqa: E402
-                    SelfAttentionMixture, SumPooling, SumPoolingMixture)
+                               SelfAttentionMixture, SumPooling, SumPoolingMixture)
 from pyro_mmvae.models import (GaussianDecoder, GaussianMixturePrior, MultimodalModel,  # noqa: E402
-                    StandardNormalPrior)
+                               StandardNormalPrior)
 from pyro_mmvae.models.decoders import CategoricalDecoder  # noqa: E402
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO  # noqa: E402
 from pyro_mmvae.data.identifiable import (bimodal_label_study,  # noqa: E402
@@ -172,10 +172,10 @@ def make_data(spec):
         return ds, ds  # evaluated on the training data, as the authors' code
     rate = spec["missing_rate"] if spec["observed"] == "partial" else 0.0
     return multimodal_missing_study(num_modalities=spec["modalities"],
-                                     num_labels=spec["num_labels"],
-                                     per_label=spec["per_label4"], latent_dim=spec["latent_dim4"],
-                                     modality_dim=spec["modality_dim"], missing_rate=rate,
-                                     seed=spec["seed"], authors_split=spec["authors_split"])
+                                    num_labels=spec["num_labels"],
+                                    per_label=spec["per_label4"], latent_dim=spec["latent_dim4"],
+                                    modality_dim=spec["modality_dim"], missing_rate=rate,
+                                    seed=spec["seed"], authors_split=spec["authors_split"])
 
 
 def make_model(spec, dims, latent_dim):

@@ -71,8 +71,8 @@ except ImportError:  # run from a checkout where the package is not importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MoE, MoPoE,  # noqa: E402
-                    MultimodalGuide, PoE, PooledPrivate, SelfAttention, SelfAttentionMixture,
-                    SumPooling, SumPoolingMixture, expert_encoder)
+                               MultimodalGuide, PoE, PooledPrivate, SelfAttention, SelfAttentionMixture,
+                               SumPooling, SumPoolingMixture, expert_encoder)
 from pyro_mmvae.models import LinearGaussianModel, pca_maximum_likelihood, relative_llh_gap  # noqa: E402
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO  # noqa: E402
 from pyro_mmvae.data.linear_gaussian import (illustrative_bimodal,  # noqa: E402

@@ -107,7 +107,8 @@ class SubsetMixture(nn.Module):
                  min_scale: float = 1e-3):
         super().__init__()
         if prior_expert not in (True, False, "full_set"):
-            raise ValueError(f"prior_expert must be True, False or 'full_set', got {prior_expert!r}")
+            raise ValueError(
+                f"prior_expert must be True, False or 'full_set', got {prior_expert!r}")
         self.subsets = None if subsets is None else [tuple(sorted(s)) for s in subsets]
         if self.subsets is not None and any(len(s) == 0 for s in self.subsets):
             raise ValueError("subsets must be non-empty; use include_empty=True for the prior")

@@ -82,7 +82,7 @@ from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.protocol import LATENT_SITE, batch_size, data_plate, full_mask, stack_mask
+from pyro_mmvae.protocol import LATENT_SITE, data_plate, full_mask, num_points, stack_mask
 
 from .aggregators import gaussian_experts
 from .distributions import DiagNormalMixture
@@ -113,10 +113,10 @@ class GatedMoE(nn.Module):
     .. math:: q(z\mid x_S) = \sum_{m\in S}\pi_m(x)\,q(z\mid x_m),\qquad
         \pi = \operatorname{softmax}_{m\in S}(\text{logit}_m),
 
-    uniform (exactly :class:`~pyro_mmvae.guides.MoE`) when ``gate`` is None, else the logits of ``gate``.
-    Components are the ``M`` experts then the prior :math:`\mathcal N(0,I)`, which is on only
-    where S is empty. Returns a :class:`~pyro_mmvae.guides.DiagNormalMixture`; :meth:`components` gives
-    its ``(logits, locs, scales)``.
+    uniform (exactly :class:`~pyro_mmvae.guides.MoE`) when ``gate`` is None, else the logits of
+    ``gate``. Components are the ``M`` experts then the prior :math:`\mathcal N(0,I)`, which is on
+    only where S is empty. Returns a :class:`~pyro_mmvae.guides.DiagNormalMixture`;
+    :meth:`components` gives its ``(logits, locs, scales)``.
     """
 
     def __init__(self, gate: Optional[nn.Module] = None, min_scale: float = 1e-3):
@@ -323,7 +323,7 @@ class DiscreteMoEGuide(MultimodalGuide):
         features = self.features(data, mask)
         stacked = stack_mask(mask, self.modalities)
         logits, locs, scales = self.aggregator.components(features, stacked)
-        with data_plate(batch_size(data)):
+        with data_plate(num_points(data, mask)):
             infer = self._infer(features, stacked, logits.shape[:-1])
             c = pyro.sample(self.component_site, ScoreFunctionCategorical(logits=logits),
                             infer=infer)

@@ -23,9 +23,9 @@ class DiagNormalMixture(TorchDistribution):
     :param locs: ``(..., K, D)`` component means.
     :param scales: ``(..., K, D)`` component standard deviations.
 
-    ``rsample`` returns exact mixture samples with implicit reparameterisation gradients
-    (Figurnov et al. 2018) that reach the means, the scales and the logits, so learned mixture
-    weights (:class:`~pyro_mmvae.guides.SumPoolingMixture`) train by the pathwise estimator. The multimodal
+    ``rsample`` returns exact mixture samples with implicit reparameterisation gradients (Figurnov
+    et al. 2018) that reach the means, the scales and the logits, so learned mixture weights
+    (:class:`~pyro_mmvae.guides.SumPoolingMixture`) train by the pathwise estimator. The multimodal
     bounds can also stratify over components through :attr:`component_distribution` and
     :attr:`mixture_distribution` (``MixtureMultimodalELBO(form="stratified")``).
     """

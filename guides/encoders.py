@@ -13,8 +13,8 @@ class MLPEncoder(MLP):
     """MLP encoder on flat inputs ``(B, in_dim) -> (B, out_dim)``.
 
     For the Gaussian experts of :class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE` and
-    :class:`~pyro_mmvae.guides.MoPoE` use ``out_dim = 2 * latent_dim`` (mean, unconstrained scale); see
-    :func:`expert_encoder`.
+    :class:`~pyro_mmvae.guides.MoPoE` use ``out_dim = 2 * latent_dim`` (mean, unconstrained scale);
+    see :func:`expert_encoder`.
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256),

@@ -11,8 +11,8 @@ from torch import nn
 from torch.func import functional_call
 
 from pyro_mmvae.params import NamedPyroModule
-from pyro_mmvae.protocol import (LATENT_SITE, STL_FN, batch_size, data_plate, full_mask,
-                                 private_site, stack_mask)
+from pyro_mmvae.protocol import (LATENT_SITE, STL_FN, data_plate, full_mask, num_points,
+                                 private_site, stack_mask, validate_batch)
 
 
 class MultimodalGuide(NamedPyroModule):
@@ -20,27 +20,28 @@ class MultimodalGuide(NamedPyroModule):
 
     Each modality ``m`` has an encoder ``encoders[m]: (B, ...) -> (B, E)``; their outputs are
     stacked in the order of ``encoders`` into ``(B, M, E)`` and handed with the mask to the
-    ``aggregator`` (:class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE`, :class:`~pyro_mmvae.guides.MoPoE`, or any
-    module with the same call signature), which returns the distribution of ``z``.
+    ``aggregator`` (:class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE`,
+    :class:`~pyro_mmvae.guides.MoPoE`, or any module with the same call signature), which returns
+    the distribution of ``z``.
 
     Inputs of modalities outside the mask are replaced by zeros before encoding, so nothing
     about a masked-out value (not even a NaN) can reach the guide. Masks may carry leading
     dimensions (stacked subsets); the encoders still run once per modality.
 
     Call it as a Pyro program, ``guide(data, mask)``: it samples site ``"z"`` inside
-    ``pyro.plate("data", B)`` and returns ``{site: value}`` of what it sampled, as Pyro's
-    autoguides do (so it can be a part of an ``AutoGuideList``; its data plate records no
-    subsample site, :func:`~pyro_mmvae.protocol.data_plate`). :meth:`distribution` returns ``q(z | x_S)`` without sampling.
+    ``pyro.plate("data", B)`` and returns ``{site: value}`` of what it sampled, as Pyro's autoguides
+    do (so it can be a part of an ``AutoGuideList``; its data plate records no subsample site,
+    :func:`~pyro_mmvae.protocol.data_plate`). :meth:`distribution` returns ``q(z | x_S)`` without
+    sampling.
 
     **Private latents.** With a ``private`` head (:class:`~pyro_mmvae.guides.IndependentPrivate`,
-    :class:`~pyro_mmvae.guides.PooledPrivate`, :class:`~pyro_mmvae.guides.AttentionPrivate`) the guide then samples
-    ``"w_<m>"`` for every modality from ``q(w_m | z, x_S)`` when ``m`` is in S and from the prior
-    :math:`\mathcal N(0, I)` otherwise (seed 004 eq. 10). ``shared_features`` feeds only the
-    first that many features to the aggregator (PE-PoE: the shared expert, the rest being the
-    private expert). Each private site records in its ``infer`` dict (key
-    :data:`~pyro_mmvae.protocol.STL_FN`) how to rebuild ``q(w_m | z, x_S)`` with detached
-    parameters at a live ``z`` (:func:`detached_private`), the density the STL and DReG
-    estimators need.
+    :class:`~pyro_mmvae.guides.PooledPrivate`, :class:`~pyro_mmvae.guides.AttentionPrivate`) the
+    guide then samples ``"w_<m>"`` for every modality from ``q(w_m | z, x_S)`` when ``m`` is in S
+    and from the prior :math:`\mathcal N(0, I)` otherwise (seed 004 eq. 10). ``shared_features``
+    feeds only the first that many features to the aggregator (PE-PoE: the shared expert, the rest
+    being the private expert). Each private site records in its ``infer`` dict (key
+    :data:`~pyro_mmvae.protocol.STL_FN`) how to rebuild ``q(w_m | z, x_S)`` with detached parameters
+    at a live ``z`` (:func:`detached_private`), the density the STL and DReG estimators need.
 
     :param name: root of the guide's parameter names in Pyro's param store
         (``"<name>.encoders$$$<modality>...."``; keyword only). None (default): the first of
@@ -63,24 +64,25 @@ class MultimodalGuide(NamedPyroModule):
         self.latent_site = latent_site
         self.private = private
         self.shared_features = shared_features
+        self._input_shapes = {}  # last input shape (without N) per modality: for absent ones
 
     def _check(self, data, mask):
         unknown = sorted(set(data) - set(self.modalities))
         if unknown:
             raise ValueError(f"unknown modality '{unknown[0]}': the guide has encoders for "
                              f"{self.modalities}")
-        absent = [m for m in self.modalities if m not in data]
-        if absent:
-            raise ValueError(f"modality '{absent[0]}' has an encoder but no data; pass zeros "
-                             "and mask it out")
         absent = [m for m in self.modalities if m not in mask]
         if absent:
             raise ValueError(f"modality '{absent[0]}' has no mask entry")
+        for m in self.modalities:  # absent from data: not observed (its mask all False)
+            if m not in data and torch.is_tensor(mask[m]) and bool(mask[m].any()):
+                raise ValueError(f"modality '{m}' is marked observed in the mask but has no "
+                                 "data; pass its data, or mask it out")
         # the rest of the protocol (tensors, N, bool masks (..., N), no NaN), so that a bad
         # batch is a clear error under Pyro's own ELBOs too (cheap: shapes, dtypes and one sum
         # per modality)
-        from pyro_mmvae.protocol import validate_batch
-        validate_batch(data, mask, leading_mask_dims=True)
+        if data:
+            validate_batch(data, mask, leading_mask_dims=True)
 
     def features(self, data, mask) -> torch.Tensor:
         """Encoder outputs ``(B, M, E)``; inputs never observed in ``mask`` are zeroed first.
@@ -90,15 +92,36 @@ class MultimodalGuide(NamedPyroModule):
         encoder that fails anyway re-raises naming the modality (:func:`run_encoder`).
         """
         encoders = self.encoders  # one PyroModule attribute access: one param registration
-        for m in self.modalities:
+        present = [m for m in self.modalities if m in data]
+        for m in present:
             check_encoder_input(m, encoders[m], data[m])
-        feats = []
-        for m in self.modalities:
+        feats = {}
+        for m in present:
             x = data[m]
             seen = mask[m].reshape(-1, x.shape[0]).any(0) if mask[m].dim() > 1 else mask[m]
             seen = seen.reshape(seen.shape + (1,) * (x.dim() - 1))
-            feats.append(run_encoder(m, encoders[m], torch.where(seen, x, torch.zeros_like(x))))
-        return torch.stack(feats, dim=-2)
+            feats[m] = run_encoder(m, encoders[m], torch.where(seen, x, torch.zeros_like(x)))
+            self._input_shapes[m] = tuple(x.shape[1:])
+        for m in self.modalities:
+            if m not in feats:  # absent from data, so never observed: its features are unused
+                feats[m] = (torch.zeros_like(next(iter(feats.values()))) if present
+                            else self._absent_features(m, num_points(data, mask)))
+        return torch.stack([feats[m] for m in self.modalities], dim=-2)
+
+    def _absent_features(self, modality, n):
+        """Features of a modality absent from data when no modality is present: the encoder at
+        zeros of its input shape (the last one seen, or what a first ``nn.Linear`` reads)."""
+        encoder = self.encoders[modality]
+        shape = self._input_shapes.get(modality)
+        layer = _first_layer(encoder)
+        if shape is None and isinstance(layer, nn.Linear):
+            shape = (layer.in_features,)
+        if shape is None:
+            raise ValueError(f"modality '{modality}' is absent from data and the guide cannot "
+                             "tell its input shape; pass a placeholder and mask it out")
+        param = next(encoder.parameters(), None)
+        kwargs = {} if param is None else dict(dtype=param.dtype, device=param.device)
+        return run_encoder(modality, encoder, torch.zeros((n,) + tuple(shape), **kwargs))
 
     def distribution(self, data, mask: Optional[Mapping] = None):
         """``q(z | x_S)`` with batch shape ``mask.shape`` (``(..., B)``) and event ``(D,)``."""
@@ -116,7 +139,7 @@ class MultimodalGuide(NamedPyroModule):
         self._check(data, mask)
         features = self.features(data, mask)
         stacked = stack_mask(mask, self.modalities)
-        with data_plate(batch_size(data)):
+        with data_plate(num_points(data, mask)):
             z = pyro.sample(self.latent_site, self._shared(features, stacked))
             head = self.private
             if head is None:

@@ -1,8 +1,9 @@
 r"""Encoder networks for images and text: one modality ``(B, ...) -> (B, E)`` features.
 
-For the Gaussian experts of :class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE` and :class:`~pyro_mmvae.guides.MoPoE`
-use ``out_dim = 2 * latent_dim`` (mean, unconstrained scale); for the learnable aggregators
-(:class:`~pyro_mmvae.guides.SumPooling`, :class:`~pyro_mmvae.guides.SelfAttention`) any feature size ``E``.
+For the Gaussian experts of :class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae.guides.MoE` and
+:class:`~pyro_mmvae.guides.MoPoE` use ``out_dim = 2 * latent_dim`` (mean, unconstrained scale); for
+the learnable aggregators (:class:`~pyro_mmvae.guides.SumPooling`,
+:class:`~pyro_mmvae.guides.SelfAttention`) any feature size ``E``.
 
 The architectures follow MoPoE (Sutter et al. 2021, App. C–D; notes A3.2–A3.3), generalised to
 any size; the matching decoders are in :mod:`pyro_mmvae.models.networks`:
@@ -96,7 +97,7 @@ class TextEncoder(nn.Module):
                  hidden_dim: Optional[int] = None, activation: type = nn.ReLU):
         super().__init__()
         self.length, self.alphabet_size = check_sizes("(length, alphabet_size)",
-                                                       (length, alphabet_size), 2)
+                                                      (length, alphabet_size), 2)
         lengths = text_pyramid(self.length)
         layers = [nn.Conv1d(self.alphabet_size, channels, 1), activation()]
         for _ in lengths[1:]:

@@ -1,13 +1,13 @@
 r"""Permutation-equivariant heads for private latents (seed 004 §3.2, Examples 3–5, App. E).
 
-With shared :math:`z` and private :math:`w_s` per modality the guide factorises as
-:math:`q(z\mid x_S)\prod_{s\in S} q(w_s\mid z, x_S)` with the second factor *equivariant*:
-permuting the modalities permutes the private distributions the same way. A private head is
-called as ``head(features, mask, z)`` with features ``(B, M, E)``, mask ``(..., B, M)`` and the
-sampled shared latent ``z (..., B, D)``, and returns per-slot means and scales
-``(..., B, M, D_w)``; :class:`~pyro_mmvae.guides.MultimodalGuide` keeps them for the slots in S and uses
-the prior :math:`\mathcal N(0, I)` for the others (a masked-out modality's private latent comes
-from its prior, eq. 10).
+With shared :math:`z` and private :math:`w_s` per modality the guide factorises as :math:`q(z\mid
+x_S)\prod_{s\in S} q(w_s\mid z, x_S)` with the second factor *equivariant*: permuting the modalities
+permutes the private distributions the same way. A private head is called as ``head(features, mask,
+z)`` with features ``(B, M, E)``, mask ``(..., B, M)`` and the sampled shared latent ``z (..., B,
+D)``, and returns per-slot means and scales ``(..., B, M, D_w)``;
+:class:`~pyro_mmvae.guides.MultimodalGuide` keeps them for the slots in S and uses the prior
+:math:`\mathcal N(0, I)` for the others (a masked-out modality's private latent comes from its
+prior, eq. 10).
 
 - :class:`IndependentPrivate` (Example 3, PE-PoE): :math:`q(w_s\mid x_s)` from the private part
   of modality ``s``'s own features, independent of the other modalities and of ``z``.

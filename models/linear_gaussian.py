@@ -155,5 +155,3 @@ def relative_llh_gap(mle_log_likelihood: float, model_log_likelihood: float) -> 
     mle, ours = (float(torch.as_tensor(v).detach()) for v in (mle_log_likelihood,
                                                               model_log_likelihood))
     return (mle - ours) / abs(mle)
-
-

@@ -47,9 +47,9 @@ class MultimodalModel(NamedPyroModule):
     :param decoders: ``{modality: decoder}``, each ``decoder(z)`` (or ``decoder([z, w_m])``)
         returning ``p(x_m | z)``.
     :param private_dim: size of every private latent (None: shared latent only).
-    :param enumerate_clusters: with a :class:`~pyro_mmvae.models.GaussianMixturePrior`, write the cluster
-        ``"c"`` explicitly and enumerate it (for ``TraceEnum_ELBO``); equivalent to the default
-        marginal form, which every bound accepts.
+    :param enumerate_clusters: with a :class:`~pyro_mmvae.models.GaussianMixturePrior`, write the
+        cluster ``"c"`` explicitly and enumerate it (for ``TraceEnum_ELBO``); equivalent to the
+        default marginal form, which every bound accepts.
     :param name: root of the model's parameter names in Pyro's param store
         (``"<name>.decoders$$$<modality>...."``; keyword only). None (default): the first of
         ``""``, ``"<ClassName>_1"``, ... not holding another module's parameters, chosen at

@@ -117,7 +117,7 @@ class TextDecoder(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
         self.length, self.alphabet_size = check_sizes("(length, alphabet_size)",
-                                                       (length, alphabet_size), 2)
+                                                      (length, alphabet_size), 2)
         lengths = text_pyramid(self.length)[::-1]  # bottleneck first
         layers = [nn.Linear(latent_dim, channels), nn.Unflatten(-1, (channels, 1)),
                   nn.ConvTranspose1d(channels, channels, lengths[0]), activation()]
@@ -195,9 +195,9 @@ def image_modality(in_shape: Sequence[int], latent_dim: int,
                    output_activation: Optional[nn.Module] = None) -> Tuple[nn.Module, nn.Module]:
     r"""A matching ``(encoder, decoder)`` pair for images ``(C, H, W)``.
 
-    The encoder is a :class:`~pyro_mmvae.guides.networks.ConvImageEncoder` with ``embedding_dim`` outputs
-    (default ``2 * latent_dim``, the Gaussian experts of PoE / MoE / MoPoE); the decoder wraps a
-    :class:`ConvImageDecoder` (``channels`` reversed) in the likelihood:
+    The encoder is a :class:`~pyro_mmvae.guides.networks.ConvImageEncoder` with ``embedding_dim``
+    outputs (default ``2 * latent_dim``, the Gaussian experts of PoE / MoE / MoPoE); the decoder
+    wraps a :class:`ConvImageDecoder` (``channels`` reversed) in the likelihood:
 
     - ``"laplace"`` (default; MoPoE's images): :class:`~pyro_mmvae.models.decoders.LaplaceDecoder` with
       ``scale`` (MoPoE: 0.75, fixed);

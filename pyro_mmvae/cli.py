@@ -48,6 +48,7 @@ BOUND_HELP = {"masked": "the masked bound of Hirt et al. (default masking iid_ha
 
 # --- argument types -------------------------------------------------------------------------
 
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -109,8 +109,8 @@ def image_pyramid(height: int, width: int, final_size: int):
     """Number of stride-2 stages and the per-stage heights and widths (ceil halving).
 
     Stages halve both sides until the larger one is ``<= final_size``; shared by
-    :class:`pyro_mmvae.guides.networks.ConvImageEncoder` and :class:`pyro_mmvae.models.networks.ConvImageDecoder`, so
-    the two mirror each other exactly.
+    :class:`pyro_mmvae.guides.networks.ConvImageEncoder` and
+    :class:`pyro_mmvae.models.networks.ConvImageDecoder`, so the two mirror each other exactly.
     """
     n = num_halvings(max(height, width), final_size)
     return n, halving_sizes(height, n), halving_sizes(width, n)

@@ -200,7 +200,7 @@ class NamedPyroModule(PyroModule):
         # A new instance adopts loaded values; one whose names another module took since
         # moves to names where the store holds nothing, keeping its own parameters.
         candidates = itertools.chain([""], (f"{type(self).__name__}_{k}"
-                                           for k in itertools.count(1)))
+                                            for k in itertools.count(1)))
         root = next(r for r in candidates if self._clash(r, adopt=not chosen) is None)
         _rename(self, root)
         d["_name_chosen"] = True

@@ -10,9 +10,10 @@ model and guide and loads the checkpoint.
   :class:`PreparedData` (train/test modalities, masks, labels, the kind of each modality), the
   per-dataset defaults of the command line, and how to build its generative model.
 - :func:`build_guide` makes one encoder per modality from its kind (``"vector"``: MLP,
-  ``"image"``: :class:`~pyro_mmvae.guides.ConvImageEncoder`, ``"text"``: :class:`~pyro_mmvae.guides.TextEncoder`)
-  and the aggregator named by ``--aggregator``; :func:`build_model` the matching decoders and
-  the prior named by ``--prior``; :func:`build_loss` the bound named by ``--bound``.
+  ``"image"``: :class:`~pyro_mmvae.guides.ConvImageEncoder`, ``"text"``:
+  :class:`~pyro_mmvae.guides.TextEncoder`) and the aggregator named by ``--aggregator``;
+  :func:`build_model` the matching decoders and the prior named by ``--prior``; :func:`build_loss`
+  the bound named by ``--bound``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_mmvae.guides import (ConvImageEncoder, MLPEncoder, MoE, MoPoE, MultimodalGuide, PoE, SelfAttention,
-                    SelfAttentionMixture, SumPooling, SumPoolingMixture, TextEncoder)
+from pyro_mmvae.guides import (ConvImageEncoder, MLPEncoder, MoE, MoPoE, MultimodalGuide, PoE,
+SelfAttention,
+                               SelfAttentionMixture, SumPooling, SumPoolingMixture, TextEncoder)
 from pyro_mmvae.models import (GaussianMixturePrior, LinearGaussianModel, MultimodalModel,
-                    StandardNormalPrior, dimension_likelihood_weights)
+                               StandardNormalPrior, dimension_likelihood_weights)
 from pyro_mmvae.models.decoders import (BernoulliDecoder, CategoricalDecoder, GaussianDecoder,
-                             LaplaceDecoder)
+                                        LaplaceDecoder)
 from pyro_mmvae.models.networks import ConvImageDecoder, TextDecoder
 from pyro_mmvae.data import load_digits_svhn_text, load_poly_digits, shared_latent_study
 from pyro_mmvae.infer import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO

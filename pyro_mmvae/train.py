@@ -378,7 +378,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         ckpt = load_checkpoint(resume_from, model, guide, optim, map_location=dev)
         set_rng_state(ckpt["rng"], generator)
         history.update({k: ckpt["history"][k] for k in ("epoch", "loss", "epoch_time",
-                                                         "step_loss", "eval")
+                                                        "step_loss", "eval")
                         if k in ckpt["history"]})
         start_epoch = int(ckpt["epoch"])
         ckpt_path = Path(resume_from)

@@ -166,8 +166,8 @@ def test_every_aggregator_trains_from_the_command_line(tmp_path, aggregator):
     run = tmp_path / aggregator
     assert cli.main(["train", *LINEAR, "--aggregator", aggregator, "--epochs", "1",
                      "--num-points", "200",
-                 "--batch-size", "50", "--aggregator-width", "16", "--hidden", "16",
-                 "--is-samples", "4", "--output-dir", str(run), "--no-progress"]) == 0
+                     "--batch-size", "50", "--aggregator-width", "16", "--hidden", "16",
+                     "--is-samples", "4", "--output-dir", str(run), "--no-progress"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and math.isfinite(metrics["relative_llh_gap"])
 

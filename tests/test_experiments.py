@@ -160,7 +160,7 @@ def test_identifiable_smoke(identifiable, tmp_path):
     # 2 rows x 2 bounds for Table 3, and again for Table 4 (partially observed only).
     assert len(runs) == 8
     assert {(r["table"], r["bound"]) for r in runs} == {(t, b) for t in (3, 4)
-                                                          for b in ("masked", "mixture")}
+                                                        for b in ("masked", "mixture")}
     for r in runs:
         assert math.isfinite(r["llh_sum"]) and r["llh_sum"] < 0
         assert 0 <= r["mcc_weak_out"] <= 1

@@ -457,3 +457,23 @@ def test_from_nan_output_trains_a_validated_discrete_model():
     svi = SVI(_validated_model, _validated_guide, pyro.optim.Adam({"lr": 0.1}),
               loss=MaskedMultimodalELBO())
     assert math.isfinite(svi.step(data, mask))
+
+
+def test_multimodal_guide_takes_modalities_absent_from_data_as_unobserved():
+    model, data = linear_gaussian()
+    guide = MultimodalGuide({m: expert_encoder(x.shape[1], 2, (8,)) for m, x in data.items()},
+                            PoE())
+    mask = {"a": torch.ones(N, dtype=torch.bool), "b": torch.zeros(N, dtype=torch.bool),
+            "c": torch.zeros(N, dtype=torch.bool)}
+    with torch.no_grad():
+        placeholder = guide.distribution(data, mask)  # b, c present but masked out
+        absent = guide.distribution({"a": data["a"]}, mask)  # b, c absent from data
+        torch.testing.assert_close(absent.mean, placeholder.mean)
+        torch.testing.assert_close(absent.variance, placeholder.variance)
+        nothing = guide.distribution({}, none_observed(data))  # PoE with no expert: the prior
+        torch.testing.assert_close(nothing.mean, torch.zeros(N, 2))
+        torch.testing.assert_close(nothing.variance, torch.ones(N, 2))
+        out = Predictive(model, guide=guide, num_samples=5)({}, none_observed(data))
+    assert out["z"].shape == (5, N, 2) and out["x_b"].shape == (5,) + data["b"].shape
+    with pytest.raises(ValueError, match="modality 'b' is marked observed in the mask but has no"):
+        guide.distribution({"a": data["a"]}, dict(mask, b=torch.ones(N, dtype=torch.bool)))

@@ -40,7 +40,7 @@ def test_generation_and_sample_grids_with_images_and_text(tmp_path):
     model = MultimodalModel(StandardNormalPrior(2), {"img": dec_i, "text": dec_t})
     guide = MultimodalGuide({"img": enc_i, "text": enc_t}, PoE())
     data = {"img": torch.rand(5, 3, 8, 8), "text": encode_text(["one", "two", "three", "four",
-                                                                 "five"]).double()}
+                                                                "five"]).double()}
     with torch.no_grad():
         grid = save_generation_grid(tmp_path / "g.png", model, guide, data, ["text"], 4)
         samples = save_samples_grid(tmp_path / "s.png", model, 3)

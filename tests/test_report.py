@@ -21,4 +21,4 @@ def test_rate_distortion_groups_points_by_subset_size():
                                         "conditional_distortion": 2.0, "num_points": 1})
     points = rate_distortion_points({"full_rate": 7.0, "full_reconstruction": -30.0}, by_size, 3)
     assert points == ({"all inputs: −log p(x|z) / M": (7.0, 10.0),
-                                    "1 input: cross": (2.0, 4.5), "2 inputs: cross": (5.0, 4.0)})
+                       "1 input: cross": (2.0, 4.5), "2 inputs: cross": (5.0, 4.0)})

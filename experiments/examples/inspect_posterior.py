@@ -1,11 +1,11 @@
 r"""Inspect a trained multimodal VAE's posterior with ArviZ.
 
-Trains a linear-Gaussian multimodal VAE (:class:`pyro_mmvae.models.LinearGaussianModel`, a product-of-experts
-:class:`pyro_mmvae.guides.MultimodalGuide`) with the masked bound
+Trains a linear-Gaussian multimodal VAE (:class:`pyro_mmvae.models.LinearGaussianModel`, a
+product-of-experts :class:`pyro_mmvae.guides.MultimodalGuide`) with the masked bound
 (:class:`pyro_mmvae.MaskedMultimodalELBO`) on the library's shared-latent simulation
-(:func:`pyro_mmvae.data.shared_latent_study`), then converts the guide's posterior on a few
-held-out data points to an :class:`arviz.InferenceData` with
-:func:`pyro_mmvae.diagnostics.to_inference_data` and
+(:func:`pyro_mmvae.data.shared_latent_study`), then converts the guide's posterior on a few held-out
+data points to an :class:`arviz.InferenceData` with :func:`pyro_mmvae.diagnostics.to_inference_data`
+and
 
 - prints ``az.summary`` of the latent ``z`` for those points, next to the exact posterior
   :math:`p(z\mid x_S)` of the trained linear model (which a perfect guide would match),

@@ -88,6 +88,7 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 # --- the result object ---------------------------------------------------------------------
 
+
 @dataclass
 class MultimodalDataset:
     """A split of a multimodal dataset, in the library's batch protocol.

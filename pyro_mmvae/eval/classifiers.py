@@ -49,7 +49,8 @@ class ModalityClassifier(nn.Module):
     r"""Classifier ``(..., *in_shape) -> logits (..., num_classes)`` for one modality.
 
     :param kind: ``"image"`` (:class:`~pyro_mmvae.guides.networks.ConvImageEncoder`), ``"text"``
-        (:class:`~pyro_mmvae.guides.networks.TextEncoder`) or ``"flat"`` (:class:`~pyro_mmvae.nn.MLP`).
+        (:class:`~pyro_mmvae.guides.networks.TextEncoder`) or ``"flat"``
+        (:class:`~pyro_mmvae.nn.MLP`).
     :param in_shape: shape of one data point: ``(C, H, W)``, ``(L, A)`` or ``(D,)``.
     :param num_classes: number of labels ``K``.
     :param options: keyword arguments of the network (plain values only, so that they can be

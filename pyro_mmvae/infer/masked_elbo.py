@@ -99,10 +99,12 @@ class MaskedMultimodalELBO(MultimodalELBO):
 
     Each step draws one subset per data point from ``masking`` (default ``"iid_half"``, the
     authors' code; ``"hierarchical"`` is the paper's text), intersected with that data point's
-    observed modalities. Both encodings, :math:`q(z\mid x_S)` and :math:`q(z\mid x_O)`, come
-    from **one** guide call whose masks are stacked as ``(2, 1, B)`` along a plate left of the
+    observed modalities. For a guide that declares :func:`~pyro_mmvae.protocol.vectorized` (the
+    library's do), both encodings, :math:`q(z\mid x_S)` and :math:`q(z\mid x_O)`, come from
+    **one** guide call whose masks are stacked as ``(2, 1, B)`` along a plate left of the
     particle plate (so the modality encoders run once), and one model call scores ``x_S`` with
-    :math:`z_S` and :math:`x_{O\setminus S}` with :math:`z_O`.
+    :math:`z_S` and :math:`x_{O\setminus S}` with :math:`z_O`; any other program is called
+    once per row and particle with plain ``(B,)`` masks, to the same value.
 
     The KL terms are analytic where the registry has them (Gaussian guides) and otherwise the
     one-sample log-ratios of the paper's Algorithm 1, with STL on the guide's own density; the

@@ -82,7 +82,8 @@ class MixtureMultimodalELBO(MultimodalELBO):
 
     @classmethod
     def mmvae(cls, num_particles: int, *, faithful: bool = False, **kwargs):
-        r"""MMVAE's training objective (Shi et al. 2019): use with a :class:`~pyro_mmvae.guides.MoE` guide.
+        r"""MMVAE's training objective (Shi et al. 2019): use with a
+        :class:`~pyro_mmvae.guides.MoE` guide.
 
         ``masking="all"``, ``form="stratified"``, ``iwae=True``, ``estimator="dreg"``: from
         every observed modality's expert :math:`S` = ``num_particles`` draws, importance

@@ -24,11 +24,13 @@ from .traces import (check_model_guide, latent_sites, latent_values, local_laten
 class SubsampledMultimodalELBO(MultimodalELBO):
     r"""MVAE's objective: full ELBO + every unimodal ELBO + ``num_subsets`` random-subset ELBOs.
 
-    All :math:`1+M+k` terms run in **one** guide call and **one** model call: their masks are
-    stacked along a ``"subsets"`` plate left of the particle plate (so model and guide see masks
-    of shape ``(1+M+k, 1, B)``, the singleton being the particle dim). Terms whose subset is empty for a data point (a missing
-    modality's unimodal term, a random subset of fewer than three observed modalities) are
-    dropped for that data point.
+    For a model and guide that declare :func:`~pyro_mmvae.protocol.vectorized` (the library's
+    do), all :math:`1+M+k` terms run in **one** guide call and **one** model call: their masks
+    are stacked along a ``"subsets"`` plate left of the particle plate (so model and guide see
+    masks of shape ``(1+M+k, 1, B)``, the singleton being the particle dim); any other program
+    is called once per term and particle with plain ``(B,)`` masks. Terms whose subset is empty
+    for a data point (a missing modality's unimodal term, a random subset of fewer than three
+    observed modalities) are dropped for that data point.
 
     :param num_subsets: ``k``, random subsets per step (MVAE uses 1).
     :param masking: distribution of the random subsets; default ``"mvae"`` (MVAE's code: a size

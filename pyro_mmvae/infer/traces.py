@@ -184,8 +184,8 @@ def stl_distribution(site, values: Optional[Mapping[str, torch.Tensor]] = None):
     and the IWAE gradient would be biased.
 
     A guide supplies that density as ``site["infer"][STL_FN]`` (:data:`pyro_mmvae.protocol.STL_FN`),
-    a callable ``values -> distribution`` where ``values`` maps upstream site names to the
-    samples to use (sites not in it: the guide's own samples); :class:`pyro_mmvae.guides.MultimodalGuide`
+    a callable ``values -> distribution`` where ``values`` maps upstream site names to the samples
+    to use (sites not in it: the guide's own samples); :class:`pyro_mmvae.guides.MultimodalGuide`
     does so for its private latents. Without it the site's distribution is detached tensor by
     tensor, which is exact when its parameters depend on no other sample.
     """

@@ -144,8 +144,12 @@ def test_guide_rejects_unknown_and_missing_modalities():
     data = {m: torch.randn(4, d) for m, d in {"a": 3, "b": 4, "c": 2}.items()}
     with pytest.raises(ValueError, match="unknown modality 'd'"):
         guide.distribution({**data, "d": torch.randn(4, 1)})
-    with pytest.raises(ValueError, match="modality 'c' has an encoder but no data"):
+    # absent from data is fine when the mask says it is not observed; the mask must name it
+    with pytest.raises(ValueError, match="modality 'c' has no mask entry"):
         guide.distribution({"a": data["a"], "b": data["b"]})
+    on = {m: torch.ones(4, dtype=torch.bool) for m in data}
+    with pytest.raises(ValueError, match="modality 'c' is marked observed in the mask but has no"):
+        guide.distribution({"a": data["a"], "b": data["b"]}, on)
 
 
 @pytest.mark.parametrize("aggregator", [PoE(), MoE(), MoPoE()], ids=["PoE", "MoE", "MoPoE"])

@@ -11,7 +11,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 from pyro_mmvae.guides import MoE, MultimodalGuide, expert_encoder
 from pyro_mmvae.guides.discrete_moe import (ComponentDraw, DiscreteMoEGuide, ExpertGate, MoEBaseline,
-                                 ScoreFunctionCategorical)
+                                            ScoreFunctionCategorical)
 from pyro_mmvae import MixtureMultimodalELBO
 from pyro_mmvae.protocol import stack_mask
 from tests.helpers import DIMS, linear_problem, random_mask

@@ -5,8 +5,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_mmvae.guides import (DiagNormalMixture, MultimodalGuide, SelfAttention, SelfAttentionMixture,
-                    SumPooling, SumPoolingMixture, expert_encoder)
+from pyro_mmvae.guides import (DiagNormalMixture, MultimodalGuide, SelfAttention,
+SelfAttentionMixture,
+                               SumPooling, SumPoolingMixture, expert_encoder)
 
 E, D = 6, 3
 AGGREGATORS = {

@@ -6,7 +6,7 @@ import torch
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_mmvae.guides import (MoE, MoPoE, PoE, SelfAttention, SelfAttentionMixture, SumPooling,
-                    SumPoolingMixture)
+                               SumPoolingMixture)
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO
 from tests.helpers import ExactPosteriorGuide, linear_problem, make_guide, random_mask
 
@@ -244,7 +244,8 @@ def test_stl_gradient_vanishes_at_the_exact_posterior():
 
     def guide(data, mask=None):
         loc = pyro.param("loc", loc0.clone())
-        scale = pyro.param("scale", scale0.clone(), constraint=torch.distributions.constraints.positive)
+        scale = pyro.param("scale", scale0.clone(),
+                           constraint=torch.distributions.constraints.positive)
         with pyro.plate("data", 4):
             pyro.sample("z", pyro.distributions.Normal(loc, scale).to_event(1))
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from pyro.infer import SVI
 
-from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MultimodalGuide, PoE, PooledPrivate,
-                    SelfAttention, SumPooling, expert_encoder)
+from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MultimodalGuide, PoE,
+PooledPrivate,
+                               SelfAttention, SumPooling, expert_encoder)
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO
 from tests.helpers import DIMS, ExactPrivatePosteriorGuide, private_problem, random_mask
 

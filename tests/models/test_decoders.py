@@ -6,7 +6,7 @@ from pyro.infer import SVI
 
 from pyro_mmvae.guides import MultimodalGuide, MoPoE, expert_encoder
 from pyro_mmvae.models import (BernoulliDecoder, GaussianDecoder, LaplaceDecoder, MultimodalModel,
-                    StandardNormalPrior)
+                               StandardNormalPrior)
 from pyro_mmvae import MaskedMultimodalELBO
 from pyro_mmvae.nn import MLP
 

@@ -15,7 +15,7 @@ from pyro_mmvae.guides.guide import MultimodalGuide
 from pyro_mmvae.models.decoders import CategoricalDecoder
 from pyro_mmvae.models.multimodal import MultimodalModel
 from pyro_mmvae.models.networks import (ConvImageDecoder, TextDecoder, dimension_likelihood_weights,
-                             image_modality, text_modality)
+                                        image_modality, text_modality)
 from pyro_mmvae.models.priors import StandardNormalPrior
 from pyro_mmvae.infer import MaskedMultimodalELBO
 
@@ -78,7 +78,7 @@ def test_text_decoder_is_the_mopoe_text_decoder():
     dec = TextDecoder(20, 8)
     layers = [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0],
                m.padding[0]) for m in dec.modules() if isinstance(m, (nn.Conv1d,
-                                                                       nn.ConvTranspose1d))]
+                                                                      nn.ConvTranspose1d))]
     assert layers == [("ConvTranspose1d", 128, 128, 4, 1, 0),
                       ("ConvTranspose1d", 128, 128, 4, 2, 1), ("Conv1d", 128, 71, 1, 1, 0)]
 
