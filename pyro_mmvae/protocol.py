@@ -30,12 +30,14 @@ import hashlib
 import math
 import numbers
 import random
+from contextlib import contextmanager
 from typing import Mapping, Optional
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.runtime import get_plates
+from torch.distributions import constraints
 
 LATENT_SITE = "z"
 OBS_PREFIX = "x_"
@@ -152,6 +154,34 @@ class _GenerationStream:
 _STREAM = _GenerationStream()
 
 
+_SCORING = [0]
+
+
+@contextmanager
+def scoring():
+    """Inside this context :func:`observe` only scores: masked-out entries of a real-valued
+    likelihood (Normal, Laplace, ...) keep their placeholder instead of a generated draw.
+
+    The library's bounds and likelihood estimators read nothing but the log-densities, in
+    which masked-out entries count zero, so the draw would be wasted work (about a tenth of a
+    training step for five image modalities); a placeholder is always in a real support, so
+    validation is unaffected. Likelihoods with a constrained support (one-hot, categorical,
+    Bernoulli) still get their draw, so any finite placeholder stays valid there.
+    """
+    _SCORING[0] += 1
+    try:
+        yield
+    finally:
+        _SCORING[0] -= 1
+
+
+def _real_valued(fn) -> bool:
+    support = fn.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
 def generate(fn) -> Optional[torch.Tensor]:
     """One draw of ``fn`` without gradient, expanded to the enclosing plates (what
     :func:`observe` puts at entries that are not observed); None if ``fn`` cannot be sampled.
@@ -220,7 +250,7 @@ def observe(modality: str, fn, data: Data, mask: Optional[Mask] = None):
         return pyro.sample(name, fn, obs=value)
     if not isinstance(on, bool):
         on = on.to(value.device)
-    if not _is_all(on, True):
+    if not _is_all(on, True) and not (_SCORING[0] and _real_valued(fn)):
         drawn = generate(fn)
         if drawn is not None:
             event = len(fn.event_shape)

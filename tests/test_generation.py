@@ -477,3 +477,30 @@ def test_multimodal_guide_takes_modalities_absent_from_data_as_unobserved():
     assert out["z"].shape == (5, N, 2) and out["x_b"].shape == (5,) + data["b"].shape
     with pytest.raises(ValueError, match="modality 'b' is marked observed in the mask but has no"):
         guide.distribution({"a": data["a"]}, dict(mask, b=torch.ones(N, dtype=torch.bool)))
+
+
+def test_bounds_do_not_generate_masked_out_real_valued_modalities():
+    """Inside the bounds observe only scores (protocol.scoring): a Gaussian modality keeps its
+    placeholder, a Bernoulli one still gets a draw (its placeholder may be outside the support);
+    outside them (Predictive, coherence) both are generated."""
+    seen = {}
+
+    def model(data, mask):
+        with pyro.plate("data", num_points(data, mask)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            seen["a"] = observe("a", dist.Normal(z @ W_A, 1.0).to_event(1), data, mask)
+            seen["b"] = observe("b", dist.Bernoulli(logits=z @ W_B).to_event(1), data, mask)
+
+    def guide(data, mask):
+        with pyro.plate("data", num_points(data, mask)):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    data = {"a": torch.full((N, 3), 7.0), "b": torch.full((N, 4), 7.0)}  # 7: not a binary value
+    mask = {"a": torch.zeros(N, dtype=torch.bool), "b": torch.ones(N, dtype=torch.bool)}
+    mask["a"][0], mask["b"][0] = True, False  # point 0: a observed, b generated
+    data["a"][0], data["b"][1:] = 0.5, 1.0
+    MaskedMultimodalELBO(masking="all", analytic_kl=False).loss(model, guide, data, mask)
+    assert torch.equal(seen["a"][..., 1:, :], data["a"][1:])  # scored only: placeholders stay
+    assert set(seen["b"][0].tolist()) <= {0.0, 1.0}  # constrained support: drawn
+    pyro.poutine.trace(model).get_trace(data, mask)
+    assert not torch.equal(seen["a"][1:], data["a"][1:])  # generation outside the bounds

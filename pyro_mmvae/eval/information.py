@@ -24,9 +24,11 @@ from pyro_mmvae.infer.masked_elbo import MaskedMultimodalELBO
 from pyro_mmvae.infer.masking import Masking, get_masking
 from pyro_mmvae.infer.traces import (kl_estimate, latent_sites, log_likelihood, trace_guide,
                                      trace_model)
-from pyro_mmvae.protocol import check_positive_int, stack_mask, unstack_mask, validate_batch
+from pyro_mmvae.protocol import (check_positive_int, scoring, stack_mask, unstack_mask,
+                                 validate_batch)
 
 
+@scoring()  # only log-densities are read: no generation of masked-out modalities
 @torch.no_grad()
 def rate_distortion(model, guide, data, mask=None, masking: Masking = "iid_half",
                     num_samples: int = 1, max_plate_nesting: int = 1) -> dict:

@@ -19,9 +19,11 @@ import torch
 
 from pyro_mmvae.infer.traces import (latent_sites, log_likelihood as trace_log_likelihood,
                                      site_log_prob, trace_guide, trace_model)
-from pyro_mmvae.protocol import check_positive_int, stack_mask, unstack_mask, validate_batch
+from pyro_mmvae.protocol import (check_positive_int, scoring, stack_mask, unstack_mask,
+                                 validate_batch)
 
 
+@scoring()  # only log-densities are read: no generation of masked-out modalities
 @torch.no_grad()
 def log_marginal(model, guide, data, mask, num_samples: int = 1000,
                  chunk_size: Optional[int] = None, max_plate_nesting: int = 1) -> torch.Tensor:

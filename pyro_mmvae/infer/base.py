@@ -18,7 +18,8 @@ import torch
 from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 
-from pyro_mmvae.protocol import is_vectorized, stack_mask, unstack_mask, validate_batch
+from pyro_mmvae.protocol import (is_vectorized, scoring, stack_mask, unstack_mask,
+                                 validate_batch)
 
 from .masking import Masking, get_masking
 from .traces import dreg_surrogate, global_latents, global_log_ratio, log_mean_exp
@@ -129,7 +130,8 @@ class MultimodalELBO(ELBO):
             raise ValueError(f"likelihood_weights name unknown modality '{unknown[0]}': data has "
                              f"{sorted(data)}")
         modalities = list(data)
-        return self._terms(model, guide, data, stack_mask(mask, modalities), modalities)
+        with scoring():  # masked-out real-valued modalities are not generated: nothing reads them
+            return self._terms(model, guide, data, stack_mask(mask, modalities), modalities)
 
     def _terms(self, model, guide, data, observed, modalities) -> dict:
         raise NotImplementedError
