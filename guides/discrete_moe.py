@@ -61,9 +61,9 @@ decaying average. With fixed weights (``gate=None``) the score term vanishes and
 trains like a reparameterised MoE.
 
 The same guide runs under ``Trace_ELBO`` (no Rao-Blackwellisation over data points). The
-library's own bounds and evaluators need a guide without auxiliary sites: use
-:meth:`DiscreteMoEGuide.mixture_guide`, the equivalent continuous-mixture guide sharing every
-module.
+library's own bounds differentiate through the samples and refuse its discrete ``"expert"``
+site with a message saying so: use :meth:`DiscreteMoEGuide.mixture_guide`, the equivalent
+continuous-mixture guide sharing every module.
 
 References: Shi et al. 2019 (MMVAE); Schulman et al. 2015 (gradient estimation using
 stochastic computation graphs); Mnih & Gregor 2014 (learned baselines); Roeder et al. 2017

@@ -17,11 +17,13 @@ observed subset, and with nothing observed (``data={}``, all-False masks) uncond
 samples. A guide is a Pyro program ``guide(data, mask)`` that samples the same latents
 conditioned only on the modalities whose mask is True.
 
-The library's bounds call model and guide several times with different masks, and may give a
-mask leading batch dimensions (a stack of subsets ``(T, N)``, one per plate entry, as
-:class:`~pyro_mmvae.infer.SubsampledMultimodalELBO` does): model and guide must broadcast masks
-against their batch shape as they broadcast particle dimensions. The library's own
-:class:`pyro_mmvae.models.MultimodalModel` and :class:`pyro_mmvae.guides.MultimodalGuide` do.
+The library's bounds call model and guide several times with different masks. A program
+written for plain ``(N,)`` masks is called once per (subset, particle) with such masks; one
+that declares :func:`vectorized` (it broadcasts masks with leading dims ``(T, 1, N)`` and
+latents with leading particle / subset dims, as the library's
+:class:`pyro_mmvae.models.MultimodalModel` and :class:`pyro_mmvae.guides.MultimodalGuide` do)
+is called once with everything stacked on plates (:mod:`pyro_mmvae.infer.cells`), to the same
+result. Sites outside the data plate are global latents, shared by every subset term.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from pyro_mmvae.guides import (ConvImageEncoder, MLPEncoder, MoE, MoPoE, MultimodalGuide, PoE,
-SelfAttention,
-                               SelfAttentionMixture, SumPooling, SumPoolingMixture, TextEncoder)
+                               SelfAttention, SelfAttentionMixture, SumPooling, SumPoolingMixture,
+                               TextEncoder)
 from pyro_mmvae.models import (GaussianMixturePrior, LinearGaussianModel, MultimodalModel,
                                StandardNormalPrior, dimension_likelihood_weights)
 from pyro_mmvae.models.decoders import (BernoulliDecoder, CategoricalDecoder, GaussianDecoder,

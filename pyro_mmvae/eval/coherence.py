@@ -48,6 +48,7 @@ from pyro import poutine
 from pyro.distributions import Categorical, OneHotCategorical
 
 from pyro_mmvae.eval.classifiers import predict
+from pyro_mmvae.infer.cells import StackedDistribution
 from pyro_mmvae.infer.traces import trace_guide, trace_model
 from pyro_mmvae.protocol import (LATENT_SITE, batch_size as data_size, check_positive_int,
                                  obs_site, stack_mask, unstack_mask, validate_batch)
@@ -124,6 +125,10 @@ def decoded_value(site: dict, use_mean: bool = True) -> torch.Tensor:
     if not use_mean:
         return value
     fn = site["fn"]
+    if isinstance(fn, StackedDistribution):  # a program traced cell by cell: decode each cell
+        parts = [decoded_value({"fn": p, "value": v}, use_mean)
+                 for p, v in zip(fn.parts, fn._cells(value))]
+        return fn._stack(parts, len(fn.event_shape)).reshape(value.shape)
     base = fn
     while hasattr(base, "base_dist"):
         base = base.base_dist

@@ -22,8 +22,8 @@ import torch
 
 from pyro_mmvae.infer.masked_elbo import MaskedMultimodalELBO
 from pyro_mmvae.infer.masking import Masking, get_masking
-from pyro_mmvae.infer.traces import (kl_estimate, latent_sites, log_likelihood, trace_guide,
-                                     trace_model)
+from pyro_mmvae.infer.traces import (latent_sites, local_latents, log_likelihood, rate,
+                                     trace_guide, trace_model)
 from pyro_mmvae.protocol import (check_positive_int, scoring, stack_mask, unstack_mask,
                                  validate_batch)
 
@@ -56,8 +56,7 @@ def rate_distortion(model, guide, data, mask=None, masking: Masking = "iid_half"
         model, guide, data, mask)
     out = {
         "full_reconstruction": log_likelihood(full, latents),
-        "full_rate": sum(kl_estimate(guide_o.nodes[n], full.nodes[n], True, False)
-                         for n in latents),
+        "full_rate": rate(guide_o, full, local_latents(guide_o), True, False),
         "cross_reconstruction": log_likelihood(cross, latents),
     }
     out = {k: v.mean(dim) for k, v in out.items()}

@@ -17,8 +17,9 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-from pyro_mmvae.infer.traces import (latent_sites, log_likelihood as trace_log_likelihood,
-                                     site_log_prob, trace_guide, trace_model)
+from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio,
+                                     log_likelihood as trace_log_likelihood, trace_guide,
+                                     trace_model)
 from pyro_mmvae.protocol import (check_positive_int, scoring, stack_mask, unstack_mask,
                                  validate_batch)
 
@@ -47,11 +48,8 @@ def log_marginal(model, guide, data, mask, num_samples: int = 1000,
         plates = [("particles", size, dim)]
         guide_tr = trace_guide(guide, data, mask, plates)
         model_tr = trace_model(model, guide_tr, data, mask, plates)
-        latents = latent_sites(guide_tr)
-        log_w = trace_log_likelihood(model_tr, latents)
-        for name in latents:
-            log_w = log_w + site_log_prob(model_tr.nodes[name]) - site_log_prob(
-                guide_tr.nodes[name])
+        log_w = trace_log_likelihood(model_tr, latent_sites(guide_tr)) + log_density_ratio(
+            guide_tr, model_tr)
         part = log_w.logsumexp(dim)
         total = part if total is None else torch.logaddexp(total, part)
         done += size

@@ -48,7 +48,8 @@ class MultimodalELBO(ELBO):
         term.
     :param analytic_kl: use a registered closed-form KL where one exists (ELBO only; IWAE
         needs sampled densities). STL has no effect on closed-form KL terms.
-    :param max_plate_nesting: data plates in the model (1 under the protocol).
+    :param max_plate_nesting: plates in the model: 1, the protocol's data plate (other
+        per-datapoint dims belong to the event, ``.to_event()``); anything else is refused.
     :param vectorize: how model and guide are called. ``None`` (default): a program that
         declares :func:`~pyro_mmvae.protocol.vectorized` (the library's own do) runs once with
         subsets and particles stacked on plates; any other once per (subset, particle) with
@@ -76,6 +77,10 @@ class MultimodalELBO(ELBO):
         num_particles = check_positive_int(num_particles, "num_particles")
         beta = check_positive_float(beta, "beta")
         likelihood_weights = check_weights(likelihood_weights, "likelihood_weights")
+        if max_plate_nesting != 1:
+            raise ValueError(f"max_plate_nesting must be 1 (the protocol's one data plate), got "
+                             f"{max_plate_nesting}; give other per-datapoint dims to the event "
+                             "with .to_event()")
         # Particles are vectorised by this class itself (see particle_plate), so Pyro's own
         # vectorize_particles stays off and max_plate_nesting counts the data plates only.
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
@@ -144,12 +149,13 @@ class MultimodalELBO(ELBO):
     def with_globals(self, terms: dict, guide_tr, model_tr) -> dict:
         """Add the global latents' log-ratio (class docstring) to ``terms["elbo"]`` ``(B,)``."""
         names = global_latents(guide_tr)
-        if not names:
-            return terms
-        if self.iwae:
+        if names and self.iwae:
             raise ValueError(f"iwae=True with global latents {names}: the importance-weighted "
                              "bound does not factorise over data points; use iwae=False")
-        ratio = global_log_ratio(guide_tr, model_tr, self.particle_dim).mean()
+        ratio = global_log_ratio(guide_tr, model_tr, self.particle_dim)
+        if not torch.is_tensor(ratio):  # no global latent and no global factor
+            return terms
+        ratio = ratio.mean()
         elbo = terms["elbo"]
         return {**terms, "elbo": elbo + ratio / elbo.shape[-1], "global": ratio.detach()}
 

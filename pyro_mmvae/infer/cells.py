@@ -122,6 +122,9 @@ class StackedDistribution(TorchDistribution):
         return [flat.select(lead, i) for i in range(len(self.parts))]
 
     def log_prob(self, value):
+        if value.numel() == 0:  # a factor (Unit): its value holds nothing to slice
+            empty = value.new_empty(self.cell_batch + self.event_shape)
+            return self._stack([p.log_prob(empty).expand(self.cell_batch) for p in self.parts], 0)
         results = [p.log_prob(v) for p, v in zip(self.parts, self._cells(value))]
         return self._stack(results, 0)
 
@@ -240,6 +243,11 @@ def select_cell(value: torch.Tensor, cell: Sequence[int], plates: Sequence[Plate
     return value
 
 
+def _subsample_sites(trace) -> dict:
+    """The plates' subsample sites of a trace (the data indices a subsampled plate drew)."""
+    return {n: site for n, site in trace.nodes.items() if site_is_subsample(site)}
+
+
 def _sample_sites(trace):
     return [name for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site_is_subsample(site)]
@@ -266,6 +274,7 @@ def looped_trace(program, data, mask, plates: Sequence[Plate], upstream=None):
                 replays[name] = (site, site["fn"].event_dim, _cell_batch_ndim(site, names))
     cells = list(itertools.product(*(range(s) for s in grid)))
     traces, shared = [], {}
+    subsample = {} if upstream is None else _subsample_sites(upstream)
     for cell in cells:
         key = tuple(cell[i] for i in particle_axes)
         replay = poutine.Trace()
@@ -273,12 +282,16 @@ def looped_trace(program, data, mask, plates: Sequence[Plate], upstream=None):
             value = select_cell(site["value"], cell, plates, event_dim, ndim)
             replay.add_node(name, name=name, type="sample", is_observed=False,
                             infer=site.get("infer", {}), value=value)
+        for name, site in subsample.items():  # one data subsample for every cell
+            replay.add_node(name, **site)
         for name, site in shared.get(key, {}).items():
             if name not in replays:
                 replay.add_node(name, name=name, type="sample", is_observed=False,
                                 infer=site["infer"], value=site["value"])
         cell_mask = {m: select_cell(t, cell, plates) for m, t in mask.items()}
         tr = poutine.trace(poutine.replay(program, trace=replay)).get_trace(data, cell_mask)
+        if not subsample:
+            subsample = _subsample_sites(tr)
         if key not in shared:
             shared[key] = {n: tr.nodes[n] for n in _sample_sites(tr)
                            if not tr.nodes[n]["is_observed"] and not in_data_plate(tr.nodes[n])}
@@ -292,6 +305,8 @@ def _merge(traces, cells, plates, particle_axes):
     first_of_particle = [i for i, cell in enumerate(cells)
                          if all(cell[j] == 0 for j in range(len(cell)) if j not in particle_axes)]
     merged = poutine.Trace()
+    for name, site in _subsample_sites(traces[0]).items():  # the same in every cell
+        merged.add_node(name, **site)
     for name in _sample_sites(traces[0]):
         site = traces[0].nodes[name]
         local = in_data_plate(site)

@@ -48,8 +48,9 @@ from pyro.poutine.indep_messenger import CondIndepStackFrame
 from .base import MultimodalELBO
 from .mixtures import components_first, is_mixture, mixture_logits
 from .stratified_dreg import stratified_dreg
-from .traces import (check_model_guide, global_latents, kl_estimate, latent_sites, latent_values,
-                     local_latents, log_likelihood, rate, site_log_prob, trace_guide, trace_model)
+from .traces import (check_model_guide, check_pathwise, global_latents, kl_estimate, latent_sites,
+                     latent_values, local_latents, log_likelihood, prior_factors, rate,
+                     site_log_prob, trace_guide, trace_model)
 
 Form = Literal["stratified", "average", "sampled"]
 
@@ -105,6 +106,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         plates = [self.particle_plate()]
         guide_s = trace_guide(guide, data, s_mask, plates, views=self.estimator == "dreg",
                               vectorize=self.vectorized(guide))
+        check_pathwise(guide_s)
         latents = local_latents(guide_s)
         q_site = guide_s.nodes[latents[0]]
         if self.form != "sampled" and is_mixture(q_site["fn"]):
@@ -159,6 +161,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         else:
             comp_site = dict(fake.nodes[name])
             kl = kl_estimate(comp_site, p_site, self.analytic_kl, self.stop_gradient)
+        kl = kl - prior_factors(model_tr)
         if unbiased_dreg:
             value = stratified_dreg(rec - self.beta * kl, z, z_in, q, self.beta,
                                     self.particle_dim)  # (K, B)

@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 from pyro import poutine
+from pyro.distributions import Delta
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
@@ -18,6 +19,8 @@ from torch.distributions import kl_divergence
 from pyro_mmvae.protocol import STL_FN, is_vectorized, site_modality
 
 from .cells import in_data_plate, looped_trace, within_plates  # noqa: F401
+
+_POINT_MASSES = (Delta,)  # fixed values (a MAP / autoguide point estimate): nothing to sample
 
 Plate = Tuple[str, int, int]  # (name, size, dim)
 
@@ -99,11 +102,23 @@ def global_latents(guide_trace):
     return [n for n in latent_sites(guide_trace) if not in_data_plate(guide_trace.nodes[n])]
 
 
+def prior_factors(model_trace):
+    """Per-datapoint sum of the model's observed sites inside the data plate that are not a
+    modality's ``"x_<m>"`` (``pyro.factor`` terms of the prior on the latents); 0. if none."""
+    total = 0.0
+    for name, site in model_trace.nodes.items():
+        if (site["type"] == "sample" and site["is_observed"] and in_data_plate(site)
+                and site_modality(name) is None and not site_is_subsample(site)):
+            total = total + site["log_prob"]
+    return total
+
+
 def rate(guide_trace, model_trace, names, analytic: bool, stop_gradient: bool,
          values: Optional[Mapping[str, torch.Tensor]] = None):
     r"""Per-datapoint :math:`\mathrm{KL}(q\,\|\,p)` estimate summed over the sites ``names``
-    (:func:`kl_estimate`); an auxiliary guide site contributes :math:`\log q` alone."""
-    total = 0.0
+    (:func:`kl_estimate`); an auxiliary guide site contributes :math:`\log q` alone, and the
+    model's prior factors (:func:`prior_factors`) are part of :math:`\log p`."""
+    total = -prior_factors(model_trace)
     for n in names:
         q = guide_trace.nodes[n]
         if is_auxiliary(q):
@@ -119,19 +134,71 @@ def global_log_ratio(guide_trace, model_trace, particle_dim: int):
 
     Counted once per particle, however many subset terms share the draw; the guide density
     keeps its score term (no STL or DReG for global latents) and auxiliary sites add their
-    :math:`-\log q`.
+    :math:`-\log q`. The model's observed sites outside the data plate (a global factor or
+    observation) are added here, once, too.
     """
     total = 0.0
+    for n, site in model_trace.nodes.items():
+        if (site["type"] == "sample" and site["is_observed"] and not in_data_plate(site)
+                and not site_is_subsample(site)):
+            total = total + _per_particle(site_log_prob(site), particle_dim)
     for n in global_latents(guide_trace):
         q = guide_trace.nodes[n]
         term = -site_log_prob(q)
         if not is_auxiliary(q):
             term = term + site_log_prob(model_trace.nodes[n])
-        if term.dim() >= -particle_dim:
-            term = term.sum(tuple(range(term.dim() + particle_dim + 1, term.dim())))
-            term = term.reshape(term.shape[term.dim() + particle_dim:])
-        total = total + term
+        total = total + _per_particle(term, particle_dim)
     return total
+
+
+def _per_particle(term, particle_dim: int):
+    """A global site's log-density summed over every dim right of the particle dim."""
+    term = torch.as_tensor(term)
+    if term.dim() >= -particle_dim:
+        term = term.sum(tuple(range(term.dim() + particle_dim + 1, term.dim())))
+        term = term.reshape(term.shape[term.dim() + particle_dim:])
+    else:
+        term = term.sum()
+    return term
+
+
+def log_density_ratio(guide_trace, model_trace):
+    r"""Per-datapoint :math:`\sum_s \log p(s) - \log q(s)` over the guide's latent sites (an
+    auxiliary site: :math:`-\log q` alone) plus the model's observed sites that are not a
+    modality (prior factors, global factors), for importance weights; global sites broadcast
+    against the data dim (each data point integrates them separately)."""
+    total = 0.0
+    for n, site in model_trace.nodes.items():
+        if (site["type"] == "sample" and site["is_observed"] and site_modality(n) is None
+                and not site_is_subsample(site)):
+            total = total + site["log_prob"]
+    for n in latent_sites(guide_trace):
+        q = guide_trace.nodes[n]
+        total = total - site_log_prob(q)
+        if not is_auxiliary(q):
+            total = total + site_log_prob(model_trace.nodes[n])
+    return total
+
+
+def check_pathwise(guide_trace):
+    """The multimodal bounds differentiate through the samples: refuse, naming the site, a
+    latent that cannot be reparameterised (it would get no or a biased gradient)."""
+    for n in latent_sites(guide_trace):
+        fn = guide_trace.nodes[n]["fn"]
+        if not getattr(fn, "has_rsample", False) and not isinstance(fn, _POINT_MASSES):
+            raise ValueError(f"guide site '{n}': {type(fn).__name__} cannot be reparameterised, "
+                             "and the multimodal bounds use pathwise gradients; train such a "
+                             "guide with pyro.infer.TraceGraph_ELBO (a DiscreteMoEGuide: use "
+                             "its mixture_guide() with the bounds)")
+    for n, site in guide_trace.nodes.items():
+        if (site_is_subsample(site) and site["name"] == "data"
+                and site["fn"].subsample_size not in (None, site["fn"].size)):
+            raise ValueError("pyro.plate('data', N, subsample_size=...) is not supported by the "
+                             "multimodal bounds (their terms are per data point of the batch): "
+                             "pass the mini-batch itself as data")
+    if not local_latents(guide_trace):
+        raise ValueError("the guide samples no latent inside pyro.plate('data', N); the "
+                         "multimodal protocol names its data plate 'data'")
 
 
 def check_model_guide(model_trace, guide_trace, data):
@@ -152,10 +219,14 @@ def check_model_guide(model_trace, guide_trace, data):
 
 
 def log_likelihood(model_trace, latents, weights: Optional[Mapping[str, float]] = None):
-    """Sum over observed sites of ``w_m * log p(x_m | z)`` (scale and mask applied)."""
+    """Sum over the modality sites ``"x_<m>"`` of ``w_m * log p(x_m | z)`` (scale and mask
+    applied). Other observed sites are not likelihoods of a modality: inside the data plate
+    (a ``pyro.factor`` on the latents) they belong to the prior (:func:`prior_factors`, counted
+    in :func:`rate`), outside it they are counted once (:func:`global_log_ratio`)."""
     total = 0.0
     for name, site in model_trace.nodes.items():
-        if site["type"] == "sample" and site["is_observed"] and name not in latents:
+        if (site["type"] == "sample" and site["is_observed"] and name not in latents
+                and in_data_plate(site) and site_modality(name) is not None):
             w = 1.0 if weights is None else weights.get(site_modality(name), 1.0)
             total = total + w * site["log_prob"]
     return total

@@ -17,9 +17,12 @@ from pyro.infer.autoguide import AutoGuideList, AutoNormal
 from pyro_mmvae import (MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO,
                         observe)
 from pyro_mmvae.eval import log_likelihood, rate_distortion
-from pyro_mmvae.guides import MoE, MoPoE, PoE, SelfAttention, SumPooling
+from pyro_mmvae.eval.coherence import decoded_value
+from pyro_mmvae.guides import (DiscreteMoEGuide, MoE, MoPoE, PoE, SelfAttention, SumPooling,
+                               expert_encoder)
 from pyro_mmvae.infer.cells import StackedDistribution
 from pyro_mmvae.protocol import DATA_PLATE, is_vectorized
+from tests.helpers import DIMS as LG_DIMS
 from tests.helpers import linear_problem, make_guide, random_mask
 
 SMALL = dict(hidden_dim=16, pooling_dim=8)
@@ -358,3 +361,133 @@ def test_iwae_with_a_global_latent_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="iwae=True with global latents"):
         MaskedMultimodalELBO(2, iwae=True).loss(model, composed, data,
                                                 {m: torch.ones(16, dtype=torch.bool) for m in data})
+
+
+# --------------------------------------------------------------------------- review follow-ups
+
+@pytest.mark.parametrize("vectorize", [None, False])
+def test_global_sigma_autonormal_equals_trace_elbo_with_full_subsets(vectorize, crn):
+    """masking='all' makes every bound the ELBO: with the same draws the library's bounds give
+    Trace_ELBO's value exactly, AutoNormal's auxiliary site and Delta included, sigma's
+    log p - log q counted once (not once per subset term)."""
+    model, data, _ = sigma_problem()
+    guide = make_guide(PoE(), dims=DIMS)
+    composed, _ = autonormal_beside(model, guide)
+    mask = {m: torch.ones(16, dtype=torch.bool) for m in data}
+    composed(data, mask)  # the autoguide's set-up traces the model (and draws) once, first
+    kwargs = dict(analytic_kl=False, estimator="standard", vectorize=vectorize)
+    values = {}
+    for name, elbo in {"Trace_ELBO": Trace_ELBO(),
+                       "masked": MaskedMultimodalELBO(masking="all", **kwargs),
+                       "mixture": MixtureMultimodalELBO(masking="all", **kwargs)}.items():
+        pyro.set_rng_seed(0)
+        crn.reset()
+        values[name] = elbo.loss(model, composed, data, mask)
+    assert values["masked"] == pytest.approx(values["Trace_ELBO"], abs=1e-9)
+    assert values["mixture"] == pytest.approx(values["Trace_ELBO"], abs=1e-9)
+
+
+@pytest.mark.parametrize("vectorize", [None, False])
+def test_factors_count_once_as_pyro_counts_them(vectorize):
+    """A global pyro.factor is counted once and a per-datapoint factor on z belongs to the
+    prior (not to every subset term): with full subsets the bounds equal Trace_ELBO."""
+    weights = {m: torch.randn(2, d) for m, d in DIMS.items()}
+
+    def model(data, mask):
+        pyro.factor("anchor", torch.tensor(-1.5))
+        with pyro.plate(DATA_PLATE, 8):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.factor("shrink", -0.1 * (z ** 2).sum(-1))
+            for m, w in weights.items():
+                observe(m, dist.Normal(z @ w, 1.0).to_event(1), data, mask)
+
+    def guide(data, mask):
+        with pyro.plate(DATA_PLATE, 8):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    data = {m: torch.randn(8, d) for m, d in DIMS.items()}
+    mask = {m: torch.ones(8, dtype=torch.bool) for m in data}
+    pyro.set_rng_seed(0)
+    ref = Trace_ELBO().loss(model, guide, data, mask)
+    for make in (MaskedMultimodalELBO, MixtureMultimodalELBO):
+        pyro.set_rng_seed(0)
+        value = make(masking="all", analytic_kl=False, vectorize=vectorize).loss(
+            model, guide, data, mask)
+        assert value == pytest.approx(ref, abs=1e-9), make.__name__
+
+
+def test_bounds_refuse_what_they_cannot_score():
+    model, data = linear_problem(n=8)
+    with pytest.raises(ValueError, match="max_plate_nesting must be 1"):
+        MaskedMultimodalELBO(max_plate_nesting=2)
+
+    def subsampling(data, mask):
+        with pyro.plate(DATA_PLATE, 8, subsample_size=3):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    with pytest.raises(ValueError, match="subsample_size"):
+        MaskedMultimodalELBO().loss(model, subsampling, data)
+
+    def other_plate(data, mask):
+        with pyro.plate("batch", 8):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    for make in (MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO):
+        with pytest.raises(ValueError, match=r"no latent inside pyro.plate\('data', N\)"):
+            make().loss(model, other_plate, data)
+
+    discrete = DiscreteMoEGuide({m: expert_encoder(d, 2, (8,)) for m, d in LG_DIMS.items()})
+    with pytest.raises(ValueError, match="guide site 'expert'.*cannot be reparameterised"):
+        MixtureMultimodalELBO().loss(model, discrete, data)
+
+
+def test_log_likelihood_and_rate_distortion_with_an_autonormal_beside_the_guide(crn):
+    """Auxiliary sites in the importance weights: AutoNormal's q(sigma) (a Normal on log sigma
+    and a Delta with the Jacobian) gives the same estimate as the LogNormal it amounts to."""
+    model, data, _ = sigma_problem(n=8)
+    guide = make_guide(PoE(), dims=DIMS)
+    composed, auto = autonormal_beside(model, guide)
+    mask = random_mask(data, seed=2)
+    composed(data, mask)  # set up the autoguide
+    loc = pyro.param("AutoNormal.locs.sigma").detach()
+    scale = pyro.param("AutoNormal.scales.sigma").detach()
+
+    def lognormal(data, mask):
+        pyro.sample("sigma", dist.LogNormal(loc, scale))
+        return guide(data, mask)
+
+    values = []
+    for g in (composed, lognormal):
+        pyro.set_rng_seed(0)
+        crn.reset()
+        values.append(log_likelihood(model, g, data, mask, num_samples=4))
+    torch.testing.assert_close(values[0], values[1])
+    rd = rate_distortion(model, composed, data, mask, num_samples=2)
+    assert torch.isfinite(rd["full_rate"]).all() and torch.isfinite(rd["cross_rate"]).all()
+
+
+@pytest.mark.parametrize("bound", sorted(ALL_BOUNDS))
+def test_autoguidelist_trains_under_every_bound(bound):
+    model, data, _ = sigma_problem(n=64)
+    listed = AutoGuideList(model)
+    listed.append(AutoNormal(poutine.block(model, expose=["sigma"])))
+    listed.append(make_guide(MoE() if bound == "mixture-moe" else PoE(), dims=DIMS, hidden=(16,)))
+    mask = {m: torch.ones(64, dtype=torch.bool) for m in data}
+    pyro.set_rng_seed(0)
+    svi = SVI(model, listed, pyro.optim.Adam({"lr": 0.03}), loss=ALL_BOUNDS[bound]())
+    first = sum(svi.step(data, mask) for _ in range(5))
+    for _ in range(60):
+        svi.step(data, mask)
+    assert sum(svi.step(data, mask) for _ in range(5)) < first
+
+
+def test_decoded_values_of_a_plain_model_are_decoded_cell_by_cell():
+    logits = torch.randn(2, 3, 5, 4)  # a (2, 3) grid of cells with batch (5,), 4 categories
+    parts = [dist.OneHotCategorical(logits=logits[i, j]) for i in range(2) for j in range(3)]
+    stacked = StackedDistribution(parts, (2, 3), (5,))
+    value = stacked.sample()
+    decoded = decoded_value({"fn": stacked, "value": value})
+    expected = torch.nn.functional.one_hot(logits.argmax(-1), 4).to(value.dtype)
+    assert torch.equal(decoded, expected)
+    cat = StackedDistribution([dist.Categorical(logits=logits[i, j]) for i in range(2)
+                               for j in range(3)], (2, 3), (5,))
+    assert torch.equal(decoded_value({"fn": cat, "value": cat.sample()}),
+                       logits.argmax(-1).to(value.dtype))
