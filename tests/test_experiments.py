@@ -246,6 +246,7 @@ def polydigits():
     return load_script("polydigits")
 
 
+@pytest.mark.slow  # a training run
 def test_polydigits_smoke(polydigits, image_data_root, tmp_path):
     payload = polydigits.main(["--quick", "--output-dir", str(tmp_path), "--data-root",
                                str(image_data_root)])
@@ -291,6 +292,7 @@ def digits_svhn_text():
     return load_script("digits_svhn_text")
 
 
+@pytest.mark.slow  # a training run
 def test_digits_svhn_text_smoke(digits_svhn_text, image_data_root, tmp_path):
     argv = ["--quick", "--output-dir", str(tmp_path), "--data-root", str(image_data_root),
             "--keep-runs"]

@@ -1,4 +1,5 @@
 import pyro
+import pytest
 import torch
 from pyro.distributions import MultivariateNormal
 
@@ -19,6 +20,7 @@ def broadened_posterior_guide(model, shift=0.3, inflate=1.5):
     return guide
 
 
+@pytest.mark.slow  # a training run
 def test_is_estimate_converges_to_exact_log_likelihood():
     model, data = linear_problem(n=10)
     guide = broadened_posterior_guide(model)

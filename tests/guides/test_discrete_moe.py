@@ -10,8 +10,8 @@ from pyro.distributions import Normal
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 from pyro_mmvae.guides import MoE, MultimodalGuide, expert_encoder
-from pyro_mmvae.guides.discrete_moe import (ComponentDraw, DiscreteMoEGuide, ExpertGate, MoEBaseline,
-                                            ScoreFunctionCategorical)
+from pyro_mmvae.guides.discrete_moe import (ComponentDraw, DiscreteMoEGuide, ExpertGate,
+                                            MoEBaseline, ScoreFunctionCategorical)
 from pyro_mmvae import MixtureMultimodalELBO
 from pyro_mmvae.protocol import stack_mask
 from tests.helpers import DIMS, linear_problem, random_mask
@@ -133,6 +133,7 @@ def test_gate_gradient_is_unbiased(baseline):
     assert ((exact.abs() > 5 * se) & (exact.abs() > 1e-2)).any()  # the check has power
 
 
+@pytest.mark.slow  # a training run
 def test_tracegraph_training_improves_the_moe_bound():
     _, data = linear_problem(n=32)
     model, _ = linear_problem(seed=1)

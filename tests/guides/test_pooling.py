@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pyro_mmvae.guides import (DiagNormalMixture, MultimodalGuide, SelfAttention,
-SelfAttentionMixture,
-                               SumPooling, SumPoolingMixture, expert_encoder)
+                               SelfAttentionMixture, SumPooling, SumPoolingMixture, expert_encoder)
 
 E, D = 6, 3
 AGGREGATORS = {

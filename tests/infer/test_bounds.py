@@ -156,6 +156,7 @@ def test_masked_out_values_change_neither_loss_nor_gradients(bound, agg):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.parametrize("bound, agg", TRAIN_CASES)
 def test_each_bound_trains_and_reaches_every_parameter(bound, agg):
     _, data = linear_problem(n=32)
@@ -179,6 +180,7 @@ def assert_trains(model, guide, elbo, data, steps=200):
     assert model.exact_log_likelihood(data).sum().item() > before + 1.0, type(elbo).__name__
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.parametrize("agg", sorted(AGGREGATORS))
 def test_pyro_builtin_elbos_train_the_same_model_and_guide(agg):
     _, data = linear_problem(n=32)

@@ -2,6 +2,7 @@
 maximum-likelihood fit of the linear-Gaussian simulation (the paper reports a gap of 0.00)."""
 
 import pyro
+import pytest
 import torch
 from pyro.infer import SVI
 
@@ -11,6 +12,7 @@ from pyro_mmvae import MaskedMultimodalELBO
 from pyro_mmvae.data import shared_latent_study
 
 
+@pytest.mark.slow  # a training run
 def test_sum_pooling_masked_bound_reaches_the_mle_on_a_short_budget():
     torch.set_default_dtype(torch.float32)
     sim = shared_latent_study(num_points=1000, num_modalities=3, latent_dim=2,

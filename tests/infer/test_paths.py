@@ -316,6 +316,7 @@ def autonormal_beside(model, guide):
     return composed, auto
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.parametrize("bound", sorted(ALL_BOUNDS) + ["Trace_ELBO"])
 def test_global_sigma_trains_with_an_autonormal_beside_the_library_guide(bound):
     model, data, _ = sigma_problem(n=64)
@@ -464,6 +465,7 @@ def test_log_likelihood_and_rate_distortion_with_an_autonormal_beside_the_guide(
     assert torch.isfinite(rd["full_rate"]).all() and torch.isfinite(rd["cross_rate"]).all()
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.parametrize("bound", sorted(ALL_BOUNDS))
 def test_autoguidelist_trains_under_every_bound(bound):
     model, data, _ = sigma_problem(n=64)

@@ -7,8 +7,7 @@ import torch
 from pyro.infer import SVI
 
 from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MultimodalGuide, PoE,
-PooledPrivate,
-                               SelfAttention, SumPooling, expert_encoder)
+                               PooledPrivate, SelfAttention, SumPooling, expert_encoder)
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO
 from tests.helpers import DIMS, ExactPrivatePosteriorGuide, private_problem, random_mask
 
@@ -106,6 +105,7 @@ def test_masked_out_values_change_no_guide_site_and_private_latent_is_prior(kind
         assert torch.equal(fn.stddev[off], torch.ones(int(off.sum()), P))
 
 
+@pytest.mark.slow  # a training run
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("bound", ["masked", "mixture", "subsampled", "masked-iwae"])
 def test_pe_guides_train_under_each_bound(kind, bound):
