@@ -493,3 +493,18 @@ def test_decoded_values_of_a_plain_model_are_decoded_cell_by_cell():
                                for j in range(3)], (2, 3), (5,))
     assert torch.equal(decoded_value({"fn": cat, "value": cat.sample()}),
                        logits.argmax(-1).to(value.dtype))
+
+
+@pytest.mark.parametrize("bound", ["masked", "mixture-stratified", "subsampled"])
+def test_paths_agree_with_a_gaussian_mixture_prior(bound, crn):
+    from pyro_mmvae.models import GaussianMixturePrior, MultimodalModel
+    base, data = linear_problem(n=8)
+    model = MultimodalModel(GaussianMixturePrior(3, 2), dict(base.decoders))
+    guide = make_guide(PoE())
+    mask = random_mask(data)
+    ref = loss_and_grads(BOUNDS[bound](num_particles=2), model, guide, data, mask, crn)
+    got = loss_and_grads(BOUNDS[bound](num_particles=2, vectorize=False), model, guide, data,
+                         mask, crn)
+    assert torch.allclose(got[0], ref[0], rtol=1e-10, atol=1e-10), (got[0], ref[0])
+    for g, r in zip(got[1], ref[1]):
+        assert torch.allclose(g, r, rtol=1e-8, atol=1e-10)
