@@ -226,9 +226,14 @@ def test_importance_sampled_likelihood_is_exact_for_a_plain_exact_proposal():
     exact = model.exact_log_likelihood(data, mask)
     assert torch.allclose(log_likelihood(pmodel, guide, data, mask, num_samples=5), exact,
                           atol=1e-9)
-    rd = rate_distortion(pmodel, guide, data, mask, num_samples=2)
-    ref = rate_distortion(model, plain_exact_guide(model), data, mask, num_samples=2)
-    assert set(rd) == set(ref) and all(torch.isfinite(v.float()).all() for v in rd.values())
+    pyro.set_rng_seed(3)
+    rd = rate_distortion(pmodel, guide, data, mask, num_samples=2)  # model per cell
+    pyro.set_rng_seed(3)
+    ref = rate_distortion(model, guide, data, mask, num_samples=2)  # model vectorised
+    assert set(rd) == set(ref)
+    for key in ref:
+        torch.testing.assert_close(rd[key], ref[key], rtol=1e-10, atol=1e-10)
+    assert (ref["cross_rate"] >= -1e-9).all()  # a closed-form KL here
 
 
 def test_stacked_distribution_scores_cell_by_cell():
