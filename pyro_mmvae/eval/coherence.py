@@ -127,8 +127,8 @@ def decoded_value(site: dict, use_mean: bool = True) -> torch.Tensor:
     fn = site["fn"]
     if isinstance(fn, StackedDistribution):  # a program traced cell by cell: decode each cell
         parts = [decoded_value({"fn": p, "value": v}, use_mean)
-                 for p, v in zip(fn.parts, fn._cells(value))]
-        return fn._stack(parts, len(fn.event_shape)).reshape(value.shape)
+                 for p, v in zip(fn.parts, fn.cell_values(value))]
+        return fn.stack_cells(parts, len(fn.event_shape)).reshape(value.shape)
     base = fn
     while hasattr(base, "base_dist"):
         base = base.base_dist

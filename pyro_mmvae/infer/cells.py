@@ -104,7 +104,7 @@ class StackedDistribution(TorchDistribution):
     def has_rsample(self):
         return all(p.has_rsample for p in self.parts)
 
-    def _stack(self, results: List[torch.Tensor], trailing: int) -> torch.Tensor:
+    def stack_cells(self, results: List[torch.Tensor], trailing: int) -> torch.Tensor:
         """Stack per-cell tensors ``(*lead, *cell_batch, *trailing dims)`` into the grid."""
         tail = len(self.cell_batch)
         shape = torch.broadcast_shapes(*(r.shape for r in results))
@@ -112,7 +112,7 @@ class StackedDistribution(TorchDistribution):
         out = torch.stack([r.expand(shape) for r in results], dim=len(lead))
         return out.reshape(lead + self.grid + shape[len(lead):])
 
-    def _cells(self, value: torch.Tensor):
+    def cell_values(self, value: torch.Tensor):
         """Per-cell slices of a value broadcast to ``(*lead, *grid, *cell_batch, *event)``."""
         value = value.expand(torch.broadcast_shapes(value.shape,
                                                     self.batch_shape + self.event_shape))
@@ -124,22 +124,24 @@ class StackedDistribution(TorchDistribution):
     def log_prob(self, value):
         if value.numel() == 0:  # a factor (Unit): its value holds nothing to slice
             empty = value.new_empty(self.cell_batch + self.event_shape)
-            return self._stack([p.log_prob(empty).expand(self.cell_batch) for p in self.parts], 0)
-        results = [p.log_prob(v) for p, v in zip(self.parts, self._cells(value))]
-        return self._stack(results, 0)
+            return self.stack_cells([p.log_prob(empty).expand(self.cell_batch)
+                                     for p in self.parts], 0)
+        results = [p.log_prob(v) for p, v in zip(self.parts, self.cell_values(value))]
+        return self.stack_cells(results, 0)
 
     def rsample(self, sample_shape=torch.Size()):
-        return self._stack([p.rsample(sample_shape) for p in self.parts], len(self.event_shape))
+        return self.stack_cells([p.rsample(sample_shape) for p in self.parts],
+                                len(self.event_shape))
 
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
-            return self._stack([p.sample(sample_shape) for p in self.parts],
-                               len(self.event_shape))
+            return self.stack_cells([p.sample(sample_shape) for p in self.parts],
+                                    len(self.event_shape))
 
     def _per_part(self, attr):
         shape = self.cell_batch + self.event_shape
-        return self._stack([getattr(p, attr).expand(shape) for p in self.parts],
-                           len(self.event_shape))
+        return self.stack_cells([getattr(p, attr).expand(shape) for p in self.parts],
+                                len(self.event_shape))
 
     @property
     def mean(self):
@@ -150,7 +152,7 @@ class StackedDistribution(TorchDistribution):
         return self._per_part("variance")
 
     def entropy(self):
-        return self._stack([p.entropy().expand(self.cell_batch) for p in self.parts], 0)
+        return self.stack_cells([p.entropy().expand(self.cell_batch) for p in self.parts], 0)
 
     def reordered(self, order: Sequence[int]) -> "StackedDistribution":
         """The stack with its outermost grid entries permuted (``order`` indexes grid dim 0)."""
@@ -193,8 +195,8 @@ def as_stack(fn, grid, cell_batch) -> StackedDistribution:
 def _kl_stacked(p, q):
     if p.grid != q.grid or p.cell_batch != q.cell_batch:
         raise NotImplementedError
-    return p._stack([kl_divergence(a, b).expand(p.cell_batch) for a, b in zip(p.parts, q.parts)],
-                    0)
+    kls = [kl_divergence(a, b).expand(p.cell_batch) for a, b in zip(p.parts, q.parts)]
+    return p.stack_cells(kls, 0)
 
 
 @register_kl(Distribution, StackedDistribution)
