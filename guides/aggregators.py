@@ -5,7 +5,10 @@ Every aggregator is an ``nn.Module`` called as ``aggregator(features, mask)`` wi
 - ``features``: ``(B, M, E)`` stacked outputs of the modality encoders (``M`` modalities in the
   guide's order). For the Gaussian experts of PoE / MoE / MoPoE, ``E = 2D``: the first ``D``
   entries are the expert mean, the last ``D`` an unconstrained scale mapped through
-  :func:`~pyro_mmvae.nn.positive_scale` (``min_scale + softplus``).
+  :func:`~pyro_mmvae.nn.positive_scale` (``min_scale + softplus``; ``scale="softplus"``,
+  the default) or a log-variance (``scale="logvar"``: :math:`\sigma = \text{min\_scale} +
+  \exp(\tfrac12 \log\sigma^2)`, the parameterisation of MVAE's and MultiVae's encoders; see
+  :func:`gaussian_experts`).
 - ``mask``: bool ``(..., B, M)``, True where a modality is in the conditioning subset S. Leading
   dimensions (stacked subsets) broadcast.
 
@@ -29,12 +32,37 @@ from .distributions import DiagNormalMixture
 PriorExpert = Union[bool, str]
 
 
-def gaussian_experts(features: torch.Tensor, min_scale: float):
-    """Split expert features ``(..., M, 2D)`` into means and precisions ``(..., M, D)``."""
+SCALES = ("softplus", "logvar")
+
+
+def check_scale(scale: str) -> str:
+    """``scale`` if it names a parameterisation of :func:`gaussian_experts`, else ValueError."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    return scale
+
+
+def gaussian_experts(features: torch.Tensor, min_scale: float, scale: str = "softplus"):
+    r"""Split expert features ``(..., M, 2D)`` into means and precisions ``(..., M, D)``.
+
+    The first ``D`` features are the means :math:`\mu`, the last ``D`` (:math:`r`) give the
+    standard deviations, floored at ``min_scale`` the same way for both parameterisations:
+
+    - ``scale="softplus"``: :math:`\sigma = \text{min\_scale} + \log(1 + e^{r})`;
+    - ``scale="logvar"``: :math:`r = \log\sigma_0^2` and
+      :math:`\sigma = \text{min\_scale} + \exp(r/2)` (``min_scale=0`` gives the plain
+      log-variance head of MVAE and MultiVae, :math:`\sigma = e^{r/2}`).
+
+    Returns :math:`\mu` and the precisions :math:`\sigma^{-2}`.
+    """
     if features.shape[-1] % 2:
         raise ValueError(f"Gaussian experts need an even feature size 2D, got {features.shape[-1]}")
     loc, raw = features.chunk(2, dim=-1)
-    return loc, positive_scale(raw, min_scale).pow(-2)
+    if scale == "logvar":
+        sigma = torch.exp(0.5 * raw) + min_scale
+    else:
+        sigma = positive_scale(raw, min_scale)
+    return loc, sigma.pow(-2)
 
 
 def product_of_gaussians(locs, precisions, weights, prior_expert):
@@ -61,17 +89,22 @@ class PoE(nn.Module):
 
     computed in precision form. The prior expert :math:`p(z)=\mathcal N(0,I)` is on by default
     (``prior_expert=False`` drops it); the empty subset gives the standard-normal prior (the
-    prior expert alone, or by convention when there is no prior expert). Returns ``Normal(loc, scale).to_event(1)``, so every analytic
-    Gaussian KL in the registry applies.
+    prior expert alone, or by convention when there is no prior expert). Returns
+    ``Normal(loc, scale).to_event(1)``, so every analytic Gaussian KL in the registry applies.
+
+    ``scale``: how an expert's second half of features becomes its standard deviation,
+    ``"softplus"`` (default) or ``"logvar"`` (:func:`gaussian_experts`).
     """
 
-    def __init__(self, prior_expert: bool = True, min_scale: float = 1e-3):
+    def __init__(self, prior_expert: bool = True, min_scale: float = 1e-3,
+                 scale: str = "softplus"):
         super().__init__()
         self.prior_expert = prior_expert
         self.min_scale = min_scale
+        self.scale = check_scale(scale)
 
     def forward(self, features, mask):
-        locs, precisions = gaussian_experts(features, self.min_scale)
+        locs, precisions = gaussian_experts(features, self.min_scale, self.scale)
         mask = mask.to(precisions.dtype)
         # (..., B, M) mask -> product over the selected experts, one product per row.
         prec = (mask.unsqueeze(-1) * precisions).sum(-2) + float(self.prior_expert)
@@ -100,11 +133,13 @@ class SubsetMixture(nn.Module):
         code does).
     :param include_empty: keep the prior as a component even when S is not empty (the paper's
         :math:`2^M` components instead of the code's :math:`2^M-1`).
+    :param scale: the experts' parameterisation, ``"softplus"`` (default) or ``"logvar"``
+        (:func:`gaussian_experts`).
     """
 
     def __init__(self, subsets: Optional[Sequence[Sequence[int]]] = None,
                  prior_expert: PriorExpert = False, include_empty: bool = False,
-                 min_scale: float = 1e-3):
+                 min_scale: float = 1e-3, scale: str = "softplus"):
         super().__init__()
         if prior_expert not in (True, False, "full_set"):
             raise ValueError(
@@ -115,6 +150,7 @@ class SubsetMixture(nn.Module):
         self.prior_expert = prior_expert
         self.include_empty = include_empty
         self.min_scale = min_scale
+        self.scale = check_scale(scale)
         self._cache = {}
 
     def default_subsets(self, num_modalities: int):
@@ -138,7 +174,7 @@ class SubsetMixture(nn.Module):
         return self._cache[key]
 
     def forward(self, features, mask):
-        locs, precisions = gaussian_experts(features, self.min_scale)
+        locs, precisions = gaussian_experts(features, self.min_scale, self.scale)
         m = features.shape[-2]
         a, prior = self.subset_matrix(m, features)
         loc, scale = product_of_gaussians(locs, precisions, a.to(features.dtype), prior)
@@ -165,8 +201,9 @@ class MoE(SubsetMixture):
     with S empty it is the standard-normal prior.
     """
 
-    def __init__(self, prior_expert: bool = False, min_scale: float = 1e-3):
-        super().__init__(None, prior_expert=prior_expert, min_scale=min_scale)
+    def __init__(self, prior_expert: bool = False, min_scale: float = 1e-3,
+                 scale: str = "softplus"):
+        super().__init__(None, prior_expert=prior_expert, min_scale=min_scale, scale=scale)
 
     def default_subsets(self, num_modalities):
         return [(i,) for i in range(num_modalities)]
@@ -183,9 +220,10 @@ class MoPoE(SubsetMixture):
     """
 
     def __init__(self, subsets=None, prior_expert: PriorExpert = "full_set",
-                 include_empty: bool = False, min_scale: float = 1e-3):
+                 include_empty: bool = False, min_scale: float = 1e-3,
+                 scale: str = "softplus"):
         super().__init__(subsets, prior_expert=prior_expert, include_empty=include_empty,
-                         min_scale=min_scale)
+                         min_scale=min_scale, scale=scale)
 
     def default_subsets(self, num_modalities):
         idx = range(num_modalities)

@@ -505,13 +505,15 @@ def _real(value, name: str, kind: str) -> float:
 
 def check_positive_float(value, name: str) -> float:
     """``value`` as a Python ``float`` if it is a finite number ``> 0``; else an error naming
-    ``name``: ``TypeError`` for a non-number (a bool, a string, a list or a callable — e.g. a
-    schedule: the bounds take one fixed value), ``ValueError`` for NaN, infinity, zero or a
-    negative value. Used for ``beta``."""
+    ``name``: ``TypeError`` for a non-number (a bool, a string, a list or a callable),
+    ``ValueError`` for NaN, infinity, zero or a negative value. Used for a constant ``beta``
+    (the bounds take a schedule as a callable, :mod:`pyro_mmvae.infer.schedules`, before
+    calling this)."""
     kind = "a finite positive number"
     if callable(value) or isinstance(value, (list, tuple, range)):
-        raise TypeError(f"{name} must be {kind}, got {_describe(value)}; the bounds take one "
-                        "fixed value, not a schedule")
+        raise TypeError(f"{name} must be {kind}, got {_describe(value)}; a list of values is "
+                        "not a schedule: pass a callable step -> value (e.g. "
+                        "pyro_mmvae.infer.linear_warmup)")
     x = _real(value, name, kind)
     if not math.isfinite(x) or x <= 0:
         raise ValueError(f"{name} must be positive and finite, got {x}")

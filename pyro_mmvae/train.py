@@ -16,6 +16,23 @@ step, so the in-memory parameters are those of the last finite step. :func:`fit`
 of the last completed epoch and is never overwritten by a diverged state. ``metrics.json``
 records ``"status": "diverged"``.
 
+Overhead: Pyro's validation checks (distribution arguments, supports, plate shapes) run for the
+parameter-registration pass and the first step of each :func:`fit` call and are switched off
+for the others (``validate="first"``, default; ``"always"`` keeps them on, ``"never"`` off);
+the caller's global setting is restored around every step, so ``eval_fn`` and everything after
+:func:`fit` see it unchanged. Before the first timed step one forward pass of the loss
+(``loss.loss`` on the first ``batch_size`` points, in eval mode, with every RNG state saved and
+restored) registers the parameters, and the optimiser's per-parameter Adam objects are built
+from them; the first ``torch.optim`` construction in a process costs about a second (importing
+``torch._dynamo``), which no longer lands in the first epoch's time.
+
+A ``beta`` schedule (:mod:`pyro_mmvae.infer.schedules`): before every step :func:`fit` calls
+``loss.set_step(k)`` with ``k`` the number of steps taken so far over the whole run (if the loss
+has ``set_step``), checks the schedule's values for every step it will run before the first
+(``loss.check_beta``), and stores ``k`` in the checkpoint (``"step"``), so a resumed run
+continues the schedule where it stopped. After :func:`fit` the loss is at the step it would
+take next.
+
 Example::
 
     history = fit(model, guide, MaskedMultimodalELBO(), data, epochs=10, batch_size=128,
@@ -37,6 +54,7 @@ import numpy as np
 import pyro
 import pyro.optim
 import torch
+from pyro import poutine
 from pyro.infer import SVI
 from tqdm.auto import tqdm
 
@@ -217,10 +235,12 @@ def set_rng_state(state: Mapping, generator: Optional[torch.Generator] = None) -
 
 def save_checkpoint(path: PathLike, model, guide, optim, *, epoch: int, history: Mapping,
                     generator: Optional[torch.Generator] = None,
-                    config: Optional[Mapping] = None) -> None:
+                    config: Optional[Mapping] = None, step: Optional[int] = None) -> None:
     """Atomically save model/guide ``state_dict``, optimiser state, epoch, RNG states, history.
 
     :param optim: a :class:`pyro.optim.PyroOptim` (its ``get_state()`` is stored) or None.
+    :param step: optimisation steps taken over the run (stored as ``"step"``, what a ``beta``
+        schedule is evaluated at); None stores nothing.
     """
     ckpt = {
         "epoch": int(epoch),
@@ -231,6 +251,8 @@ def save_checkpoint(path: PathLike, model, guide, optim, *, epoch: int, history:
         "history": _json_safe(history),
         "config": _json_safe(dict(config or {})),
     }
+    if step is not None:
+        ckpt["step"] = int(step)
     _atomic_write(Path(path), lambda f: torch.save(ckpt, f))
 
 
@@ -246,7 +268,7 @@ def load_checkpoint(path: PathLike, model=None, guide=None, optim=None, *,
     optimiser state of a :class:`pyro.optim.PyroOptim` (applied when each parameter is next
     seen). RNG states are *not* restored here (see :func:`set_rng_state`). Returns the
     checkpoint dict (keys ``epoch``, ``model``, ``guide``, ``optimizer``, ``rng``, ``history``,
-    ``config``).
+    ``config``, and ``step`` in checkpoints written by :func:`fit`).
     """
     path = Path(path)
     if not path.is_file():
@@ -310,6 +332,35 @@ def _zero_param_grads():
         p.grad = None
 
 
+VALIDATE = ("first", "always", "never")
+
+
+def _build_optimizer_state(model, guide, loss, optim, batch, mask) -> None:
+    """Register the parameters with one forward pass of ``loss`` and build ``optim``'s
+    per-parameter optimisers, leaving no trace: every RNG state is restored, model and guide
+    run in eval mode (no BatchNorm statistics move), no gradient is kept and no update is made.
+
+    A :class:`pyro.optim.PyroOptim` creates (and loads resumed state into) an optimiser for a
+    parameter the first time it is called with it; called here with gradient-free parameters
+    it only does that (``torch.optim`` skips parameters without a gradient).
+    """
+    state = rng_state()
+    modes = (model.training, guide.training)
+    model.eval()
+    guide.eval()
+    try:
+        with poutine.trace(param_only=True) as capture:
+            loss.loss(model, guide, batch, mask)
+    finally:
+        set_rng_state(state)
+        model.train(modes[0])
+        guide.train(modes[1])
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    for p in params:
+        p.grad = None
+    optim(params)
+
+
 def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         mask: Optional[Mapping[str, torch.Tensor]] = None, epochs: int, batch_size: int,
         lr: float = 1e-3, clip_norm: Optional[float] = None,
@@ -317,7 +368,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         device: Union[str, torch.device, None] = "cpu", progress: bool = True,
         eval_fn: Optional[Callable[[int], Mapping[str, float]]] = None,
         config: Optional[Mapping[str, Any]] = None,
-        resume_from: Optional[PathLike] = None) -> dict:
+        resume_from: Optional[PathLike] = None, validate: str = "first") -> dict:
     """Train ``model`` and ``guide`` with SVI on shuffled mini-batches; return the history.
 
     :param model: Pyro program ``model(data, mask)`` (an ``nn.Module``, e.g. a ``PyroModule``).
@@ -338,7 +389,11 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         current state); its dict of numbers is stored in ``history["eval"]``.
     :param config: extra entries for ``config.json`` and the checkpoint (e.g. CLI arguments).
     :param resume_from: a checkpoint to continue from: restores parameters, optimiser state,
-        RNG states and history, then trains epochs ``ckpt["epoch"] + 1 .. epochs``.
+        RNG states, history and the step of a ``beta`` schedule, then trains epochs
+        ``ckpt["epoch"] + 1 .. epochs``.
+    :param validate: when Pyro's validation checks run: ``"first"`` (default) for the first
+        step of this call (and the parameter-registration pass before it), ``"always"`` for
+        every step, ``"never"`` for none. The global setting is restored after every step.
     :returns: history dict: ``epoch`` (list of 1-based epochs), ``loss`` (mean loss per data
         point of each epoch), ``epoch_time`` (seconds), ``step_loss`` (loss per data point of
         every step), ``eval`` (list of ``eval_fn`` results), ``steps_per_epoch``, ``status``
@@ -352,6 +407,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if validate not in VALIDATE:
+        raise ValueError(f"validate must be one of {VALIDATE}, got {validate!r}")
     checked = validate_batch(train_data, mask)  # ValueError naming the modality
     mask = None if mask is None else checked
     n = data_size(train_data)
@@ -373,6 +430,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     history = {"epoch": [], "loss": [], "epoch_time": [], "step_loss": [], "eval": [],
                "steps_per_epoch": steps_per_epoch, "status": "running"}
     start_epoch = 0
+    global_step = 0  # optimisation steps taken over the run (what a beta schedule reads)
     ckpt_path = None
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, model, guide, optim, map_location=dev)
@@ -381,7 +439,13 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
                                                         "step_loss", "eval")
                         if k in ckpt["history"]})
         start_epoch = int(ckpt["epoch"])
+        global_step = int(ckpt.get("step", start_epoch * steps_per_epoch))
         ckpt_path = Path(resume_from)
+    set_step = getattr(loss, "set_step", None)
+    check_beta = getattr(loss, "check_beta", None)
+    if check_beta is not None:  # ValueError naming beta before any step
+        check_beta(range(global_step,
+                         global_step + (epochs - start_epoch) * steps_per_epoch + 1))
 
     run_dir = Path(run_dir) if run_dir is not None else None
     full_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -394,6 +458,15 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
 
     svi = SVI(model, guide, optim, loss=loss)
     svi.loss_and_grads = _guarded(svi.loss_and_grads)
+    if epochs > start_epoch:  # parameters and optimisers before the first timed step
+        if set_step is not None:
+            set_step(global_step)
+        with pyro.validation_enabled(validate != "never"):
+            _build_optimizer_state(model, guide, loss, optim,
+                                   {m: x[:batch_size] for m, x in train_data.items()},
+                                   None if mask is None else
+                                   {m: v[:batch_size] for m, v in mask.items()})
+    first = True
 
     bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, disable=not progress,
                unit="step", dynamic_ncols=True, leave=True)
@@ -406,11 +479,17 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
             batches = iterate_minibatches(train_data, mask, batch_size=batch_size,
                                           generator=generator)
             for step, (batch, batch_mask) in enumerate(batches, start=1):
+                if set_step is not None:
+                    set_step(global_step)
                 try:
-                    value = svi.step(batch, batch_mask) / batch_size
+                    with pyro.validation_enabled(validate == "always" or
+                                                 (validate == "first" and first)):
+                        value = svi.step(batch, batch_mask) / batch_size
                 except _NonFinite as err:
                     _zero_param_grads()
                     _diverged(err, epoch, step, steps_per_epoch, history, run_dir, ckpt_path)
+                first = False
+                global_step += 1
                 total += value
                 history["step_loss"].append(value)
                 bar.update(1)
@@ -426,10 +505,12 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
             if run_dir is not None:
                 ckpt_path = run_dir / CHECKPOINT
                 save_checkpoint(ckpt_path, model, guide, optim, epoch=epoch, history=history,
-                                generator=generator, config=full_config)
+                                generator=generator, config=full_config, step=global_step)
                 _write_metrics(run_dir, history)
     finally:
         bar.close()
+    if set_step is not None:
+        set_step(global_step)  # the step the loss would take next
     history["status"] = "completed"
     if run_dir is not None:
         _write_metrics(run_dir, history)

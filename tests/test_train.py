@@ -217,3 +217,122 @@ def test_corrupted_checkpoint_is_a_clear_error(data, tmp_path):
     torch.save({"model": {}}, path)
     with pytest.raises(CheckpointError, match="lacks"):
         load_checkpoint(path, model, guide)
+
+
+# --------------------------------------------------------------------------- overhead (issue 11.4)
+
+class FlagRecorder(MaskedMultimodalELBO):
+    """The masked bound, recording Pyro's validation flags and the optimiser's size per step."""
+
+    def __init__(self, optims, **kwargs):
+        super().__init__(**kwargs)
+        self.optims = optims
+        self.flags, self.warmup_flags, self.built = [], [], []
+
+    @staticmethod
+    def _flags():
+        import pyro.distributions
+        import pyro.infer.util
+        import pyro.poutine
+        flags = (pyro.infer.util.is_validation_enabled(), pyro.poutine.is_validation_enabled(),
+                 pyro.distributions.is_validation_enabled())
+        assert len(set(flags)) == 1, flags
+        return flags[0]
+
+    def loss(self, model, guide, data, mask=None):
+        self.warmup_flags.append(self._flags())
+        return super().loss(model, guide, data, mask)
+
+    def loss_and_grads(self, model, guide, data, mask=None):
+        import pyro
+        self.flags.append(self._flags())
+        self.built.append((len(pyro.get_param_store()), len(self.optims[-1].optim_objs)))
+        return super().loss_and_grads(model, guide, data, mask)
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    import pyro_mmvae.train as train
+
+    optims = []
+
+    def make(*args, **kwargs):
+        optims.append(real(*args, **kwargs))
+        return optims[-1]
+
+    real = train.make_optimizer
+    monkeypatch.setattr(train, "make_optimizer", make)
+    return lambda: FlagRecorder(optims)
+
+
+@pytest.mark.parametrize("global_setting", [True, False])
+@pytest.mark.parametrize("validate, expected", [
+    ("first", [True] + [False] * 7), ("always", [True] * 8), ("never", [False] * 8)])
+def test_validation_on_the_first_step_only(data, recorder, global_setting, validate, expected):
+    import pyro
+
+    model, guide = build(data)
+    elbo = recorder()
+    seen_by_eval = []
+    pyro.enable_validation(global_setting)
+    try:
+        fit(model, guide, elbo, data, epochs=2, batch_size=32, progress=False, validate=validate,
+            eval_fn=lambda epoch: seen_by_eval.append(elbo._flags()) or {})
+        assert elbo.flags == expected
+        assert elbo.warmup_flags == [validate != "never"]  # the registration pass
+        assert seen_by_eval == [global_setting] * 2  # eval_fn sees the caller's setting
+        assert elbo._flags() is global_setting  # restored after fit
+    finally:
+        pyro.enable_validation(True)
+
+
+def test_validation_restored_after_divergence(data):
+    import pyro
+
+    model, guide = build(data)
+    pyro.enable_validation(False)
+    try:
+        with pytest.raises(TrainingDiverged):
+            fit(model, guide, NaNAfter(0), data, epochs=2, batch_size=32, progress=False)
+        assert not pyro.infer.util.is_validation_enabled()
+    finally:
+        pyro.enable_validation(True)
+
+
+def test_bad_validate_argument(data):
+    model, guide = build(data)
+    with pytest.raises(ValueError, match="validate must be one of"):
+        fit(model, guide, MaskedMultimodalELBO(), data, epochs=1, batch_size=32,
+            progress=False, validate="sometimes")
+
+
+def test_optimiser_built_before_the_first_step(data, recorder):
+    model, guide = build(data)
+    elbo = recorder()
+    fit(model, guide, elbo, data, epochs=1, batch_size=32, progress=False)
+    params, optims = elbo.built[0]
+    assert params > 0 and optims == params  # registered and built before step 1
+    assert len(set(elbo.built)) == 1
+
+
+def test_registration_pass_leaves_no_trace(data):
+    """The untimed registration pass restores every RNG and makes no update: fit's first step
+    has exactly the loss of a plain SVI step from the same seeds and batch."""
+    import pyro
+    from pyro.infer import SVI
+
+    from pyro_mmvae.train import make_optimizer
+
+    model, guide = build(data)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)  # what fit(seed=0) does, and its first batch
+    idx = torch.randperm(128, generator=torch.Generator().manual_seed(0))[:32]
+    svi = SVI(model, guide, make_optimizer(1e-2), loss=MaskedMultimodalELBO())
+    first = svi.step({m: x[idx] for m, x in data.items()}, None) / 32
+    second = svi.step({m: x[idx] for m, x in data.items()}, None) / 32
+
+    model, guide = build(data)
+    history = fit(model, guide, MaskedMultimodalELBO(), data, epochs=1, batch_size=32,
+                  lr=1e-2, progress=False)
+    assert history["step_loss"][0] == first
+    assert second != first  # (a pre-step update would have shown)

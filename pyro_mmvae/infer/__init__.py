@@ -4,6 +4,7 @@ from .base import MultimodalELBO
 from .masked_elbo import MaskedMultimodalELBO
 from .masking import MASKINGS, get_masking
 from .mixture_elbo import MixtureMultimodalELBO
+from .schedules import linear_warmup
 from .subsampled_elbo import SubsampledMultimodalELBO
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "MultimodalELBO",
     "SubsampledMultimodalELBO",
     "get_masking",
+    "linear_warmup",
 ]

@@ -12,7 +12,8 @@ components) sit left of it, so the particle dim of every term is ``-(max_plate_n
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Optional
+import numbers
+from typing import Callable, Literal, Mapping, Optional, Union
 
 import torch
 from pyro.infer import ELBO
@@ -22,6 +23,7 @@ from pyro_mmvae.protocol import (is_vectorized, scoring, stack_mask, unstack_mas
                                  validate_batch)
 
 from .masking import Masking, get_masking
+from .schedules import check_schedule, schedule_value
 from .traces import dreg_surrogate, global_latents, global_log_ratio, log_mean_exp
 
 Estimator = Literal["standard", "stl", "dreg"]
@@ -31,7 +33,12 @@ class MultimodalELBO(ELBO):
     r"""Base class of the multimodal bounds.
 
     :param num_particles: samples per data point (vectorised).
-    :param beta: weight :math:`\beta` of every rate (KL) term.
+    :param beta: weight :math:`\beta` of every rate (KL) term: a finite number ``> 0``, or a
+        schedule, a callable ``step -> beta`` returning finite numbers ``>= 0`` (e.g.
+        :func:`~pyro_mmvae.infer.schedules.linear_warmup`). The bound is told the step with
+        :meth:`set_step` (``pyro_mmvae.train.fit`` calls it before every optimisation step);
+        ``self.beta`` is the value at the current step (``beta(0)`` until ``set_step`` is
+        called). See :mod:`pyro_mmvae.infer.schedules`.
     :param likelihood_weights: ``{modality: w_m}``; each ``log p(x_m|z)`` is multiplied by
         ``w_m`` (training only; evaluation never weights).
     :param masking: the masking distribution :math:`\rho` over subsets
@@ -67,7 +74,8 @@ class MultimodalELBO(ELBO):
     (``infer={"is_auxiliary": True}``, as in Pyro's autoguides) add their :math:`-\log q`.
     """
 
-    def __init__(self, num_particles: int = 1, *, beta: float = 1.0,
+    def __init__(self, num_particles: int = 1, *,
+                 beta: Union[float, Callable[[int], float]] = 1.0,
                  likelihood_weights: Optional[Mapping[str, float]] = None,
                  masking: Masking = "iid_half", iwae: bool = False,
                  estimator: Optional[Estimator] = None, analytic_kl: bool = True,
@@ -75,7 +83,13 @@ class MultimodalELBO(ELBO):
         # bad arguments are a TypeError / ValueError naming them, before any step
         from pyro_mmvae.protocol import check_positive_float, check_positive_int, check_weights
         num_particles = check_positive_int(num_particles, "num_particles")
-        beta = check_positive_float(beta, "beta")
+        if callable(beta):  # a schedule step -> beta, checked at step 0 here, before training
+            self.beta_schedule = beta
+            beta = schedule_value(beta, 0, "beta")
+        else:
+            self.beta_schedule = None
+            beta = check_positive_float(beta, "beta")
+        self._step = 0
         likelihood_weights = check_weights(likelihood_weights, "likelihood_weights")
         if max_plate_nesting != 1:
             raise ValueError(f"max_plate_nesting must be 1 (the protocol's one data plate), got "
@@ -93,7 +107,7 @@ class MultimodalELBO(ELBO):
                              "(DReG reduces to it)")
         if estimator == "stl" and iwae:
             raise ValueError("estimator='stl' is biased for the IWAE bound; use 'dreg'")
-        self.beta = beta
+        self._beta = beta
         self.likelihood_weights = likelihood_weights
         self.masking_name = masking if isinstance(masking, str) else getattr(
             masking, "__name__", "custom")
@@ -102,6 +116,38 @@ class MultimodalELBO(ELBO):
         self.estimator = estimator
         self.analytic_kl = analytic_kl and not iwae
         self.vectorize = vectorize
+
+    # --- beta and its schedule ----------------------------------------------------------
+    @property
+    def beta(self) -> float:
+        """The weight of the rate terms at the current step (a float)."""
+        return self._beta
+
+    @property
+    def step(self) -> int:
+        """The step last given to :meth:`set_step` (0 initially)."""
+        return self._step
+
+    def set_step(self, step: int) -> None:
+        """Set the optimisation step (an ``int >= 0``: steps already taken) that a ``beta``
+        schedule is evaluated at; ``ValueError`` naming ``beta`` if the schedule's value there
+        is not finite and ``>= 0``. With a constant ``beta`` only the step is recorded."""
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) and not (
+                torch.is_tensor(step) and step.numel() == 1 and not step.is_floating_point()):
+            raise TypeError(f"step must be an int >= 0, got {type(step).__name__}")
+        step = int(step)
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if self.beta_schedule is not None:
+            self._beta = schedule_value(self.beta_schedule, step, "beta")
+        self._step = step
+
+    def check_beta(self, steps) -> None:
+        """Evaluate a ``beta`` schedule at every step of ``steps`` (an iterable of ints) and
+        raise ``ValueError`` naming ``beta`` at the first value that is not finite and ``>= 0``
+        (``fit`` calls it before training). Nothing to check for a constant ``beta``."""
+        if self.beta_schedule is not None:
+            check_schedule(self.beta_schedule, steps, "beta")
 
     # --- Pyro's ELBO interface -----------------------------------------------------------
     def _get_trace(self, model, guide, args, kwargs):
