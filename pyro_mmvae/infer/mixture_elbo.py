@@ -19,6 +19,24 @@ every observed modality is reconstructed from the subset's encoding. When
   (Sutter et al. 2021, eq. 12; a looser bound than eq. 6);
 - ``form="sampled"``: one draw from the mixture with the mixture density (seed 004's code).
 
+``form="average"`` decodes every component for every data point (:math:`2^M-1` subset PoEs
+for MoPoE). ``num_subsets=k`` estimates it at the cost of ``k`` components (MultiVae's cost
+with ``k=1``): per data point (and particle) ``k`` component indices :math:`j_1..j_k\sim\pi`
+are drawn with replacement, only those are decoded, and
+
+.. math::
+    \widehat{\mathcal L}^{\rm avg}_S = \frac1k\sum_{i=1}^k\mathbb E_{q_{j_i}}
+        \log p(x_O\mid z) - \beta\sum_k\pi_k\,\mathrm{KL}(q_k\,\|\,p),
+
+an unbiased estimate of the average (its expectation over the draws is the sum over
+components). The KL term stays exact over all components when it has a registered closed form
+(``analytic_kl``: no decoding needed); otherwise it is sampled with the reconstruction,
+:math:`\frac1k\sum_i[\log q_{j_i}(z_i) - \log p(z_i)]`.
+
+The stratified form scores each component's draw under the whole mixture, a pairwise
+(draw x component) computation; it is evaluated in chunks of draws (``chunk_size``) so that its
+memory grows as :math:`K\cdot B\cdot D` per chunk, not :math:`K^2\cdot B\cdot D`.
+
 MMVAE as Shi et al. train it is ``masking="all"``, MoE guide, ``form="stratified"``,
 ``iwae=True``, ``estimator="dreg"`` (:meth:`MixtureMultimodalELBO.mmvae`): per data point
 
@@ -37,20 +55,25 @@ subset-average form.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from pyro import poutine
+from pyro.distributions import Categorical, Independent, Laplace, Normal
+from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled
+from torch.distributions import kl_divergence
 
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 
 from .base import MultimodalELBO
-from .mixtures import components_first, is_mixture, mixture_logits
+from .cells import StackedDistribution
+from .mixtures import (chunked, components_first, draw_chunk, gather_components, is_mixture,
+                       mixture_logits)
 from .stratified_dreg import stratified_dreg
 from .traces import (check_model_guide, check_pathwise, global_latents, kl_estimate, latent_sites,
                      latent_values, local_latents, log_likelihood, prior_factors, rate,
-                     site_log_prob, trace_guide, trace_model)
+                     site_log_prob, stl_distribution, trace_guide, trace_model)
 
 Form = Literal["stratified", "average", "sampled"]
 
@@ -66,20 +89,52 @@ class MixtureMultimodalELBO(MultimodalELBO):
         ``"unbiased"`` (default; :mod:`~pyro_mmvae.infer.stratified_dreg`) or ``"mmvae"``
         (per-stratum DReG as in Shi et al.'s ``m_dreg_looser``: lower variance, biased for
         more than one particle).
+    :param num_subsets: ``form="average"`` only: ``None`` (default) decodes every mixture
+        component; an integer ``k`` draws ``k`` components per data point and particle from the
+        mixture weights :math:`\pi` and decodes only those, the unbiased estimator
+
+        .. math:: \frac1k\sum_{i=1}^k\Big[\mathbb E_{q_{j_i}}\log p(x_O\mid z)\Big]
+            - \beta\sum_j\pi_j\,\mathrm{KL}(q_j\,\|\,p),\qquad j_i\sim\pi,
+
+        of :math:`\sum_j\pi_j[\mathbb E_{q_j}\log p(x_O\mid z)-\beta\,\mathrm{KL}(q_j\|p)]`
+        (MoPoE eq. 12): the KL term exact over all components when ``analytic_kl`` and a closed
+        form is registered (the prior must be the same for every draw, as the model sees the
+        same data and mask), else the one-sample :math:`\log q_{j_i}(z_i)-\log p(z_i)` of
+        each drawn component. Zero-weight components are never drawn. With ``iwae=True`` the
+        ``k`` components are drawn per data point and shared by its particles (each draw's
+        particles form the IWAE bound of that component); the weights must then be the same
+        for every particle. Learned mixture weights get the score-function gradient of the
+        draw (:math:`\nabla\log\pi_{j_i}` times the drawn term), so gradients stay
+        unbiased. Without a mixture guide (one component) it has no effect. The other forms
+        refuse it: ``"stratified"`` with drawn components is ``"sampled"``.
+    :param chunk_size: ``form="stratified"``: draws whose mixture density is evaluated at
+        once (each against all :math:`K` components, checkpointed under autograd); ``None``
+        (default) chooses it so that a chunk's pairwise tensor holds at most
+        :data:`~pyro_mmvae.infer.mixtures.PAIRWISE_BUDGET` elements. Values do not depend on it.
 
     ``terms()`` returns per-datapoint ``elbo``, ``reconstruction`` (of all observed
     modalities), ``rate`` and ``subset_size``.
     """
 
     def __init__(self, num_particles: int = 1, *, masking="all", form: Form = "stratified",
-                 mixture_dreg: Literal["unbiased", "mmvae"] = "unbiased", **kwargs):
+                 mixture_dreg: Literal["unbiased", "mmvae"] = "unbiased",
+                 num_subsets: Optional[int] = None, chunk_size: Optional[int] = None,
+                 **kwargs):
+        from pyro_mmvae.protocol import check_positive_int
         super().__init__(num_particles, masking=masking, **kwargs)
         if form not in ("stratified", "average", "sampled"):
             raise ValueError(f"form must be 'stratified', 'average' or 'sampled', got {form!r}")
         if mixture_dreg not in ("unbiased", "mmvae"):
             raise ValueError(f"mixture_dreg must be 'unbiased' or 'mmvae', got {mixture_dreg!r}")
+        num_subsets = check_positive_int(num_subsets, "num_subsets", allow_none=True)
+        if num_subsets is not None and form != "average":
+            raise ValueError(f"num_subsets applies to form='average' only, got form={form!r} "
+                             "(drawing components for the stratified form is form='sampled' "
+                             "with num_particles draws)")
         self.form = form
         self.mixture_dreg = mixture_dreg
+        self.num_subsets = num_subsets
+        self.chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
 
     @classmethod
     def mmvae(cls, num_particles: int, *, faithful: bool = False, **kwargs):
@@ -129,11 +184,19 @@ class MixtureMultimodalELBO(MultimodalELBO):
                                   "subset_size": subset.sum(-1)}, guide_s, model_s)
 
     def _per_component(self, model, guide_s, q_site, data, o_mask, plates):
-        """Stratified / average forms: one draw per mixture component, in one model call."""
+        """Stratified / average forms: one draw per mixture component (or, with
+        ``num_subsets``, per drawn component), in one model call."""
         q = q_site["fn"]  # batch (S, B)
         comps = components_first(q)  # batch (K, S, B)
-        z = comps.rsample()  # (K, S, B, D)
-        weights = mixture_logits(q).exp().movedim(-1, 0)  # (K, S, B)
+        logits = mixture_logits(q)  # (S, B, K), normalised
+        weights = logits.exp().movedim(-1, 0)  # (K, S, B)
+        drawn = self.form == "average" and self.num_subsets is not None
+        if drawn:
+            index = self._draw_components(logits.expand(q.batch_shape + logits.shape[-1:]))
+            z_fn = gather_components(comps, index)  # batch (k, S, B)
+        else:
+            z_fn = comps
+        z = z_fn.rsample()  # (K or k, S, B, D)
         unbiased_dreg = (self.form == "stratified" and self.iwae and self.estimator == "dreg"
                          and self.mixture_dreg == "unbiased")
         # The unbiased stratified DReG scores the model at a detached copy of the samples and
@@ -147,7 +210,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
             fake.add_node(other, **guide_s.nodes[other])
         k_frame = CondIndepStackFrame(k_plate[0], k_plate[2], k_plate[1], 0)
         fake.add_node(name, name=name, type="sample", is_observed=False, value=z_in, infer={},
-                      fn=comps, scale=q_site["scale"], mask=q_site["mask"],
+                      fn=z_fn, scale=q_site["scale"], mask=q_site["mask"],
                       cond_indep_stack=(k_frame,) + tuple(q_site["cond_indep_stack"]))
         model_tr = trace_model(model, fake, data, o_mask, [k_plate] + list(plates),
                                vectorize=self.vectorized(model))
@@ -155,16 +218,25 @@ class MixtureMultimodalELBO(MultimodalELBO):
             check_model_guide(model_tr, fake, data)
         rec = log_likelihood(model_tr, latent_sites(fake), self.likelihood_weights)  # (K, S, B)
         p_site = model_tr.nodes[name]
+        if drawn:
+            return self.with_globals(self._drawn_average(rec, comps, z, index, logits, weights,
+                                                         fake.nodes[name], p_site, q_site,
+                                                         model_tr), guide_s, model_tr)
         if self.form == "stratified":
-            # log q(z_k | x_S) is the mixture density, so KL is the sampled log-ratio.
-            kl = site_log_prob(q_site, z_in, self.stop_gradient) - site_log_prob(p_site, z_in)
+            # log q(z_k | x_S) is the mixture density, so KL is the sampled log-ratio; the
+            # (draws x components) pairwise evaluation runs in chunks of draws.
+            fn = stl_distribution(q_site) if self.stop_gradient else q
+            chunk = draw_chunk(z_in, comps.batch_shape[0], self.chunk_size)
+            log_q = chunked(fn.log_prob, z_in, chunk=chunk)
+            kl = (scale_and_mask(log_q, q_site["scale"], q_site["mask"])
+                  - site_log_prob(p_site, z_in))
         else:
             comp_site = dict(fake.nodes[name])
             kl = kl_estimate(comp_site, p_site, self.analytic_kl, self.stop_gradient)
         kl = kl - prior_factors(model_tr)
         if unbiased_dreg:
             value = stratified_dreg(rec - self.beta * kl, z, z_in, q, self.beta,
-                                    self.particle_dim)  # (K, B)
+                                    self.particle_dim, chunk=self.chunk_size)  # (K, B)
         else:
             value = self.reduce_particles(rec - self.beta * kl, [z])  # (K, B)
         # Zero-weight components hold arbitrary finite values; where() keeps them out exactly.
@@ -174,3 +246,84 @@ class MixtureMultimodalELBO(MultimodalELBO):
         return self.with_globals({"elbo": elbo,
                                   "reconstruction": (w * rec.mean(dim)).sum(0).detach(),
                                   "rate": (w * kl.mean(dim)).sum(0).detach()}, guide_s, model_tr)
+
+    def _draw_components(self, logits):
+        """``num_subsets`` component indices per data point and particle ``(k, S, B)`` drawn
+        from the normalised ``logits`` ``(S, B, K)``; under IWAE one draw per data point, shared
+        by its particles."""
+        k = self.num_subsets
+        with torch.no_grad():
+            if not self.iwae:
+                return Categorical(logits=logits.detach(), validate_args=False).sample((k,))
+            pdim = self.particle_dim - 1  # of the logits, whose last dim is the components'
+            first = logits.detach().narrow(pdim, 0, 1)
+            if not torch.equal(logits.detach(), first.expand_as(logits)):
+                raise ValueError("num_subsets with iwae=True shares each drawn component among "
+                                 "a data point's particles: the mixture weights must be the same "
+                                 "for every particle")
+            index = Categorical(logits=first, validate_args=False).sample((k,))  # (k, 1, B)
+            return index.expand((k,) + logits.shape[:-1])
+
+    def _drawn_average(self, rec, comps, z, index, logits, weights, z_site, p_site, q_site,
+                       model_tr):
+        """``form="average"`` with ``num_subsets``: the terms of the drawn components, the KL
+        exact over all components where it is analytic (class docstring)."""
+        dim = self.particle_dim
+        exact = None
+        prior = _first_draw(p_site["fn"], comps.batch_shape[0]) if self.analytic_kl else None
+        if prior is not None:
+            # every component against the prior (the same for every draw: the first draw's)
+            try:
+                kl_all = kl_divergence(comps, prior)  # (K, S, B)
+            except NotImplementedError:
+                pass
+            else:
+                kl_all = scale_and_mask(kl_all, q_site["scale"], q_site["mask"])  # (K, S, B)
+                w = weights.mean(dim)  # (K, B)
+                exact = torch.where(w > 0, w * kl_all.mean(dim),
+                                    torch.zeros_like(w)).sum(0)  # (B,)
+        if exact is None:
+            kl = kl_estimate(z_site, p_site, False, self.stop_gradient)  # (k, S, B)
+        else:
+            kl = torch.zeros_like(rec)
+        kl = kl - prior_factors(model_tr)
+        sampled = rec - self.beta * kl  # (k, S, B)
+        ratio = None
+        if logits.requires_grad:  # learned weights: score-function term of the draw
+            log_pi = logits.expand(index.shape[1:] + logits.shape[-1:]).movedim(-1, 0)
+            log_pi = log_pi.gather(0, index)  # (k, S, B)
+            ratio = (log_pi - log_pi.detach()).exp()  # value 1, gradient grad log pi
+        if ratio is not None and not self.iwae:
+            sampled = sampled * ratio
+        value = self.reduce_particles(sampled, [z])  # (k, B)
+        if ratio is not None and self.iwae:
+            value = value * ratio.select(dim, 0)
+        elbo = value.mean(0)
+        rate = kl.mean(dim).mean(0).detach()
+        if exact is not None:
+            elbo = elbo - self.beta * exact
+            rate = rate + exact.detach()
+        return {"elbo": elbo, "reconstruction": rec.mean(dim).mean(0).detach(), "rate": rate}
+
+
+def _first_draw(prior, num_components: int):
+    """The model's prior at the first drawn component, for every one of ``num_components``:
+    batch broadcasting against ``(K, S, B)`` (a cell-by-cell stack: the first draw's row of
+    cells, repeated). ``None`` for a family whose parameters cannot be sliced (the KL is then
+    sampled)."""
+    if isinstance(prior, StackedDistribution):
+        per_row = len(prior.parts) // prior.grid[0]
+        return StackedDistribution(prior.parts[:per_row] * num_components,
+                                   (num_components,) + tuple(prior.grid[1:]), prior.cell_batch)
+    ndims = prior.reinterpreted_batch_ndims if isinstance(prior, Independent) else 0
+    base = prior.base_dist if isinstance(prior, Independent) else prior
+    if not isinstance(base, (Normal, Laplace)):
+        return None
+    pos = -(3 + ndims)  # the component plate's dim of the base batch: (k, S, B, *event)
+    loc, scale = base.loc, base.scale
+    if loc.dim() >= -pos and loc.shape[pos] > 1:
+        loc = loc.narrow(pos, 0, 1)
+    if scale.dim() >= -pos and scale.shape[pos] > 1:
+        scale = scale.narrow(pos, 0, 1)
+    first = type(base)(loc, scale)
+    return first.to_event(ndims) if ndims else first

@@ -4,14 +4,26 @@ Works for any distribution exposing ``mixture_distribution`` and ``component_dis
 (the library's :class:`~pyro_mmvae.guides.DiagNormalMixture`, Pyro's ``MixtureSameFamily``)
 and for a :class:`~pyro_mmvae.infer.cells.StackedDistribution` of them (a guide traced cell by
 cell).
+
+The stratified bound scores every component's draw under the whole mixture, a pairwise
+``(draws, ..., components)`` computation; :func:`chunked` evaluates it a block of draws at a
+time (checkpointed under autograd), so its memory is one block's, not the whole pairwise
+tensor's.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from pyro.distributions import Independent, Laplace, Normal
+from torch.utils.checkpoint import checkpoint
 
 from .cells import StackedDistribution
+
+#: Elements of the pairwise (draw x component x latent) tensor one chunk may hold when the
+#: chunk size is chosen automatically (:func:`draw_chunk`): 2**22, 16 MiB in float32.
+PAIRWISE_BUDGET = 1 << 22
 
 
 def is_mixture(fn) -> bool:
@@ -60,3 +72,53 @@ def components_first(mixture):
     k_dim = -(ndims + 1)
     moved = type(base)(base.loc.movedim(k_dim, 0), base.scale.movedim(k_dim, 0))
     return moved.to_event(ndims) if ndims else moved
+
+
+def gather_components(comps, index: torch.Tensor):
+    """The components ``comps`` (batch ``(K, *batch)``, as :func:`components_first` returns
+    them) at the indices ``index`` ``(k, *batch)``: a distribution with batch ``(k, *batch)``
+    whose entry ``[i, ...]`` is component ``index[i, ...]`` (differentiable in its parameters)."""
+    ndims = comps.reinterpreted_batch_ndims if isinstance(comps, Independent) else 0
+    base = comps.base_dist if isinstance(comps, Independent) else comps
+    loc, scale = base.loc, base.scale
+    tail = loc.shape[loc.dim() - ndims:] if ndims else torch.Size()
+    batch = torch.broadcast_shapes(index.shape[1:], loc.shape[1:loc.dim() - ndims])
+    full = (loc.shape[0],) + batch + tail
+    idx = index.expand((index.shape[0],) + batch).reshape((index.shape[0],) + batch
+                                                          + (1,) * ndims)
+    idx = idx.expand((index.shape[0],) + batch + tail)
+    picked = type(base)(loc.expand(full).gather(0, idx), scale.expand(full).gather(0, idx))
+    return picked.to_event(ndims) if ndims else picked
+
+
+def draw_chunk(value: torch.Tensor, num_components: int, chunk: Optional[int] = None) -> int:
+    """Draws per chunk for a pairwise evaluation of ``value`` ``(L, ...)`` against
+    ``num_components`` components: ``chunk`` if given, else as many as keep a chunk's
+    ``draws x components x value[0].numel()`` within :data:`PAIRWISE_BUDGET` (at least 1)."""
+    if chunk is not None:
+        return chunk
+    per_draw = max(1, value[0].numel() * num_components)
+    return max(1, PAIRWISE_BUDGET // per_draw)
+
+
+def chunked(fn: Callable, *tensors: torch.Tensor, chunk: int):
+    """``fn(*tensors)`` evaluated on blocks of ``chunk`` rows of every tensor's dim 0 and
+    concatenated along dim 0 (``fn`` must act row by row on that dim; it may return a tensor or
+    a tuple of tensors).
+
+    Under autograd every block is checkpointed (``torch.utils.checkpoint``, non-reentrant): its
+    intermediates are recomputed in the backward pass instead of stored, so peak memory is one
+    block's. One block (``chunk`` >= the rows) is the plain call. The values are those of the
+    plain call: every row is computed by the same operations.
+    """
+    n = tensors[0].shape[0]
+    if chunk >= n:
+        return fn(*tensors)
+    grad = torch.is_grad_enabled()
+    blocks = []
+    for start in range(0, n, chunk):
+        args = [t[start:start + chunk] for t in tensors]
+        blocks.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    if isinstance(blocks[0], tuple):
+        return tuple(torch.cat(parts, 0) for parts in zip(*blocks))
+    return torch.cat(blocks, 0)

@@ -56,6 +56,10 @@ The model parameters receive the IWAE gradient :math:`\sum_l\pi_l\sum_s\tilde w_
 coefficients, the model is evaluated at a detached copy ``z_in`` of the samples and the
 encoder's path gradient is formed explicitly with ``torch.autograd.grad`` (no gradient hook
 whose ratio could overflow).
+
+The responsibilities :math:`r_k(z_{ls})` form a (draw x component) pairwise tensor, evaluated
+in chunks of draws (checkpointed; :func:`~pyro_mmvae.infer.mixtures.chunked`) so that memory
+grows as one chunk's, not as :math:`K^2`.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ from __future__ import annotations
 import torch
 from pyro.distributions.util import detach
 
-from .mixtures import components_first, mixture_logits
+from typing import Optional
+
+from .mixtures import chunked, components_first, draw_chunk, mixture_logits
 from .traces import log_mean_exp
 
 
@@ -78,7 +84,7 @@ def leave_one_out_logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def stratified_dreg(log_w: torch.Tensor, z: torch.Tensor, z_in: torch.Tensor, mixture,
-                    beta: float, dim: int) -> torch.Tensor:
+                    beta: float, dim: int, chunk: Optional[int] = None) -> torch.Tensor:
     r"""Per-stratum IWAE values with the unbiased stratified DReG gradient (module docstring).
 
     :param log_w: ``(K, ..., S, B)`` log weights computed at ``z_in`` with the guide's
@@ -91,6 +97,8 @@ def stratified_dreg(log_w: torch.Tensor, z: torch.Tensor, z_in: torch.Tensor, mi
         K)``).
     :param beta: the weight of :math:`\log p(z)-\log q(z)` in ``log_w``.
     :param dim: the particle dim (negative).
+    :param chunk: draws ``L`` per chunk of the pairwise (draw x component) terms (``None``:
+        :func:`~pyro_mmvae.infer.mixtures.draw_chunk`'s budget); values do not depend on it.
     :returns: ``(K, ..., B)``: :math:`\log\frac1S\sum_s w_{ks}` per stratum, whose gradient
         is the estimator above (weight the strata by :math:`\pi_k` outside).
     """
@@ -101,22 +109,30 @@ def stratified_dreg(log_w: torch.Tensor, z: torch.Tensor, z_in: torch.Tensor, mi
     logits = mixture_logits(mixture)  # (..., S, B, K), normalised
     needs_path = torch.is_grad_enabled() and z.requires_grad
     if needs_path or logits.requires_grad:
-        # log pi_k q_k(z_ls) at detached parameters: (L, ..., S, B, K)
         comps = detach(components_first(mixture))  # batch (K, ..., S, B)
-        joint_lp = logits.detach() + comps.log_prob(z_in.unsqueeze(1)).movedim(1, -1)
+        size = draw_chunk(z_in, comps.batch_shape[0], chunk)
+
+        def joint(z_rows):  # log pi_k q_k(z_ls) at detached parameters: (l, ..., S, B, K)
+            return logits.detach() + comps.log_prob(z_rows.unsqueeze(1)).movedim(1, -1)
     if needs_path:
-        log_r = joint_lp - joint_lp.logsumexp(-1, keepdim=True)  # responsibilities
-        log_r = log_r.movedim(-1, 1)  # (L, K, ..., S, B)
         others = leave_one_out_logsumexp(lw, dim)  # (K, ..., S, B): sum over i != s
-        own = log_w.unsqueeze(1)  # (L, 1, ..., S, B), live in z_in
-        log_hat = own - torch.logaddexp(own, others.unsqueeze(0))
-        h = (log_r + log_hat).exp().sum(1)  # (L, ..., S, B)
+
+        def h_rows(z_rows, log_w_rows):
+            joint_lp = joint(z_rows)
+            log_r = joint_lp - joint_lp.logsumexp(-1, keepdim=True)  # responsibilities
+            log_r = log_r.movedim(-1, 1)  # (l, K, ..., S, B)
+            own = log_w_rows.unsqueeze(1)  # (l, 1, ..., S, B), live in z_in
+            log_hat = own - torch.logaddexp(own, others.unsqueeze(0))
+            return (log_r + log_hat).exp().sum(1)  # (l, ..., S, B)
+        h = chunked(h_rows, z_in, log_w, chunk=size)  # (L, ..., S, B)
         coef = (w * log_w - beta * h).sum()
         grad = torch.autograd.grad(coef, z_in, retain_graph=True, allow_unused=True)[0]
         if grad is not None:
             surrogate = surrogate + (grad.detach() * z).sum(-1).sum(dim)
     if logits.requires_grad:
         # exact direct term of learned weights: -beta sum_s w_s d/dpi log q(z_s)
-        log_q = (logits + joint_lp.detach() - logits.detach()).logsumexp(-1)
+        def log_q_rows(z_rows):  # (l, ..., S, B), live in the logits only
+            return (logits + joint(z_rows).detach() - logits.detach()).logsumexp(-1)
+        log_q = chunked(log_q_rows, z_in, chunk=size)
         surrogate = surrogate - beta * (w * log_q).sum(dim)
     return value.detach() + (surrogate - surrogate.detach())

@@ -35,6 +35,8 @@ BOUNDS = {
     "masked": lambda **k: MaskedMultimodalELBO(**k),
     "mixture-stratified": lambda **k: MixtureMultimodalELBO(masking="iid_half", **k),
     "mixture-average": lambda **k: MixtureMultimodalELBO(form="average", **k),
+    "mixture-average-drawn": lambda **k: MixtureMultimodalELBO(form="average", num_subsets=2,
+                                                               **k),
     "mixture-sampled": lambda **k: MixtureMultimodalELBO(masking="iid_half", form="sampled",
                                                          **k),
     "subsampled": lambda **k: SubsampledMultimodalELBO(num_subsets=2, **k),
