@@ -178,6 +178,16 @@ def test_num_subsets_none_is_the_all_components_average():
         assert torch.equal(values[0][name], values[1][name])
 
 
+def test_num_subsets_has_no_effect_without_a_mixture_guide():
+    model, data = linear_problem(n=6)
+    guide = make_guide()  # PoE: one component
+    values = []
+    for kw in ({}, {"num_subsets": 3}):
+        pyro.set_rng_seed(1)
+        values.append(MixtureMultimodalELBO(2, form="average", **kw).loss(model, guide, data))
+    assert values[0] == values[1]
+
+
 def test_num_subsets_is_checked():
     with pytest.raises(ValueError, match="num_subsets"):
         MixtureMultimodalELBO(form="average", num_subsets=0)
