@@ -11,7 +11,8 @@ Times one ``pyro.infer.SVI.step`` (forward, backward, ``pyro.optim.Adam``) of
 
 at ``M = 2, 5, 10, 20`` modalities, on ``pyro_mmvae.models.LinearGaussianModel`` with
 ``D_m = 32`` per modality, latent 8, batch 256, every modality observed, one MLP
-``pyro_mmvae.guides.expert_encoder`` per modality. Reported: the median step time, its ratio to PoE at the same ``M``, and the growth
+``pyro_mmvae.guides.expert_encoder`` per modality. Reported: the median step time, its ratio to
+PoE at the same ``M``, and the growth
 from the smallest to the largest ``M`` with its log-log slope (1: linear in ``M``, 2:
 quadratic).
 

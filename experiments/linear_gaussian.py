@@ -71,9 +71,10 @@ except ImportError:  # run from a checkout where the package is not importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MoE, MoPoE,  # noqa: E402
-                               MultimodalGuide, PoE, PooledPrivate, SelfAttention, SelfAttentionMixture,
-                               SumPooling, SumPoolingMixture, expert_encoder)
-from pyro_mmvae.models import LinearGaussianModel, pca_maximum_likelihood, relative_llh_gap  # noqa: E402
+                               MultimodalGuide, PoE, PooledPrivate, SelfAttention,
+                               SelfAttentionMixture, SumPooling, SumPoolingMixture, expert_encoder)
+from pyro_mmvae.models import (LinearGaussianModel, pca_maximum_likelihood,  # noqa: E402
+                               relative_llh_gap)
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO  # noqa: E402
 from pyro_mmvae.data.linear_gaussian import (illustrative_bimodal,  # noqa: E402
                                              private_latent_study, shared_latent_study)
@@ -295,8 +296,8 @@ def make_guide(spec, dims, latent_dim: int, private_dim: int = 0) -> MultimodalG
         return MultimodalGuide(encoders, SelfAttentionMixture(
             e, latent_dim, num_components=spec["num_components"], **attention))
     if agg == "pe-poe":  # first 2D features: shared PoE expert; last 2P: private expert
-        return MultimodalGuide(encoders, PoE(), private=IndependentPrivate(2 * latent_dim,
-                                                                          private_dim),
+        return MultimodalGuide(encoders, PoE(),
+                               private=IndependentPrivate(2 * latent_dim, private_dim),
                                shared_features=2 * latent_dim)
     if agg == "pe-sumpooling":
         return MultimodalGuide(encoders, SumPooling(e, latent_dim, **widths),

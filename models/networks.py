@@ -199,11 +199,11 @@ def image_modality(in_shape: Sequence[int], latent_dim: int,
     outputs (default ``2 * latent_dim``, the Gaussian experts of PoE / MoE / MoPoE); the decoder
     wraps a :class:`ConvImageDecoder` (``channels`` reversed) in the likelihood:
 
-    - ``"laplace"`` (default; MoPoE's images): :class:`~pyro_mmvae.models.decoders.LaplaceDecoder` with
-      ``scale`` (MoPoE: 0.75, fixed);
+    - ``"laplace"`` (default; MoPoE's images): :class:`~pyro_mmvae.models.decoders.LaplaceDecoder`
+      with ``scale`` (MoPoE: 0.75, fixed);
     - ``"gaussian"``: :class:`~pyro_mmvae.models.decoders.GaussianDecoder` with ``scale``;
-    - ``"bernoulli"``: :class:`~pyro_mmvae.models.decoders.BernoulliDecoder` (the network's output are
-      logits; for binary or [0, 1] images).
+    - ``"bernoulli"``: :class:`~pyro_mmvae.models.decoders.BernoulliDecoder` (the network's output
+      are logits; for binary or [0, 1] images).
 
     ``hidden_dim`` adds a hidden linear layer to the encoder only (PolyMNIST: 512, whose decoder
     has none).

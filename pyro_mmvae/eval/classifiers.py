@@ -5,7 +5,8 @@ trained beforehand on the *real* training data of that modality. MoPoE ships pre
 classifiers and gives no training details ("same as the encoder except the last layer"); here
 one classifier per modality is trained with cross-entropy and Adam on the training split:
 
-- images ``(N, C, H, W)``: :class:`pyro_mmvae.guides.networks.ConvImageEncoder` with ``out_dim = K``;
+- images ``(N, C, H, W)``: :class:`pyro_mmvae.guides.networks.ConvImageEncoder` with
+  ``out_dim = K``;
 - one-hot text ``(N, L, A)``: :class:`pyro_mmvae.guides.networks.TextEncoder` with ``out_dim = K``;
 - flat vectors ``(N, D)``: an :class:`~pyro_mmvae.nn.MLP`.
 
