@@ -17,6 +17,7 @@ from typing import Iterable, Optional, Union
 
 import torch
 
+from pyro_mmvae.eval.memory import chunk_for_budget, trace_nbytes
 from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio,
                                      log_likelihood as trace_log_likelihood, trace_guide,
                                      trace_model)
@@ -27,29 +28,36 @@ from pyro_mmvae.protocol import (check_positive_int, scoring, stack_mask, unstac
 @scoring()  # only log-densities are read: no generation of masked-out modalities
 @torch.no_grad()
 def log_marginal(model, guide, data, mask, num_samples: int = 1000,
-                 chunk_size: Optional[int] = None, max_plate_nesting: int = 1) -> torch.Tensor:
+                 chunk_size: Optional[int] = None, max_plate_nesting: int = 1,
+                 memory_budget: Optional[int] = None) -> torch.Tensor:
     """Per-datapoint importance-sampled ``log p(x_A)`` with ``A = mask`` (``(B,)``).
 
-    Particles are vectorised in chunks of ``chunk_size`` (default: about 65k particle-datapoint
-    pairs per chunk), combined with a running log-sum-exp, so memory stays bounded for any K.
+    Particles are vectorised in chunks of ``chunk_size`` (default: as many as fit in
+    ``memory_budget`` bytes, 256 MiB unless given; :mod:`pyro_mmvae.eval.memory`), combined
+    with a running log-sum-exp, so memory stays bounded for any K.
     Data points with an empty ``A`` get exactly 0 (the log-probability of observing nothing,
     what the difference of a conditional needs; :func:`log_likelihood` reports them as NaN).
     """
     num_samples = check_positive_int(num_samples, "num_samples")
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
     mask = validate_batch(data, mask)
-    n = next(iter(data.values())).shape[0]
-    chunk = chunk_size or max(1, min(num_samples, 65536 // max(n, 1)))
     dim = -(max_plate_nesting + 1)
+
+    def traces(size):
+        plates = [("particles", size, dim)]
+        guide_tr = trace_guide(guide, data, mask, plates)
+        return guide_tr, trace_model(model, guide_tr, data, mask, plates)
+
+    chunk = chunk_size or chunk_for_budget(lambda k: trace_nbytes(*traces(k)), num_samples,
+                                           memory_budget)
     total = None
     done = 0
     while done < num_samples:
         size = min(chunk, num_samples - done)
-        plates = [("particles", size, dim)]
-        guide_tr = trace_guide(guide, data, mask, plates)
-        model_tr = trace_model(model, guide_tr, data, mask, plates)
+        guide_tr, model_tr = traces(size)
         log_w = trace_log_likelihood(model_tr, latent_sites(guide_tr)) + log_density_ratio(
             guide_tr, model_tr)
+        del guide_tr, model_tr
         part = log_w.logsumexp(dim)
         total = part if total is None else torch.logaddexp(total, part)
         done += size
@@ -61,7 +69,8 @@ def log_marginal(model, guide, data, mask, num_samples: int = 1000,
 def log_likelihood(model, guide, data, mask=None,
                    given: Optional[Union[str, Iterable[str]]] = None,
                    targets: Optional[Union[str, Iterable[str]]] = None, num_samples: int = 1000,
-                   chunk_size: Optional[int] = None) -> torch.Tensor:
+                   chunk_size: Optional[int] = None,
+                   memory_budget: Optional[int] = None) -> torch.Tensor:
     r"""Per-datapoint importance-sampled log-likelihood, ``(B,)``.
 
     - ``given=None``: the joint :math:`\log p(x_T)` of the observed modalities (``T = O``, or
@@ -78,6 +87,9 @@ def log_likelihood(model, guide, data, mask=None,
     :param given: a modality name or a list of them (``"top"`` is ``["top"]``).
     :param targets: a modality name or a list of them.
     :param num_samples: importance samples K (default 1000), vectorised and chunked.
+    :param chunk_size: particles vectorised at once (default: from ``memory_budget``).
+    :param memory_budget: bytes a chunk may hold (default 256 MiB;
+        :mod:`pyro_mmvae.eval.memory`).
     """
     num_samples = check_positive_int(num_samples, "num_samples")
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
@@ -94,16 +106,16 @@ def log_likelihood(model, guide, data, mask=None,
         if targets is not None:
             t = t & _indicator(targets, modalities, observed)
         joint = log_marginal(model, guide, data, unstack_mask(t, modalities), num_samples,
-                             chunk_size)
+                             chunk_size, memory_budget=memory_budget)
         return _scored(joint, t)
     s = observed & _indicator(given, modalities, observed)
     t = observed & ~s
     if targets is not None:
         t = t & _indicator(targets, modalities, observed)
     joint = log_marginal(model, guide, data, unstack_mask(s | t, modalities), num_samples,
-                         chunk_size)
+                         chunk_size, memory_budget=memory_budget)
     marginal = log_marginal(model, guide, data, unstack_mask(s, modalities), num_samples,
-                            chunk_size)  # exactly 0 where none of S is observed
+                            chunk_size, memory_budget=memory_budget)  # 0 where S is empty
     return _scored(joint - marginal, t)
 
 
