@@ -59,6 +59,7 @@ import torch
 import xarray as xr
 from pyro.poutine.util import site_is_subsample
 
+from pyro_mmvae.eval.memory import chunk_for_budget, trace_nbytes
 from pyro_mmvae.infer.traces import (check_model_guide, latent_sites, site_log_prob, trace_guide,
                                      trace_model)
 from pyro_mmvae.protocol import (DATA_PLATE, check_positive_int, num_points, site_modality,
@@ -75,14 +76,15 @@ def to_inference_data(model, guide, data: Mapping[str, torch.Tensor],
                       dims: Optional[Mapping[str, Sequence[str]]] = None, *,
                       posterior_predictive: bool = True, log_likelihood: bool = True,
                       sample_stats: bool = True, chunk_size: Optional[int] = None,
-                      max_plate_nesting: int = 1) -> az.InferenceData:
+                      max_plate_nesting: int = 1,
+                      memory_budget: Optional[int] = None) -> az.InferenceData:
     r"""Draw from ``guide(data, mask)`` and replay ``model(data, mask)`` into ArviZ groups.
 
     The groups and their dims are listed in the module docstring (:mod:`pyro_mmvae.diagnostics
     .arviz`). Draws are vectorised with an outer ``pyro.plate`` of size ``num_samples`` (at dim
     ``-(max_plate_nesting + 1)``, as :func:`pyro_mmvae.eval.log_marginal` does), in chunks of
-    ``chunk_size`` draws to bound the memory of the networks' activations (default: about 65k
-    draw-datapoint pairs per chunk). Nothing is differentiated (``torch.no_grad``); the modules'
+    ``chunk_size`` draws to bound the memory of the networks' activations (default: as many as
+    fit in ``memory_budget``, 256 MiB). Nothing is differentiated (``torch.no_grad``); the modules'
     train/eval mode is left as it is (call ``model.eval(); guide.eval()`` first if they use
     dropout or batch norm). Set ``pyro.set_rng_seed`` beforehand for reproducible draws.
 
@@ -104,7 +106,9 @@ def to_inference_data(model, guide, data: Mapping[str, torch.Tensor],
     :param posterior_predictive: include the ``posterior_predictive`` group.
     :param log_likelihood: include the ``log_likelihood`` group.
     :param sample_stats: include the ``sample_stats`` group (``lp``, ``log_q``, ``log_weight``).
-    :param chunk_size: draws vectorised at once (None: automatic).
+    :param chunk_size: draws vectorised at once (None: as many as fit in ``memory_budget``).
+    :param memory_budget: bytes a chunk of draws may hold (default 256 MiB;
+        :mod:`pyro_mmvae.eval.memory`).
     :param max_plate_nesting: plates of the model and guide (1: just the data plate).
     :returns: an :class:`arviz.InferenceData` of numpy arrays.
     :raises ValueError: bad data or mask (see :func:`pyro_mmvae.validate_batch`), a guide latent
@@ -114,8 +118,15 @@ def to_inference_data(model, guide, data: Mapping[str, torch.Tensor],
     chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
     mask = validate_batch(data, mask)
     n = num_points(data, mask)
-    chunk = chunk_size or max(1, min(num_samples, 65536 // max(n, 1)))
     draw_dim = -(max_plate_nesting + 1)
+
+    def probe(size):
+        plates = [(DRAWS_PLATE, size, draw_dim)]
+        with torch.no_grad():
+            guide_tr = trace_guide(guide, data, mask, plates)
+            return trace_nbytes(guide_tr, trace_model(model, guide_tr, data, mask, plates))
+
+    chunk = chunk_size or chunk_for_budget(probe, num_samples, memory_budget)
 
     chunks = []
     with torch.no_grad():

@@ -55,3 +55,17 @@ def test_a_small_budget_makes_small_chunks():
     sizes.clear()
     log_likelihood(model, counting, data, num_samples=64, memory_budget=2 ** 30)
     assert len(sizes) == 3  # two probes and one chunk
+
+
+def test_arviz_bridge_chunks_by_budget_to_the_same_groups():
+    from pyro_mmvae.diagnostics import to_inference_data
+    model, data = linear_problem(n=6)
+    guide = ExactPosteriorGuide(model)
+    small = to_inference_data(model, guide, data, num_samples=40, memory_budget=2 ** 13)
+    large = to_inference_data(model, guide, data, num_samples=40)
+    assert small.posterior["z"].shape == large.posterior["z"].shape == (1, 40, 6, 2)
+    # the exact posterior makes every importance weight log p(x): the same in every chunk
+    exact = model.exact_log_likelihood(data).detach()
+    for idata in (small, large):
+        torch.testing.assert_close(torch.as_tensor(idata.sample_stats["log_weight"].values[0]),
+                                   exact.expand(40, 6))
