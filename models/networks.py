@@ -26,7 +26,7 @@ from typing import Literal, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from pyro_mmvae.guides.networks import ConvImageEncoder, TextEncoder
+from pyro_mmvae.nn import ConvImageEncoder, TextEncoder
 from pyro_mmvae.nn import apply_batched, check_sizes, image_pyramid, text_pyramid
 
 from .decoders import BernoulliDecoder, CategoricalDecoder, GaussianDecoder, LaplaceDecoder
@@ -40,7 +40,7 @@ class ConvImageDecoder(nn.Module):
     ``Linear(D, c_0 h_0 w_0) + activation`` (through a ``hidden_dim`` layer if given), reshape to
     ``(c_0, h_0, w_0)``, then ``ConvTranspose2d(k=3, p=1)`` stages through ``channels`` to ``C``
     output channels, each followed by the activation except the last. The stage sizes mirror
-    :class:`~pyro_mmvae.guides.networks.ConvImageEncoder` with the same ``final_size``
+    :class:`~pyro_mmvae.nn.ConvImageEncoder` with the same ``final_size``
     (28: 4 -> 7 -> 14 -> 28); each stride-2 stage takes ``output_padding`` 1 for an even target
     size and 0 for an odd one, so no cropping is needed. When ``channels`` lists more stages
     than the image needs halvings, the extra (stride-1) stages come first, at the bottleneck;
@@ -103,7 +103,7 @@ class TextDecoder(nn.Module):
     bottleneck length ``l_0 <= 4``, then ``ConvTranspose1d(C, C, k=4, s=2, p=1)`` stages
     doubling the length (``output_padding`` 1 where the target is odd) to ``L``, each followed
     by the activation, and ``Conv1d(C, A, k=1)`` to per-character logits. Mirrors
-    :class:`~pyro_mmvae.guides.networks.TextEncoder`; wrap it in
+    :class:`~pyro_mmvae.nn.TextEncoder`; wrap it in
     :class:`~pyro_mmvae.models.decoders.CategoricalDecoder`.
 
     :param latent_dim: size ``D`` of ``z``.
@@ -195,7 +195,7 @@ def image_modality(in_shape: Sequence[int], latent_dim: int,
                    output_activation: Optional[nn.Module] = None) -> Tuple[nn.Module, nn.Module]:
     r"""A matching ``(encoder, decoder)`` pair for images ``(C, H, W)``.
 
-    The encoder is a :class:`~pyro_mmvae.guides.networks.ConvImageEncoder` with ``embedding_dim``
+    The encoder is a :class:`~pyro_mmvae.nn.ConvImageEncoder` with ``embedding_dim``
     outputs (default ``2 * latent_dim``, the Gaussian experts of PoE / MoE / MoPoE); the decoder
     wraps a :class:`ConvImageDecoder` (``channels`` reversed) in the likelihood:
 
@@ -226,7 +226,7 @@ def text_modality(length: int, latent_dim: int, alphabet_size: int = 71,
                   channels: int = 128) -> Tuple[nn.Module, nn.Module]:
     """A matching ``(encoder, decoder)`` pair for one-hot text ``(L, A)``.
 
-    :class:`~pyro_mmvae.guides.networks.TextEncoder` with ``embedding_dim`` outputs (default
+    :class:`~pyro_mmvae.nn.TextEncoder` with ``embedding_dim`` outputs (default
     ``2 * latent_dim``) and :class:`~pyro_mmvae.models.decoders.CategoricalDecoder` over a
     :class:`TextDecoder` (event ``(L, A)``), as MoPoE's MNIST-SVHN-Text text modality.
     """

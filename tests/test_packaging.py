@@ -49,3 +49,21 @@ def test_no_top_level_models_or_guides_is_installed(tmp_path):
     out = run([sys.executable, "-c", code], tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", "None"]
+
+
+def test_the_core_imports_nothing_from_models_or_guides():
+    """DESIGN.md: infer/, eval/, diagnostics/, data/ and the core modules work on any model and
+    guide that follow the protocol, so they import neither package built on top of them."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "pyro_mmvae"
+    core = [p for d in ("infer", "eval", "diagnostics", "data") for p in (root / d).rglob("*.py")]
+    core += [root / f for f in ("nn.py", "protocol.py", "io.py", "params.py", "train.py")]
+    offenders = []
+    for path in core:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            above = (["pyro_mmvae", "models"], ["pyro_mmvae", "guides"])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[:2] in above]
+    assert not offenders

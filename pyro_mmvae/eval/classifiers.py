@@ -5,9 +5,9 @@ trained beforehand on the *real* training data of that modality. MoPoE ships pre
 classifiers and gives no training details ("same as the encoder except the last layer"); here
 one classifier per modality is trained with cross-entropy and Adam on the training split:
 
-- images ``(N, C, H, W)``: :class:`pyro_mmvae.guides.networks.ConvImageEncoder` with
+- images ``(N, C, H, W)``: :class:`pyro_mmvae.nn.ConvImageEncoder` with
   ``out_dim = K``;
-- one-hot text ``(N, L, A)``: :class:`pyro_mmvae.guides.networks.TextEncoder` with ``out_dim = K``;
+- one-hot text ``(N, L, A)``: :class:`pyro_mmvae.nn.TextEncoder` with ``out_dim = K``;
 - flat vectors ``(N, D)``: an :class:`~pyro_mmvae.nn.MLP`.
 
 A classifier maps ``(..., *in_shape)`` to logits ``(..., K)``; the predicted label is their
@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_mmvae.io import atomic_write
-from pyro_mmvae.nn import MLP
+from pyro_mmvae.nn import MLP, ConvImageEncoder, TextEncoder
 from pyro_mmvae.protocol import check_positive_int
 
 KINDS = ("image", "text", "flat")
@@ -49,8 +49,8 @@ def infer_kind(x: torch.Tensor) -> str:
 class ModalityClassifier(nn.Module):
     r"""Classifier ``(..., *in_shape) -> logits (..., num_classes)`` for one modality.
 
-    :param kind: ``"image"`` (:class:`~pyro_mmvae.guides.networks.ConvImageEncoder`), ``"text"``
-        (:class:`~pyro_mmvae.guides.networks.TextEncoder`) or ``"flat"``
+    :param kind: ``"image"`` (:class:`~pyro_mmvae.nn.ConvImageEncoder`), ``"text"``
+        (:class:`~pyro_mmvae.nn.TextEncoder`) or ``"flat"``
         (:class:`~pyro_mmvae.nn.MLP`).
     :param in_shape: shape of one data point: ``(C, H, W)``, ``(L, A)`` or ``(D,)``.
     :param num_classes: number of labels ``K``.
@@ -69,9 +69,6 @@ class ModalityClassifier(nn.Module):
         self.in_shape = tuple(int(s) for s in in_shape)
         self.num_classes = int(num_classes)
         self.options = dict(options)
-        # imported here: pyro_mmvae.eval otherwise knows nothing about the guides package
-        from pyro_mmvae.guides.networks import ConvImageEncoder, TextEncoder
-
         if kind == "image":
             if len(self.in_shape) != 3:
                 raise ValueError(f"an image classifier needs in_shape (C, H, W), got "

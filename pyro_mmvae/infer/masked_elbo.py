@@ -25,7 +25,7 @@ from torch.distributions import kl_divergence
 
 from .base import MultimodalELBO
 from .cells import StackedDistribution
-from .traces import (check_model_guide, check_pathwise, latent_sites, latent_values, local_latents,
+from .traces import (check_model_guide, check_scorable, latent_sites, latent_values, local_latents,
                      log_likelihood, rate, stl_distribution, trace_guide, trace_model)
 
 
@@ -128,7 +128,7 @@ class MaskedMultimodalELBO(MultimodalELBO):
         vectorize = self.vectorized(guide)
         guide_tr = trace_guide(guide, data, encode, plates, views=self.estimator == "dreg",
                                vectorize=vectorize)  # z: rows z_S, z_O
-        check_pathwise(guide_tr)
+        check_scorable(guide_tr)
         model_tr = trace_model(model, guide_tr, data, score, plates,
                                vectorize=self.vectorized(model))
         latents = local_latents(guide_tr)

@@ -71,7 +71,7 @@ from .cells import StackedDistribution
 from .mixtures import (chunked, components_first, draw_chunk, gather_components, is_mixture,
                        mixture_logits)
 from .stratified_dreg import stratified_dreg
-from .traces import (check_model_guide, check_pathwise, global_latents, kl_estimate, latent_sites,
+from .traces import (check_model_guide, check_scorable, global_latents, kl_estimate, latent_sites,
                      latent_values, local_latents, log_likelihood, prior_factors, rate,
                      site_log_prob, stl_distribution, trace_guide, trace_model)
 
@@ -161,7 +161,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         plates = [self.particle_plate()]
         guide_s = trace_guide(guide, data, s_mask, plates, views=self.estimator == "dreg",
                               vectorize=self.vectorized(guide))
-        check_pathwise(guide_s)
+        check_scorable(guide_s)
         latents = local_latents(guide_s)
         q_site = guide_s.nodes[latents[0]]
         if self.form != "sampled" and is_mixture(q_site["fn"]):

@@ -17,7 +17,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
-from .traces import (check_model_guide, check_pathwise, latent_sites, latent_values, local_latents,
+from .traces import (check_model_guide, check_scorable, latent_sites, latent_values, local_latents,
                      log_likelihood, rate, trace_guide, trace_model)
 
 
@@ -60,7 +60,7 @@ class SubsampledMultimodalELBO(MultimodalELBO):
         plates = [("subsets", stacked.shape[0], self.outer_dim()), self.particle_plate()]
         guide_tr = trace_guide(guide, data, masks, plates, views=self.estimator == "dreg",
                                vectorize=self.vectorized(guide))
-        check_pathwise(guide_tr)
+        check_scorable(guide_tr)
         model_tr = trace_model(model, guide_tr, data, masks, plates,
                                vectorize=self.vectorized(model))
         latents = local_latents(guide_tr)

@@ -180,9 +180,11 @@ def log_density_ratio(guide_trace, model_trace):
     return total
 
 
-def check_pathwise(guide_trace):
-    """The multimodal bounds differentiate through the samples: refuse, naming the site, a
-    latent that cannot be reparameterised (it would get no or a biased gradient)."""
+def check_scorable(guide_trace):
+    """Refuse, with a message naming it, what the multimodal bounds cannot score: a latent that
+    cannot be reparameterised (the bounds differentiate through the samples; it would get no
+    or a biased gradient), a subsampled data plate, or no latent inside a plate named
+    ``"data"``."""
     for n in latent_sites(guide_trace):
         fn = guide_trace.nodes[n]["fn"]
         if not getattr(fn, "has_rsample", False) and not isinstance(fn, _POINT_MASSES):
