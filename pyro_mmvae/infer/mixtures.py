@@ -35,19 +35,12 @@ def is_mixture(fn) -> bool:
     return hasattr(cls, "mixture_distribution") and hasattr(cls, "component_distribution")
 
 
-def _stack_parts(tensors, grid, lead: int):
-    """Per-cell tensors ``(*lead, *rest)`` stacked into ``(*lead, *grid, *rest)``."""
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    out = torch.stack([t.expand(shape) for t in tensors], dim=lead)
-    return out.reshape(shape[:lead] + tuple(grid) + shape[lead:])
-
-
 def mixture_logits(mixture) -> torch.Tensor:
     """The normalised log mixture weights, ``(*batch, K)``."""
     if isinstance(mixture, StackedDistribution):
         parts = [mixture_logits(p) for p in mixture.parts]
         parts = [p.expand(mixture.cell_batch + p.shape[-1:]) for p in parts]
-        return _stack_parts(parts, mixture.grid, 0)
+        return mixture.stack_cells(parts, 1)  # (*grid, *cell_batch, K)
     return mixture.mixture_distribution.logits
 
 
@@ -59,8 +52,9 @@ def components_first(mixture):
         bases = [p.base_dist if isinstance(p, Independent) else p for p in parts]
         ndims = parts[0].reinterpreted_batch_ndims if isinstance(parts[0], Independent) else 0
         event = parts[0].event_shape
-        loc, scale = (_stack_parts([getattr(b, a).expand((-1,) + mixture.cell_batch + event)
-                                    for b in bases], mixture.grid, 1) for a in ("loc", "scale"))
+        loc, scale = (mixture.stack_cells([getattr(b, a).expand((-1,) + mixture.cell_batch + event)
+                                           for b in bases], len(event))  # (K, *grid, ...)
+                      for a in ("loc", "scale"))
         moved = type(first)(loc, scale)
         return moved.to_event(ndims) if ndims else moved
     comp = mixture.component_distribution
