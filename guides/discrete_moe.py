@@ -84,7 +84,7 @@ from torch import nn
 from pyro_mmvae.nn import MLP
 from pyro_mmvae.protocol import LATENT_SITE, data_plate, full_mask, num_points, stack_mask
 
-from .aggregators import gaussian_experts
+from .aggregators import check_scale, gaussian_experts
 from .distributions import DiagNormalMixture
 from .guide import MultimodalGuide
 
@@ -117,16 +117,23 @@ class GatedMoE(nn.Module):
     ``gate``. Components are the ``M`` experts then the prior :math:`\mathcal N(0,I)`, which is on
     only where S is empty. Returns a :class:`~pyro_mmvae.guides.DiagNormalMixture`;
     :meth:`components` gives its ``(logits, locs, scales)``.
+
+    Each expert's features ``(mu, r)`` (``2D``) are parameterised as in
+    :func:`~pyro_mmvae.guides.aggregators.gaussian_experts`: ``scale="softplus"`` (default),
+    :math:`\sigma = \text{min\_scale} + \log(1+e^{r})`, or ``scale="logvar"``,
+    :math:`\sigma = \text{min\_scale} + e^{r/2}` (:math:`r = \log\sigma_0^2`).
     """
 
-    def __init__(self, gate: Optional[nn.Module] = None, min_scale: float = 1e-3):
+    def __init__(self, gate: Optional[nn.Module] = None, min_scale: float = 1e-3,
+                 scale: str = "softplus"):
         super().__init__()
         self.gate = gate
         self.min_scale = min_scale
+        self.scale = check_scale(scale)
 
     def components(self, features, mask):
         """``logits (..., B, M+1)``, ``locs`` and ``scales (..., B, M+1, D)``."""
-        loc, precision = gaussian_experts(features, self.min_scale)  # (B, M, D)
+        loc, precision = gaussian_experts(features, self.min_scale, self.scale)  # (B, M, D)
         scale = precision.rsqrt()
         batch = mask.shape[:-1]
         d = loc.shape[-1]
@@ -259,6 +266,8 @@ class DiscreteMoEGuide(MultimodalGuide):
         :class:`MoEBaseline`); Pyro trains it by least squares on the downstream cost.
     :param stl: evaluate the density at ``"z"`` with detached parameters (unbiased, lower
         variance).
+    :param min_scale, scale: the experts' floor and parameterisation, ``"softplus"``
+        (default) or ``"logvar"`` (:class:`GatedMoE`).
     :param name: root of the guide's parameter names in Pyro's param store, as for
         :class:`~pyro_mmvae.guides.MultimodalGuide` (default: the first free of ``""``,
         ``"DiscreteMoEGuide_1"``, ... at the first call); :meth:`mixture_guide` shares it.
@@ -273,8 +282,8 @@ class DiscreteMoEGuide(MultimodalGuide):
     def __init__(self, encoders: Mapping[str, nn.Module], gate: Optional[nn.Module] = None, *,
                  component_site: str = COMPONENT_SITE, baseline: Baseline = None,
                  stl: bool = True, latent_site: str = LATENT_SITE, min_scale: float = 1e-3,
-                 name: Optional[str] = None):
-        super().__init__(encoders, GatedMoE(gate, min_scale), latent_site=latent_site,
+                 scale: str = "softplus", name: Optional[str] = None):
+        super().__init__(encoders, GatedMoE(gate, min_scale, scale), latent_site=latent_site,
                          name=name)
         if component_site == latent_site:
             raise ValueError(f"component_site and latent_site must differ, both are "

@@ -1,8 +1,8 @@
 r"""Learnable permutation-invariant aggregators (seed 004 §3, Examples 1–2, App. D).
 
-Both compute :math:`(\mu,\log\sigma) = \rho_\vartheta\big(\sum_{s\in S} g_s\big)` from the
+Both compute :math:`(\mu, r) = \rho_\vartheta\big(\sum_{s\in S} g_s\big)` from the
 modality features :math:`h_s`, with :math:`g` permutation *equivariant* in the slots and only
-the slots in S entering the sum:
+the slots in S entering the sum (:math:`r` gives the standard deviation, below):
 
 - :class:`SumPooling` (DeepSets): :math:`g_s=\chi_\vartheta(h_s)`, a shared MLP;
 - :class:`SelfAttention` (Set Transformer without inducing points): :math:`g=\chi_\vartheta(h)`
@@ -15,6 +15,14 @@ scales and mixture logits of a diagonal-Gaussian mixture (:class:`SumPoolingMixt
 :math:`q(z\mid x_\emptyset)=\rho_\vartheta(0)` is a learned constant distribution
 (``empty="learned"``, the authors' code) unless ``empty="prior"`` asks for
 :math:`\mathcal N(0,I)` there.
+
+Each Gaussian head (the one Normal, or each mixture component) is ``2D`` outputs
+:math:`(\mu, r)` of ρ, with the standard deviation parameterised as the Gaussian experts of
+:func:`~pyro_mmvae.guides.aggregators.gaussian_experts` (``scale=``, :func:`gaussian_head`):
+
+- ``scale="softplus"`` (default): :math:`\sigma = \text{min\_scale} + \log(1 + e^{r})`;
+- ``scale="logvar"``: :math:`r = \log\sigma_0^2`, :math:`\sigma = \text{min\_scale} +
+  \exp(r/2)` (the log-variance heads of MVAE and MultiVae).
 
 Shapes: features ``(B, M, E)``, mask ``(..., B, M)``; outputs have batch ``(..., B)``. Masked
 slots are ignored exactly: their features never reach the output, not even as attention keys.
@@ -32,6 +40,7 @@ from torch import nn
 
 from pyro_mmvae.nn import MLP, lecun_normal_, positive_scale
 
+from .aggregators import check_scale, gaussian_experts
 from .distributions import DiagNormalMixture
 
 Empty = Literal["learned", "prior"]
@@ -44,16 +53,42 @@ class LeakyReLU(nn.LeakyReLU):
         super().__init__(0.01)
 
 
+def gaussian_head(out: torch.Tensor, min_scale: float, scale: str = "softplus"):
+    r"""Mean and standard deviation ``(..., D)`` of a Gaussian head from its ``2D`` outputs
+    ``(..., 2D)``, :math:`(\mu, r)`, parameterised as
+    :func:`~pyro_mmvae.guides.aggregators.gaussian_experts`:
+
+    - ``scale="softplus"``: :math:`\sigma = \text{min\_scale} + \log(1 + e^{r})`
+      (:func:`~pyro_mmvae.nn.positive_scale`, computed directly so the default heads give
+      bit-for-bit the numbers they always gave);
+    - ``scale="logvar"``: :math:`\sigma = \text{min\_scale} + \exp(r/2)`, through
+      ``gaussian_experts`` (:math:`\sigma = (\sigma^{-2})^{-1/2}`, exact to rounding).
+
+    Used by the pooling aggregators here and the private-latent heads of
+    :mod:`pyro_mmvae.guides.private`.
+    """
+    if check_scale(scale) == "softplus":
+        if out.shape[-1] % 2:
+            raise ValueError(f"Gaussian heads need an even output size 2D, got {out.shape[-1]}")
+        loc, raw = out.chunk(2, dim=-1)
+        return loc, positive_scale(raw, min_scale)
+    loc, precision = gaussian_experts(out, min_scale, scale)
+    return loc, precision.rsqrt()
+
+
 class PooledAggregator(nn.Module):
     """Shared head of the learnable aggregators: pooled features -> Normal or mixture.
 
     Subclasses implement :meth:`pool`: ``(features (B, M, E), mask (..., B, M)) -> (..., B, P)``.
+    ``scale`` parameterises the standard deviations of the Gaussian head(s)
+    (:func:`gaussian_head`: ``"softplus"``, the default, or ``"logvar"``).
     """
 
     def __init__(self, latent_dim: int, pooling_dim: int, hidden_dim: int,
                  num_components: Optional[int] = None, empty: Empty = "learned",
-                 min_scale: float = 1e-3):
+                 min_scale: float = 1e-3, scale: str = "softplus"):
         super().__init__()
+        self.scale = check_scale(scale)
         if empty not in ("learned", "prior"):
             raise ValueError(f"empty must be 'learned' or 'prior', got {empty!r}")
         if num_components is not None and num_components < 1:
@@ -74,8 +109,7 @@ class PooledAggregator(nn.Module):
         d = self.latent_dim
         nothing = ~mask.any(-1)  # (..., B)
         if self.num_components is None:
-            loc, raw = out.split(d, dim=-1)
-            scale = positive_scale(raw, self.min_scale)
+            loc, scale = gaussian_head(out, self.min_scale, self.scale)
             if self.empty == "prior":
                 loc = torch.where(nothing.unsqueeze(-1), torch.zeros_like(loc), loc)
                 scale = torch.where(nothing.unsqueeze(-1), torch.ones_like(scale), scale)
@@ -83,8 +117,7 @@ class PooledAggregator(nn.Module):
         k = self.num_components
         params, logits = out.split(2 * d * k, dim=-1)
         params = params.unflatten(-1, (k, 2 * d))  # (..., B, K, 2D)
-        loc, raw = params.split(d, dim=-1)
-        scale = positive_scale(raw, self.min_scale)
+        loc, scale = gaussian_head(params, self.min_scale, self.scale)
         if self.empty == "prior":
             n = nothing[..., None, None]
             loc = torch.where(n, torch.zeros_like(loc), loc)
@@ -106,12 +139,17 @@ class SumPooling(PooledAggregator):
     :param pooling_dim: ``P``, the output size of χ.
     :param num_components: ``None`` for a Gaussian ``q``; ``K`` for a ``K``-component mixture.
     :param empty: ``"learned"`` (ρ(0), default) or ``"prior"`` for the empty subset.
+    :param min_scale: floor of the standard deviations.
+    :param scale: ``"softplus"`` (default), :math:`\sigma = \text{min\_scale} +
+        \log(1+e^{r})`, or ``"logvar"``, :math:`\sigma = \text{min\_scale} + e^{r/2}`, for
+        the last ``D`` outputs :math:`r` of each Gaussian head (:func:`gaussian_head`).
     """
 
     def __init__(self, feature_dim: int, latent_dim: int, hidden_dim: int = 256,
                  pooling_dim: int = 256, num_components: Optional[int] = None,
-                 empty: Empty = "learned", min_scale: float = 1e-3):
-        super().__init__(latent_dim, pooling_dim, hidden_dim, num_components, empty, min_scale)
+                 empty: Empty = "learned", min_scale: float = 1e-3, scale: str = "softplus"):
+        super().__init__(latent_dim, pooling_dim, hidden_dim, num_components, empty, min_scale,
+                         scale)
         self.chi = MLP(feature_dim, (hidden_dim, hidden_dim), pooling_dim, LeakyReLU)
         lecun_normal_(self)
 
@@ -173,14 +211,16 @@ class SelfAttention(PooledAggregator):
     :param hidden_dim: width of χ's hidden layer and of ρ.
     :param pooling_dim: slot width ``P`` inside the attention blocks.
     :param num_heads, attention_dim, mlp_dim, depth: attention settings (4, 256, 256, 1).
-    :param num_components, empty: as for :class:`SumPooling`.
+    :param num_components, empty, min_scale, scale: as for :class:`SumPooling`
+        (``scale="logvar"``: :math:`\sigma = \text{min\_scale} + e^{r/2}`).
     """
 
     def __init__(self, feature_dim: int, latent_dim: int, hidden_dim: int = 256,
                  pooling_dim: int = 256, num_heads: int = 4, attention_dim: int = 256,
                  mlp_dim: int = 256, depth: int = 1, num_components: Optional[int] = None,
-                 empty: Empty = "learned", min_scale: float = 1e-3):
-        super().__init__(latent_dim, pooling_dim, hidden_dim, num_components, empty, min_scale)
+                 empty: Empty = "learned", min_scale: float = 1e-3, scale: str = "softplus"):
+        super().__init__(latent_dim, pooling_dim, hidden_dim, num_components, empty, min_scale,
+                         scale)
         self.chi = MLP(feature_dim, (hidden_dim,), pooling_dim, LeakyReLU)
         self.blocks = nn.ModuleList(MaskedSelfAttentionBlock(pooling_dim, num_heads,
                                                              attention_dim, mlp_dim)
@@ -200,18 +240,20 @@ class SelfAttention(PooledAggregator):
 
 
 class SumPoolingMixture(SumPooling):
-    """:class:`SumPooling` whose ρ gives a ``num_components``-component Gaussian mixture."""
+    """:class:`SumPooling` whose ρ gives a ``num_components``-component Gaussian mixture
+    (``scale=`` and the other keywords as for :class:`SumPooling`)."""
 
     def __init__(self, feature_dim: int, latent_dim: int, num_components: int = 5, **kwargs):
         super().__init__(feature_dim, latent_dim, num_components=num_components, **kwargs)
 
 
 class SelfAttentionMixture(SelfAttention):
-    """:class:`SelfAttention` whose ρ gives a ``num_components``-component Gaussian mixture."""
+    """:class:`SelfAttention` whose ρ gives a ``num_components``-component Gaussian mixture
+    (``scale=`` and the other keywords as for :class:`SelfAttention`)."""
 
     def __init__(self, feature_dim: int, latent_dim: int, num_components: int = 5, **kwargs):
         super().__init__(feature_dim, latent_dim, num_components=num_components, **kwargs)
 
 
-__all__ = ["MaskedSelfAttentionBlock", "PooledAggregator", "SelfAttention",
+__all__ = ["MaskedSelfAttentionBlock", "gaussian_head", "PooledAggregator", "SelfAttention",
            "SelfAttentionMixture", "SumPooling", "SumPoolingMixture"]
