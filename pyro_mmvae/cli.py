@@ -34,6 +34,7 @@ import torch
 
 from pyro_mmvae import __version__
 from pyro_mmvae.diagnostics.plots import save_generation_grid
+from pyro_mmvae.guides.aggregators import SCALES
 from pyro_mmvae.infer import MASKINGS
 from pyro_mmvae.report import EVALUATION, evaluate_run, headline
 from pyro_mmvae.runs import (AGGREGATORS, BOUNDS, DATASETS, DEFAULT_DATASET, PRIORS,
@@ -60,6 +61,16 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return value
 
 
@@ -136,6 +147,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", type=positive_int, nargs="+", default=None, metavar="C",
                    help="channels of the image encoder's stride-2 convolutions, mirrored in "
                         "the decoder (default: 32 64)")
+    g.add_argument("--expert-scale", choices=SCALES, default="softplus",
+                   help="how the Gaussian heads' raw outputs r give the standard deviation, "
+                        "in every aggregator: softplus, sigma = min_scale + log(1 + e^r); "
+                        "logvar, r = log sigma^2, sigma = min_scale + e^(r/2) (MVAE's and "
+                        "MultiVae's encoders) (default: %(default)s)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -169,8 +185,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     "directory with config.json, checkpoint.pt (after every epoch), "
                     "metrics.json, loss_curve.png and the evaluation (evaluation.json, "
                     "classifiers.pt, coherence.png, rate_distortion.png, generation_*.png, "
-                    "samples.png). Without options: a SumPooling guide under the masked bound on PolyDigits (a few "
-                    "minutes on 2 CPU cores).")
+                    "samples.png). Without options: a SumPooling guide under the masked bound "
+                    "on PolyDigits (a few minutes on 2 CPU cores).")
     add_data_args(p)
     add_model_args(p)
     g = p.add_argument_group("objective")
@@ -188,6 +204,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--beta", type=positive_float, default=1.0,
                    help="weight of the KL (rate) terms (default: %(default)s)")
+    g.add_argument("--beta-warmup", type=non_negative_int, default=0, metavar="STEPS",
+                   help="KL warm-up: beta rises linearly from 0 at the first optimisation "
+                        "step to --beta at step STEPS and stays there (linear_warmup; steps "
+                        "are mini-batches, train points // batch size per epoch; a resumed "
+                        "run continues the schedule); 0 keeps beta constant "
+                        "(default: %(default)s)")
     g.add_argument("--likelihood-weights", choices=("none", "dimension"), default="none",
                    help="per-modality likelihood weights: dimension = MoPoE's D_max / D_m "
                         "(default: %(default)s)")

@@ -13,7 +13,9 @@ model and guide and loads the checkpoint.
   ``"image"``: :class:`~pyro_mmvae.guides.ConvImageEncoder`, ``"text"``:
   :class:`~pyro_mmvae.guides.TextEncoder`) and the aggregator named by ``--aggregator``;
   :func:`build_model` the matching decoders and the prior named by ``--prior``; :func:`build_loss`
-  the bound named by ``--bound``.
+  the bound named by ``--bound`` (with ``--beta-warmup STEPS``, ``beta`` is the schedule
+  ``linear_warmup(STEPS, start=0, end=--beta)``); ``--expert-scale`` is the ``scale=`` of the
+  aggregator's Gaussian heads.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from pyro_mmvae.models.decoders import (BernoulliDecoder, CategoricalDecoder, Ga
                                         LaplaceDecoder)
 from pyro_mmvae.models.networks import ConvImageDecoder, TextDecoder
 from pyro_mmvae.data import load_digits_svhn_text, load_poly_digits, shared_latent_study
-from pyro_mmvae.infer import MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO
+from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
+                              SubsampledMultimodalELBO, linear_warmup)
 from pyro_mmvae.train import CHECKPOINT, CONFIG, load_checkpoint
 
 # --- data ---------------------------------------------------------------------------------------
@@ -186,13 +189,16 @@ def feature_dim(args) -> int:
 
 
 def make_aggregator(args, features: int) -> nn.Module:
+    """The aggregator named by ``--aggregator``, its Gaussian heads parameterised by
+    ``--expert-scale`` (``scale=``; configurations saved before the option: softplus)."""
     d, w = args.latent_dim, args.aggregator_width
-    pooled = dict(hidden_dim=w, pooling_dim=w)
+    scale = getattr(args, "expert_scale", "softplus")
+    pooled = dict(hidden_dim=w, pooling_dim=w, scale=scale)
     mixture = dict(pooled, num_components=args.num_components)
     return {
-        "poe": lambda: PoE(),
-        "moe": lambda: MoE(),
-        "mopoe": lambda: MoPoE(),
+        "poe": lambda: PoE(scale=scale),
+        "moe": lambda: MoE(scale=scale),
+        "mopoe": lambda: MoPoE(scale=scale),
         "sumpooling": lambda: SumPooling(features, d, **pooled),
         "selfattention": lambda: SelfAttention(features, d, **pooled),
         "sumpooling-mixture": lambda: SumPoolingMixture(features, d, **mixture),
@@ -256,9 +262,22 @@ def likelihood_weights(args, data: PreparedData) -> Optional[Dict[str, float]]:
     return dimension_likelihood_weights(data.modality_shapes, one_hot=text)
 
 
+def beta_option(args):
+    """``--beta``, or with ``--beta-warmup STEPS > 0`` the schedule
+    ``linear_warmup(STEPS, start=0, end=--beta)`` (configurations saved before the option: 0,
+    a constant beta). ``ValueError`` naming ``--beta-warmup`` unless it is an int ``>= 0``."""
+    steps = getattr(args, "beta_warmup", 0)
+    if steps is None:
+        steps = 0
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"--beta-warmup must be a non-negative integer (optimisation steps), "
+                         f"got {steps!r}")
+    return linear_warmup(steps, start=0.0, end=args.beta) if steps else args.beta
+
+
 def build_loss(args, data: PreparedData):
-    """The bound named by ``--bound`` with its options."""
-    kwargs = {"beta": args.beta, "iwae": args.iwae,
+    """The bound named by ``--bound`` with its options (``beta`` from :func:`beta_option`)."""
+    kwargs = {"beta": beta_option(args), "iwae": args.iwae,
               "likelihood_weights": likelihood_weights(args, data)}
     if args.masking is not None:
         kwargs["masking"] = args.masking

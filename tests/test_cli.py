@@ -119,7 +119,7 @@ def test_help(argv, capsys):
                          "--beta", "--latent-dim", "--num-modalities", "--num-points",
                          "--epochs", "--batch-size", "--lr", "--num-particles", "--iwae",
                          "--seed", "--device", "--output-dir", "--resume", "--no-progress",
-                         "polydigits", "digits-svhn-text"),
+                         "--beta-warmup", "--expert-scale", "polydigits", "digits-svhn-text"),
                "evaluate": ("RUN_DIR", "--is-samples", "--eval-points", "--device"),
                "generate": ("RUN_DIR", "--given", "--num-columns", "--output")}
     for option in options.get(argv[0], ("train", "evaluate", "generate")):
@@ -138,6 +138,9 @@ def test_help(argv, capsys):
     (["train", "--epochs", "0"], "positive integer"),
     (["train", "--lr", "-1"], "positive number"),
     (["train", "--test-fraction", "1.5"], r"in \[0, 1\)"),
+    (["train", "--beta-warmup", "-1"], "argument --beta-warmup: must be a non-negative integer"),
+    (["train", "--beta-warmup", "2.5"], "argument --beta-warmup: must be a non-negative integer"),
+    (["train", "--expert-scale", "exp"], "argument --expert-scale: invalid choice"),
     (["train", "--unknown-option"], "unrecognized arguments"),
     (["train", *LINEAR, "--num-points", "100", "--batch-size", "500"],
      "exceeds the 80 training points"),
@@ -279,3 +282,127 @@ def test_other_image_configurations(data_root, tmp_path, extra):
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
     assert math.isfinite(evaluation["test_log_likelihood"])
     assert evaluation["conditional_coherence"]["leave_one_out_mean"] is not None
+
+
+# --- --beta-warmup and --expert-scale: the configuration builds what it names ----------------
+
+SMALL = [*TINY, "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8", "--is-samples", "4"]
+
+
+def spy_on_builders(monkeypatch):
+    """Replace cli.build_loss / cli.build_guide by wrappers that keep what they built and record
+    ``beta`` at every training step."""
+    from pyro_mmvae import runs
+    built = {"losses": [], "guides": [], "betas": []}
+
+    def build_loss(args, data):
+        loss = runs.build_loss(args, data)
+        inner = loss.loss_and_grads
+
+        def loss_and_grads(*a, **k):
+            built["betas"].append(loss.beta)
+            return inner(*a, **k)
+
+        loss.loss_and_grads = loss_and_grads
+        built["losses"].append(loss)
+        return loss
+
+    def build_guide(args, data):
+        guide = runs.build_guide(args, data)
+        built["guides"].append(guide)
+        return guide
+
+    monkeypatch.setattr(cli, "build_loss", build_loss)
+    monkeypatch.setattr(cli, "build_guide", build_guide)
+    return built
+
+
+def test_beta_warmup_builds_the_schedule_and_survives_resume(tmp_path, monkeypatch):
+    built = spy_on_builders(monkeypatch)
+    run = tmp_path / "run"
+    # 160 train points, batch 32: 5 steps per epoch; beta(k) = 2 * min(k, 10) / 10
+    argv = ["train", *SMALL, "--batch-size", "32", "--beta", "2", "--beta-warmup", "10",
+            "--no-evaluate", "--output-dir", str(run)]
+    assert cli.main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["beta_warmup"] == 10 and config["beta"] == 2.0
+    (loss,) = built["losses"]
+    assert built["betas"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert loss.step == 5 and load_checkpoint(run / "checkpoint.pt")["step"] == 5
+    # the bound is linear_warmup(10, 0, --beta): 0, beta / 2, beta, beta at steps 0, 5, 10, 20
+    values = []
+    for k in (0, 5, 10, 20):
+        loss.set_step(k)
+        values.append(loss.beta)
+    assert values == [0.0, 1.0, 2.0, 2.0]
+
+    # a resumed run rebuilds the schedule from config.json and continues it at the stored step
+    built["betas"].clear()
+    assert cli.main(["train", "--resume", str(run), "--epochs", "2", "--no-progress",
+                     "--no-evaluate"]) == 0
+    resumed = built["losses"][-1]
+    assert resumed is not loss and resumed.beta_schedule(5) == 1.0
+    assert built["betas"] == pytest.approx([1.0, 1.2, 1.4, 1.6, 1.8])
+    assert resumed.step == 10 and load_checkpoint(run / "checkpoint.pt")["step"] == 10
+    assert json.loads((run / "config.json").read_text())["beta_warmup"] == 10
+
+
+def test_no_beta_warmup_is_a_constant_beta(tmp_path, monkeypatch):
+    built = spy_on_builders(monkeypatch)
+    argv = ["train", *SMALL, "--batch-size", "32", "--beta", "0.5", "--no-evaluate",
+            "--output-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["beta_warmup"] == 0
+    (loss,) = built["losses"]
+    assert loss.beta_schedule is None and built["betas"] == [0.5] * 5
+
+
+def test_beta_option_from_a_saved_configuration():
+    import argparse
+
+    from pyro_mmvae.infer.schedules import LinearWarmup
+    from pyro_mmvae.runs import beta_option
+    assert beta_option(argparse.Namespace(beta=0.5)) == 0.5  # saved before the option
+    schedule = beta_option(argparse.Namespace(beta=3.0, beta_warmup=4))
+    assert isinstance(schedule, LinearWarmup) and [schedule(k) for k in (0, 2, 4, 8)] == [
+        0.0, 1.5, 3.0, 3.0]
+    for bad in (-2, 1.5, "10", True):
+        with pytest.raises(ValueError, match="--beta-warmup must be a non-negative integer"):
+            beta_option(argparse.Namespace(beta=1.0, beta_warmup=bad))
+
+
+@pytest.mark.parametrize("aggregator", ["poe", "moe", "mopoe", "sumpooling", "selfattention",
+                                        "sumpooling-mixture", "selfattention-mixture"])
+@pytest.mark.parametrize("scale", ["softplus", "logvar"])
+def test_expert_scale_reaches_every_aggregator(aggregator, scale):
+    from pyro_mmvae.runs import DATASETS, build_guide
+    parser = cli.build_parser()
+    args = cli.apply_dataset_defaults(parser.parse_args(
+        ["train", *SMALL, "--aggregator", aggregator, "--aggregator-width", "8",
+         "--expert-scale", scale]))
+    guide = build_guide(args, DATASETS[args.dataset].load(args))
+    heads = [m for m in guide.modules() if hasattr(m, "min_scale")]
+    assert heads and heads[0] is guide.aggregator
+    assert all(m.scale == scale for m in heads)
+
+
+def test_expert_scale_end_to_end(tmp_path, monkeypatch):
+    built = spy_on_builders(monkeypatch)
+    argv = ["train", *SMALL, "--aggregator", "sumpooling", "--aggregator-width", "8",
+            "--expert-scale", "logvar", "--no-evaluate", "--output-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["expert_scale"] == "logvar"
+    (guide,) = built["guides"]
+    assert guide.aggregator.scale == "logvar"
+    # and a restored run rebuilds it so
+    from pyro_mmvae.runs import load_run
+    _, _, _, restored, _ = load_run(tmp_path)
+    assert restored.aggregator.scale == "logvar"
+
+
+def test_saved_configuration_without_expert_scale_is_softplus():
+    from pyro_mmvae.runs import make_aggregator
+    import argparse
+    args = argparse.Namespace(aggregator="sumpooling", latent_dim=2, aggregator_width=8,
+                              num_components=3)
+    assert make_aggregator(args, 4).scale == "softplus"
