@@ -48,6 +48,8 @@ from pyro import poutine
 from pyro.distributions import Categorical, OneHotCategorical
 
 from pyro_mmvae.eval.classifiers import predict
+from pyro_mmvae.eval.memory import (check_memory_budget, chunk_for_budget, chunks_for_budget,
+                                    trace_nbytes)
 from pyro_mmvae.infer.cells import StackedDistribution
 from pyro_mmvae.infer.traces import trace_guide, trace_model
 from pyro_mmvae.protocol import (LATENT_SITE, batch_size as data_size, check_positive_int,
@@ -157,11 +159,16 @@ def generation_trace(model, guide, data: Mapping[str, torch.Tensor], rows: torch
     every modality masked out (``model(data, all-False masks)``, the protocol's generation
     mechanism), so every ``"x_<m>"`` site is generated from :math:`z\sim q(z\mid x_S)` for
     every subset and particle. Returns the model trace."""
+    return _generation_traces(model, guide, data, rows, plates, max_plate_nesting)[1]
+
+
+def _generation_traces(model, guide, data, rows, plates, max_plate_nesting):
+    """``(guide trace, model trace)`` of :func:`generation_trace`."""
     b = data_size(data)
     guide_tr = trace_guide(guide, data, _subset_masks(rows, b, list(data), max_plate_nesting,
                                                       True), plates)
     device = next(iter(data.values())).device
-    return trace_model(model, guide_tr, data, unobserved(data, b, device), plates)
+    return guide_tr, trace_model(model, guide_tr, data, unobserved(data, b, device), plates)
 
 
 def _generated(trace, modality: str) -> dict:
@@ -208,8 +215,9 @@ def _by_size(per_subset: Mapping[str, Optional[float]]) -> dict:
 def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels,
                           classifiers: Mapping, subsets: Optional[Sequence[SubsetSpec]] = None,
                           mask: Optional[Mapping[str, torch.Tensor]] = None,
-                          num_samples: int = 1, use_mean: bool = True, batch_size: int = 256,
-                          max_plate_nesting: int = 1) -> dict:
+                          num_samples: int = 1, use_mean: bool = True,
+                          batch_size: Optional[int] = None, max_plate_nesting: int = 1,
+                          memory_budget: Optional[int] = None) -> dict:
     r"""Conditional generation coherence for every input subset and every target modality.
 
     For each subset ``S`` (default: all :math:`2^M-1`) and each target ``m`` with a classifier:
@@ -220,12 +228,20 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
     One guide call and one model call per mini-batch of ``batch_size`` points cover all
     subsets and ``num_samples`` particles, on plates ``"subsets"`` and ``"particles"`` left of
     the data plate (which must be the model's only plate unless ``max_plate_nesting`` says
-    more). Each call generates ``S * num_samples * batch_size`` values of every modality:
-    lower ``batch_size`` to bound memory.
+    more). Each call generates ``S * num_samples * batch_size`` values of every modality. By
+    default (``batch_size=None``) the mini-batches are as large as fit in ``memory_budget``
+    bytes (256 MiB unless given; :mod:`pyro_mmvae.eval.memory`), and where a single data
+    point with all particles does not, the particles are split into chunks too. Correct
+    predictions are counted per chunk and summed, so the chunks only split the work (with a
+    deterministic guide, e.g. its mean, the result does not depend on them at all).
 
     :param classifiers: ``{modality: classifier}``; ``classifier(x (n, ...))`` returns scores
         ``(n, K)`` (argmax taken) or labels ``(n,)``. Targets are the modalities listed here.
     :param use_mean: decode the likelihood mean (:func:`decoded_value`), else a sample.
+    :param batch_size: data points per guide and model call, each with all particles (None:
+        from ``memory_budget``).
+    :param memory_budget: bytes a chunk may hold (default 256 MiB), used when ``batch_size``
+        is None.
     :returns: ``{"coherence": {subset: {target: acc}},
         "self": {subset: mean over targets in S},
         "cross": {subset: mean over targets outside S} (subsets with such a target),
@@ -235,7 +251,8 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
         accuracies are floats (``None`` where no data point has ``S`` observed).
     """
     num_samples = check_positive_int(num_samples, "num_samples")
-    batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    budget = check_memory_budget(memory_budget)
     mask = validate_batch(data, mask)
     modalities = list(data)
     n = data_size(data)
@@ -247,8 +264,20 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
         [m for m in classifiers if m not in modalities]
     names, rows = subset_matrix(subsets, modalities, device)
     s, p = len(names), int(num_samples)
-    plates = [("subsets", s, -(max_plate_nesting + 2)),
-              ("particles", p, -(max_plate_nesting + 1))]
+
+    def plates(particles):
+        return [("subsets", s, -(max_plate_nesting + 2)),
+                ("particles", particles, -(max_plate_nesting + 1))]
+
+    def probe(points, particles):
+        x = {m: v[:points] for m, v in data.items()}
+        return trace_nbytes(*_generation_traces(model, guide, x, rows, plates(particles),
+                                                max_plate_nesting))
+
+    if batch_size is None:
+        batch_size, particles = chunks_for_budget(probe, n, p, budget)
+    else:
+        particles = p
     observed = stack_mask(mask, modalities)  # (N, M)
     correct = torch.zeros(s, len(targets), dtype=torch.long, device=device)
     count = torch.zeros(s, dtype=torch.long, device=device)
@@ -260,11 +289,14 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
         # a subset counts where all its modalities are observed; elsewhere the guide sees the
         # zero placeholders and the result is discarded
         valid = ~(rows[:, None, :] & ~obs_b).any(-1)  # (S, B)
-        model_tr = generation_trace(model, guide, x_b, rows, plates, max_plate_nesting)
-        for t, m in enumerate(targets):
-            x_hat = _flat_generations(_generated(model_tr, m), s * p * b, use_mean, m)
-            pred = predict(classifiers[m], x_hat).reshape(s, p, b)
-            correct[:, t] += ((pred == y_b) & valid[:, None, :]).sum((1, 2))
+        for done in range(0, p, particles):
+            k = min(particles, p - done)
+            model_tr = generation_trace(model, guide, x_b, rows, plates(k), max_plate_nesting)
+            for t, m in enumerate(targets):
+                x_hat = _flat_generations(_generated(model_tr, m), s * k * b, use_mean, m)
+                pred = predict(classifiers[m], x_hat).reshape(s, k, b)
+                correct[:, t] += ((pred == y_b) & valid[:, None, :]).sum((1, 2))
+            del model_tr
         count += valid.sum(-1)
     correct, count = correct.tolist(), count.tolist()
 
@@ -315,22 +347,30 @@ def unconditional_trace(model, modalities: Sequence[str], n: int, device=None):
 
 @torch.no_grad()
 def joint_coherence(model, classifiers: Mapping, num_samples: int = 1000, use_mean: bool = True,
-                    batch_size: int = 1000, modalities: Optional[Sequence[str]] = None) -> float:
+                    batch_size: Optional[int] = None, modalities: Optional[Sequence[str]] = None,
+                    memory_budget: Optional[int] = None) -> float:
     r"""Random-generation coherence (MoPoE "joint coherence"): the fraction of unconditional
     samples (``model({}, mask)`` with every modality masked out: ``z`` from the prior, then
     every modality generated, its likelihood mean with ``use_mean``) on which all
-    ``classifiers`` predict the same label. Drawn in chunks of ``batch_size``.
+    ``classifiers`` predict the same label. Drawn in chunks of ``batch_size`` samples (None:
+    as many as fit in ``memory_budget`` bytes, 256 MiB unless given;
+    :mod:`pyro_mmvae.eval.memory`); agreements are counted per chunk and summed.
 
     :param modalities: the modalities the mask names (default: ``model.modalities`` if the
         model has that attribute, else the classifiers' modalities).
     """
     num_samples = check_positive_int(num_samples, "num_samples")
-    batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True)
+    budget = check_memory_budget(memory_budget)
     if not classifiers:
         raise ValueError("joint_coherence needs at least one classifier")
     if modalities is None:
         modalities = getattr(model, "modalities", None) or list(classifiers)
     device = _device(model, *classifiers.values())
+    if batch_size is None:
+        batch_size = chunk_for_budget(
+            lambda k: trace_nbytes(unconditional_trace(model, modalities, k, device)),
+            num_samples, budget)
     agree, done = 0, 0
     while done < num_samples:
         n = min(batch_size, num_samples - done)
