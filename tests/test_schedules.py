@@ -9,7 +9,8 @@ import torch
 from pyro.distributions import Normal
 
 from pyro_mmvae.data import shared_latent_study
-from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.guides import (GatedMoE, MoE, MoPoE, MultimodalGuide, PoE, SelfAttentionMixture,
+                               SumPooling, expert_encoder)
 from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
                               SubsampledMultimodalELBO, linear_warmup)
 from pyro_mmvae.infer.schedules import check_schedule, schedule_value
@@ -265,3 +266,21 @@ def test_logvar_guide_trains(data):
                   batch_size=32, lr=2e-2, progress=False)
     assert all(math.isfinite(v) for v in history["loss"])
     assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.parametrize("name", ["SumPooling", "SelfAttentionMixture", "GatedMoE"])
+def test_logvar_heads_train_under_a_warmup(data, name):
+    """The other log-variance heads (tests/guides/test_expert_scale.py) train under a warm-up."""
+    small = dict(hidden_dim=8, pooling_dim=8, scale="logvar")
+    aggregator, bound = {
+        "SumPooling": lambda: (SumPooling(2 * LATENT, LATENT, **small), MaskedMultimodalELBO),
+        "SelfAttentionMixture": lambda: (SelfAttentionMixture(
+            2 * LATENT, LATENT, num_components=2, attention_dim=8, mlp_dim=8, **small),
+            MixtureMultimodalELBO),
+        "GatedMoE": lambda: (GatedMoE(scale="logvar"), MixtureMultimodalELBO),
+    }[name]()
+    model, guide = build(data, aggregator=aggregator)
+    elbo = bound(beta=linear_warmup(4))
+    history = fit(model, guide, elbo, data, epochs=2, batch_size=32, lr=1e-2, progress=False)
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert elbo.step == 8 and elbo.beta == 1.0
