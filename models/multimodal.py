@@ -11,6 +11,7 @@ from torch import nn
 import torch
 from pyro.distributions import Normal
 
+from pyro_mmvae.decoding import decode_scored
 from pyro_mmvae.params import NamedPyroModule
 from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, full_mask, num_points, observe,
                                  private_site)
@@ -105,5 +106,5 @@ class MultimodalModel(NamedPyroModule):
                     w = pyro.sample(private_site(m), Normal(z.new_zeros(self.private_dim),
                                                             1.0).to_event(1))
                     code = concat_latents(z, w)
-                observe(m, decoder(code), data, mask)
+                observe(m, decode_scored(decoder, code, mask, m), data, mask)
         return z

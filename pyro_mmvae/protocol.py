@@ -100,16 +100,22 @@ def full_mask(data: Data) -> dict:
     return {m: torch.ones(n, dtype=torch.bool, device=x.device) for m, x in data.items()}
 
 
-def _plate_batch_shape(fn) -> torch.Size:
-    """``fn``'s batch shape broadcast against the enclosing vectorised plates, as Pyro's
-    ``BroadcastMessenger`` would expand it at a sample site."""
+def enclosing_plate_shape() -> torch.Size:
+    """The batch shape the enclosing vectorised plates give a sample site (their sizes at their
+    dims, 1 elsewhere; ``()`` outside any plate)."""
     dims = [f for f in get_plates() if f.dim is not None and f.size != -1]
     if not dims:
-        return fn.batch_shape
+        return torch.Size()
     shape = [1] * max(-f.dim for f in dims)
     for f in dims:
         shape[f.dim] = f.size
-    return torch.broadcast_shapes(fn.batch_shape, torch.Size(shape))
+    return torch.Size(shape)
+
+
+def _plate_batch_shape(fn) -> torch.Size:
+    """``fn``'s batch shape broadcast against the enclosing vectorised plates, as Pyro's
+    ``BroadcastMessenger`` would expand it at a sample site."""
+    return torch.broadcast_shapes(fn.batch_shape, enclosing_plate_shape())
 
 
 class _GenerationStream:
@@ -175,6 +181,11 @@ def scoring():
         yield
     finally:
         _SCORING[0] -= 1
+
+
+def is_scoring() -> bool:
+    """Whether the caller runs inside :func:`scoring` (only log-densities will be read)."""
+    return _SCORING[0] > 0
 
 
 def _real_valued(fn) -> bool:

@@ -1,0 +1,135 @@
+r"""Decode only what is scored: run a decoder on the rows whose mask scores its modality.
+
+The library's bounds call the model once with masks stacked on plates: MVAE's objective scores
+modality :math:`m` in the joint term and in its own unimodal term only, yet the model is called
+with latents ``(T, S, N, D)`` for all :math:`T = 1 + M + k` terms; the masked bound scores each
+modality under either :math:`z_S` or :math:`z_O`, never both. Decoding every row and masking
+afterwards does :math:`T` decoder passes per data point and modality where two are read.
+
+:func:`decode_scored` gathers the rows of the latent code whose mask is True, decodes those
+(one call on ``(R, D)``), and returns a :class:`ScoredRows` distribution with the site's batch
+shape: the decoder's distribution at those rows, log-density 0 elsewhere (rows
+:func:`~pyro_mmvae.protocol.observe` masks out anyway), so values and gradients equal decoding
+everything (``tests/models/test_decode_scored.py``) while the decoder, its log-density and
+their backward pass run on the scored rows only. It only does so inside
+:func:`pyro_mmvae.protocol.scoring` — the bounds, ``log_likelihood`` and ``rate_distortion``,
+which read nothing but the log-densities of observed entries — and only when fewer rows are
+scored than the code has; everywhere else (``Predictive``, coherence, generation) it is the
+plain ``decoder(code)``, so cross-generations are real decoder draws.
+
+A model written by hand uses it the same way::
+
+    from pyro_mmvae.decoding import decode_scored
+    observe(m, decode_scored(decoder, z, mask, m), data, mask)
+
+Any distribution family works (its ``log_prob``, ``sample`` and ``support`` are all that is
+used); the decoder must accept a 2-D code ``(R, D)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Optional
+
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import Distribution
+
+from pyro_mmvae.protocol import enclosing_plate_shape, is_scoring
+
+
+def scored_rows(mask: Optional[Mapping], modality: str, batch_shape) -> Optional[torch.Tensor]:
+    """Bool ``batch_shape`` tensor of the rows to decode for ``modality``, or None (decode all).
+
+    None outside :func:`~pyro_mmvae.protocol.scoring`, when ``mask`` has no tensor entry for
+    the modality, or when every row of ``batch_shape`` would be decoded anyway. The mask
+    ``(..., N)`` is broadcast against ``batch_shape`` (the latent's batch dims, e.g.
+    ``(T, S, N)``) and the enclosing plates, right-aligned as ``poutine.mask`` and Pyro's
+    broadcasting do, so the rows have the site's batch shape.
+    """
+    if not is_scoring() or not mask:
+        return None
+    on = mask.get(modality)
+    if not torch.is_tensor(on) or on.dim() == 0:
+        return None
+    shape = torch.broadcast_shapes(tuple(batch_shape), on.shape, enclosing_plate_shape())
+    rows = on.expand(shape)
+    if int(rows.sum()) >= math.prod(batch_shape):
+        return None  # no fewer rows than decoding the code once
+    return rows
+
+
+class ScoredRows(TorchDistribution):
+    r"""The distribution of a site whose decoder ran on its scored rows only.
+
+    ``fn`` is the decoder's distribution at the ``R`` rows of ``rows`` (bool, the site's
+    leading batch dims) that are True, batch ``(R, *rest)``; the site's distribution has batch
+    ``(*rows.shape, *rest)`` and ``fn``'s event. :meth:`log_prob` evaluates ``fn`` at those
+    rows and is 0 elsewhere — rows the site's mask does not score, so ``poutine.mask`` zeroes
+    them anyway; :meth:`sample` is ``fn``'s draw at the scored rows and its first row's draw
+    elsewhere (values in the support, as :func:`~pyro_mmvae.protocol.observe` needs for a
+    constrained likelihood). Nothing but log-densities (and a support) is read while scoring.
+    """
+
+    arg_constraints = {}
+
+    def __init__(self, fn: Distribution, rows: torch.Tensor, index: torch.Tensor):
+        self.fn, self.rows, self.index = fn, rows, index
+        batch = rows.shape + fn.batch_shape[1:]
+        super().__init__(batch, fn.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.fn.support
+
+    def expand(self, batch_shape, _instance=None):
+        if torch.Size(batch_shape) == self.batch_shape:
+            return self
+        raise NotImplementedError("ScoredRows cannot be expanded to another batch shape")
+
+    def _scatter(self, rowwise: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """``(R, *tail)`` values of the scored rows into ``(*rows.shape, *tail)``, ``fill``
+        (broadcast to the tail) elsewhere."""
+        tail = rowwise.shape[1:]
+        full = fill.expand((self.rows.numel(),) + tail)
+        return full.index_copy(0, self.index, rowwise).reshape(self.rows.shape + tail)
+
+    def log_prob(self, value):
+        lead = self.rows.dim()
+        shape = self.batch_shape + self.event_shape
+        flat = value.expand(shape).reshape((self.rows.numel(),) + shape[lead:])
+        lp = self.fn.log_prob(flat.index_select(0, self.index))  # (R, *rest)
+        return self._scatter(lp, lp.new_zeros(()))
+
+    def sample(self, sample_shape=torch.Size()):
+        if sample_shape:
+            raise NotImplementedError("ScoredRows draws one sample at a time")
+        x = self.fn.sample()
+        return self._scatter(x, x[:1])
+
+    @property
+    def mean(self):
+        mean = self.fn.mean
+        return self._scatter(mean, mean[:1].detach())
+
+
+def decode_scored(decoder: Callable, code: torch.Tensor, mask: Optional[Mapping],
+                  modality: str) -> Distribution:
+    r"""``decoder(code)``, decoding only the rows whose ``mask[modality]`` is True while scoring.
+
+    :param decoder: ``code (..., D) -> p(x_m | z)`` with batch ``code.shape[:-1]``; it must
+        accept a 2-D code ``(R, D)`` (every network that broadcasts over leading dims does).
+    :param code: the latent code ``(..., N, D)`` (leading particle / subset dims allowed).
+    :param mask: the model's mask ``{modality: (..., N) bool}`` as the bound passed it.
+    :param modality: the modality whose site the distribution is for.
+    :returns: a :class:`ScoredRows` with batch ``broadcast(code.shape[:-1],
+        mask[modality].shape)`` where rows were gathered, else ``decoder(code)``.
+    """
+    rows = scored_rows(mask, modality, code.shape[:-1])
+    if rows is None:
+        return decoder(code)
+    index = rows.reshape(-1).nonzero().squeeze(-1)
+    if not index.numel():  # nothing scored: one row gives valid parameters for all
+        index = index.new_zeros(1)
+    flat = code.expand(rows.shape + code.shape[-1:]).reshape(-1, code.shape[-1])
+    return ScoredRows(decoder(flat.index_select(0, index)), rows, index)
