@@ -43,6 +43,35 @@ class ExactPosteriorGuide:
             return pyro.sample("z", q)
 
 
+class RowCounter(torch.nn.Module):
+    """A network that counts the rows (entries of its input's leading dims) it is called on."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.rows = 0
+
+    def forward(self, z):
+        self.rows += z[..., 0].numel()
+        return self.net(z)
+
+
+def counted(model):
+    """``model`` with every decoder's network wrapped in a :class:`RowCounter`."""
+    for dec in model.decoders.values():
+        dec.net = RowCounter(dec.net)
+    return model
+
+
+def rows_decoded(model):
+    return {m: dec.net.rows for m, dec in model.decoders.items()}
+
+
+def reset(model):
+    for dec in model.decoders.values():
+        dec.net.rows = 0
+
+
 def random_mask(data, p=0.6, seed=1, at_least_one=True):
     g = torch.Generator().manual_seed(seed)
     n = batch_size(data)

@@ -69,7 +69,7 @@ from pyro.poutine.indep_messenger import CondIndepStackFrame
 from .base import MultimodalELBO
 from .cells import StackedDistribution
 from .mixtures import (chunked, components_first, draw_chunk, gather_components, is_mixture,
-                       mixture_logits)
+                       live_components, mixture_logits, select_components)
 from .stratified_dreg import stratified_dreg
 from .traces import (check_model_guide, check_scorable, global_latents, kl_estimate, latent_sites,
                      latent_values, local_latents, log_likelihood, prior_factors, rate,
@@ -191,10 +191,22 @@ class MixtureMultimodalELBO(MultimodalELBO):
         logits = mixture_logits(q)  # (S, B, K), normalised
         weights = logits.exp().movedim(-1, 0)  # (K, S, B)
         drawn = self.form == "average" and self.num_subsets is not None
+        keep = None
         if drawn:
             index = self._draw_components(logits.expand(q.batch_shape + logits.shape[-1:]))
             z_fn = gather_components(comps, index)  # batch (k, S, B)
         else:
+            # Zero-weight components (the prior slot of MoE / MoPoE; subsets holding a modality
+            # missing everywhere) are neither sampled nor decoded; where a component has zero
+            # weight for some data points only, the model's masks leave those rows unscored,
+            # so the library's models do not decode them (pyro_mmvae.decoding).
+            keep = live_components(weights)
+            if keep is not None:
+                comps = select_components(comps, keep)
+                weights = weights.index_select(0, keep)
+            live = (weights > 0).any(self.particle_dim)  # (K, B)
+            if not bool(live.all()):
+                o_mask = {m: o & live.unsqueeze(1) for m, o in o_mask.items()}  # (K, 1, B)
             z_fn = comps
         z = z_fn.rsample()  # (K or k, S, B, D)
         unbiased_dreg = (self.form == "stratified" and self.iwae and self.estimator == "dreg"
@@ -236,7 +248,8 @@ class MixtureMultimodalELBO(MultimodalELBO):
         kl = kl - prior_factors(model_tr)
         if unbiased_dreg:
             value = stratified_dreg(rec - self.beta * kl, z, z_in, q, self.beta,
-                                    self.particle_dim, chunk=self.chunk_size)  # (K, B)
+                                    self.particle_dim, chunk=self.chunk_size,
+                                    keep=keep)  # (K, B)
         else:
             value = self.reduce_particles(rec - self.beta * kl, [z])  # (K, B)
         # Zero-weight components hold arbitrary finite values; where() keeps them out exactly.

@@ -85,6 +85,22 @@ def gather_components(comps, index: torch.Tensor):
     return picked.to_event(ndims) if ndims else picked
 
 
+def select_components(comps, keep: torch.Tensor):
+    """The components ``comps`` (batch ``(K, *batch)``) at the indices ``keep`` ``(k,)``, the
+    same for every batch entry: batch ``(k, *batch)``."""
+    ndims = comps.reinterpreted_batch_ndims if isinstance(comps, Independent) else 0
+    base = comps.base_dist if isinstance(comps, Independent) else comps
+    batch = len(base.batch_shape) - ndims - 1
+    return gather_components(comps, keep.reshape((-1,) + (1,) * batch))
+
+
+def live_components(weights: torch.Tensor) -> Optional[torch.Tensor]:
+    """Indices ``(k,)`` of the components with a positive weight somewhere in ``weights``
+    ``(K, ...)``, or None when every component has one (nothing to drop)."""
+    alive = (weights > 0).reshape(weights.shape[0], -1).any(1)
+    return None if bool(alive.all()) else alive.nonzero().squeeze(-1)
+
+
 def draw_chunk(value: torch.Tensor, num_components: int, chunk: Optional[int] = None) -> int:
     """Draws per chunk for a pairwise evaluation of ``value`` ``(L, ...)`` against
     ``num_components`` components: ``chunk`` if given, else as many as keep a chunk's

@@ -69,7 +69,7 @@ from pyro.distributions.util import detach
 
 from typing import Optional
 
-from .mixtures import chunked, components_first, draw_chunk, mixture_logits
+from .mixtures import chunked, components_first, draw_chunk, mixture_logits, select_components
 from .traces import log_mean_exp
 
 
@@ -84,7 +84,8 @@ def leave_one_out_logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def stratified_dreg(log_w: torch.Tensor, z: torch.Tensor, z_in: torch.Tensor, mixture,
-                    beta: float, dim: int, chunk: Optional[int] = None) -> torch.Tensor:
+                    beta: float, dim: int, chunk: Optional[int] = None,
+                    keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     r"""Per-stratum IWAE values with the unbiased stratified DReG gradient (module docstring).
 
     :param log_w: ``(K, ..., S, B)`` log weights computed at ``z_in`` with the guide's
@@ -99,6 +100,9 @@ def stratified_dreg(log_w: torch.Tensor, z: torch.Tensor, z_in: torch.Tensor, mi
     :param dim: the particle dim (negative).
     :param chunk: draws ``L`` per chunk of the pairwise (draw x component) terms (``None``:
         :func:`~pyro_mmvae.infer.mixtures.draw_chunk`'s budget); values do not depend on it.
+    :param keep: the indices ``(K,)`` of the mixture's components that the strata are, when
+        zero-weight components were dropped (they have responsibility 0 everywhere, so they
+        add nothing); None: the strata are all the mixture's components.
     :returns: ``(K, ..., B)``: :math:`\log\frac1S\sum_s w_{ks}` per stratum, whose gradient
         is the estimator above (weight the strata by :math:`\pi_k` outside).
     """
@@ -107,9 +111,13 @@ def stratified_dreg(log_w: torch.Tensor, z: torch.Tensor, z_in: torch.Tensor, mi
     w = lw.softmax(dim)
     surrogate = (w * log_w).sum(dim)  # model gradients: sum_s w_s grad_theta log w_s
     logits = mixture_logits(mixture)  # (..., S, B, K), normalised
+    if keep is not None:
+        logits = logits.index_select(-1, keep)
     needs_path = torch.is_grad_enabled() and z.requires_grad
     if needs_path or logits.requires_grad:
         comps = detach(components_first(mixture))  # batch (K, ..., S, B)
+        if keep is not None:
+            comps = select_components(comps, keep)
         size = draw_chunk(z_in, comps.batch_shape[0], chunk)
 
         def joint(z_rows):  # log pi_k q_k(z_ls) at detached parameters: (l, ..., S, B, K)

@@ -16,36 +16,8 @@ from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
 from pyro_mmvae.models import BernoulliDecoder, MultimodalModel
 from pyro_mmvae.models import StandardNormalPrior
 from pyro_mmvae.protocol import scoring
-from tests.helpers import (DIMS, ExactPrivatePosteriorGuide, linear_problem, make_guide,
-                           private_problem, random_mask)
-
-
-class RowCounter(nn.Module):
-    """A network that counts the rows (leading elements) it is called on."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.rows = 0
-
-    def forward(self, z):
-        self.rows += z[..., 0].numel()
-        return self.net(z)
-
-
-def counted(model):
-    for dec in model.decoders.values():
-        dec.net = RowCounter(dec.net)
-    return model
-
-
-def rows_decoded(model):
-    return {m: dec.net.rows for m, dec in model.decoders.items()}
-
-
-def reset(model):
-    for dec in model.decoders.values():
-        dec.net.rows = 0
+from tests.helpers import (DIMS, ExactPrivatePosteriorGuide, counted, linear_problem,
+                           make_guide, private_problem, random_mask, reset, rows_decoded)
 
 
 @pytest.fixture
