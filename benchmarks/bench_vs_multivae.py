@@ -58,12 +58,12 @@ import contextlib
 import copy
 import cProfile
 import datetime
+import importlib.metadata
 import io
 import itertools
 import json
 import math
 import os
-import platform
 import pstats
 import resource
 import shlex
@@ -82,7 +82,6 @@ from pyro.infer import SVI
 from torch.distributions import Normal
 
 try:
-    import multivae
     from multivae.models import MMVAE, MVAE, MMVAEConfig, MoPoE as MVMoPoE, MoPoEConfig, MVAEConfig
     from multivae.data.datasets.base import MultimodalBaseDataset
     from multivae.trainers import BaseTrainer, BaseTrainerConfig
@@ -93,14 +92,13 @@ except ImportError as exc:  # pragma: no cover - the message is the point
     sys.exit("bench_vs_multivae.py needs MultiVae 1.0.3, the [bench] extra: "
              f"pip install -e '.[bench]'   ({exc})")
 
-from importlib.metadata import version as _version
+from pyro_mmvae import MixtureMultimodalELBO, SubsampledMultimodalELBO  # noqa: E402
+from pyro_mmvae.eval import log_likelihood  # noqa: E402
+from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE  # noqa: E402
+from pyro_mmvae.models import (GaussianDecoder, MultimodalModel,  # noqa: E402
+                               StandardNormalPrior)
 
-MULTIVAE_VERSION = _version("multivae")
-
-from pyro_mmvae import MixtureMultimodalELBO, SubsampledMultimodalELBO
-from pyro_mmvae.eval import log_likelihood
-from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE
-from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior
+MULTIVAE_VERSION = importlib.metadata.version("multivae")
 
 MODELS = ("MVAE", "MMVAE", "MoPoE")
 NOISE = 0.1  # likelihood scale, and the data's noise
@@ -301,6 +299,21 @@ class TorchVariant:
         loss.backward()
         self.optim.step()
         return loss.item()
+
+    def posterior(self, batch):
+        with torch.no_grad():
+            mu, logvar = self.experts([batch[m] for m in self.modalities])
+            if self.kind == "MMVAE":
+                locs, scales = mu, torch.exp(0.5 * logvar)
+            else:
+                loc, scale = self.products(mu, logvar)  # (K, B, D)
+                locs, scales = loc.transpose(0, 1), scale.transpose(0, 1)
+                if self.kind == "MVAE":  # the joint row only
+                    locs, scales = locs[:, :1], scales[:, :1]
+        return locs.new_zeros(locs.shape[:-1]), locs, scales
+
+    def decode(self, z):
+        return {m: dec(z) for m, dec in zip(self.modalities, self.decoders)}
 
 
 # --- MultiVae --------------------------------------------------------------------------------
@@ -583,8 +596,9 @@ def child_main(spec: dict) -> dict:
     if spec["variant"] == "ours":
         model, guide, _ = ours_setup(kind, nets)
         log_likelihood(model, guide, small, full_mask(small), num_samples=8)  # warm-up
+        budget = spec.get("memory_budget")
         call = lambda: -log_likelihood(model, guide, data, full_mask(data),  # noqa: E731
-                                       num_samples=k).sum()
+                                       num_samples=k, memory_budget=budget).sum()
     else:
         model = multivae_model(kind, nets, args.dim)
         model.compute_joint_nll(DatasetOutput(data=small), K=8, batch_size_K=4)
@@ -636,7 +650,8 @@ def mopoe_scaling(args, ms: Sequence[int]) -> List[dict]:
                 row[name] = f"skipped (~{act_gb:.0f} GB of activations)"
                 continue
             if skip[name]:
-                row[name] = f"skipped (> {args.max_seconds:.0f} s expected)"
+                row[name] = (f"skipped (~{skip[name]:.0f} s expected for "
+                             f"{args.scaling_steps + 1} steps)")
                 continue
             v = build()
             times = []
@@ -657,22 +672,79 @@ def mopoe_scaling(args, ms: Sequence[int]) -> List[dict]:
             if nxt is not None:
                 growth = 2 ** (nxt - m) if name != "ours k=1" else (nxt / m) ** 2
                 if t * growth * (args.scaling_steps + 1) > args.max_seconds:
-                    skip[name] = True
+                    skip[name] = t * growth * (args.scaling_steps + 1)
             last[name] = t
             del v
-        print(f"  M={m}: " + ", ".join(f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in row.items() if k not in ("M", "K")),
-              flush=True)
+        print(f"  M={m}: " + ", ".join(
+            f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}"
+            for k, v in row.items() if k not in ("M", "K")), flush=True)
         rows.append(row)
     return rows
 
 
 # --- profiling -------------------------------------------------------------------------------
-def profile_steps(kind: str, args, train, steps: int = 30, top: int = 18) -> str:
+def step_breakdown(kind: str, nets: Nets, batch, lr: float, rounds: int = 60) -> str:
+    """Median ms of one step, interleaved: ours as SVI, as loss + backward (+ one torch Adam),
+    its forward alone (no grad); the same for the hand-written loss and MultiVae."""
+    o, o2 = OursVariant(kind, nets, lr), OursVariant(kind, nets, lr)
+    elbo = ours_setup(kind, nets)[2]
+    mask = full_mask(batch)
+    o2.activate()
+    elbo.differentiable_loss(o2.model, o2.guide, batch, mask)  # registers the parameters
+    opt = torch.optim.Adam(list(o2.model.parameters()) + list(o2.guide.parameters()), lr=lr)
+    t, mv = TorchVariant(kind, nets, lr), MVLoopVariant(kind, nets, args_dim(batch), lr)
+
+    def ours_loss(update: bool):
+        o2.activate()
+        opt.zero_grad(set_to_none=True)
+        elbo.differentiable_loss(o2.model, o2.guide, batch, mask).backward()
+        if update:
+            opt.step()
+
+    def ours_forward():
+        o2.activate()
+        with torch.no_grad():
+            elbo.differentiable_loss(o2.model, o2.guide, batch, mask)
+
+    def torch_forward():
+        with torch.no_grad():
+            t.loss(batch)
+
+    cases = {"ours: SVI.step": lambda: o.step(batch),
+             "ours: loss + backward + torch Adam": lambda: ours_loss(True),
+             "ours: loss + backward": lambda: ours_loss(False),
+             "ours: loss forward (no grad)": ours_forward,
+             "torch: step": lambda: t.step(batch),
+             "torch: loss forward (no grad)": torch_forward,
+             "MultiVae: forward + backward + Adam": lambda: mv.step(batch)}
+    if kind != "MMVAE":  # its DReG hooks need gradients
+        def mv_forward():
+            with torch.no_grad():
+                mv.model(DatasetOutput(data=batch), epoch=1)
+        cases["MultiVae: forward (no grad)"] = mv_forward
+    times = {k: [] for k in cases}
+    for r in range(rounds):
+        for k, f in cases.items():
+            t0 = time.perf_counter()
+            f()
+            if r >= 5:
+                times[k].append(time.perf_counter() - t0)
+    rows = [f"\n### {kind}: median ms per step ({rounds - 5} interleaved rounds, batch "
+            f"{next(iter(batch.values())).shape[0]})\n", "| case | ms |", "|---|---|"]
+    rows += [f"| {k} | {1e3 * statistics.median(v):.1f} |" for k, v in times.items()]
+    return "\n".join(rows) + "\n"
+
+
+def args_dim(batch) -> int:
+    return next(iter(batch.values())).shape[-1]
+
+
+def profile_steps(kind: str, args, train, steps: int = 30, top: int = 25) -> str:
     nets = Nets(list(train), args.dim, args.hidden, args.latent_dim, args.seed)
     gen = torch.Generator().manual_seed(0)
     batch = next(batches(train, args.batch, gen))
     out = io.StringIO()
+    out.write(step_breakdown(kind, nets, batch, args.lr))
     for name, v in (("ours (SVI.step)", OursVariant(kind, nets, args.lr)),
                     ("torch (hand-written)", TorchVariant(kind, nets, args.lr)),
                     ("MultiVae (forward + Adam)", MVLoopVariant(kind, nets, args.dim, args.lr))):
@@ -686,7 +758,7 @@ def profile_steps(kind: str, args, train, steps: int = 30, top: int = 18) -> str
         prof.disable()
         dt = (time.perf_counter() - t0) / steps
         s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+        pstats.Stats(prof, stream=s).sort_stats(args.sort).print_stats(top)
         out.write(f"\n### {kind}: {name}, {1e3 * dt:.1f} ms/step under cProfile\n\n```\n")
         out.write("\n".join(line for line in s.getvalue().splitlines()
                             if line.strip())[:6000])
@@ -714,12 +786,44 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """HEAD's short hash, and whether library files had uncommitted changes."""
+    cwd = os.path.dirname(os.path.abspath(__file__))
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.abspath(__file__))
-                              ).stdout.strip() or "?"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=cwd).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pyro_mmvae", "models",
+                                "guides"], capture_output=True, text=True,
+                               cwd=os.path.dirname(cwd)).stdout.strip()
     except OSError:
         return "?"
+    return head + (" (library files with uncommitted changes in the working tree)" if dirty
+                   else "")
+
+
+def objective_check(kind: str, args, data, draws: int) -> Dict[str, tuple]:
+    """Mean and standard error of each loss per data point at the shared initial weights.
+
+    MultiVae's MVAE and MoPoE losses are batch means, MMVAE's a batch sum; ours and ``torch``
+    batch sums (Adam is invariant to that scale up to its epsilon).
+    """
+    nets = Nets(list(data), args.dim, args.hidden, args.latent_dim, args.seed)
+    o = OursVariant(kind, nets, args.lr)
+    elbo = ours_setup(kind, nets)[2]
+    t = TorchVariant(kind, nets, args.lr)
+    mv = MVLoopVariant(kind, nets, args.dim, args.lr)
+    b = next(iter(data.values())).shape[0]
+    mv_scale = b if kind == "MMVAE" else 1
+    vals = {"ours": [], "torch": [], "MultiVae": []}
+    o.activate()
+    for r in range(draws):  # with gradients: MultiVae's MMVAE hooks its samples
+        torch.manual_seed(r)
+        vals["ours"].append(elbo.differentiable_loss(o.model, o.guide, data,
+                                                     full_mask(data)).item() / b)
+        vals["torch"].append(t.loss(data).item() / b)
+        vals["MultiVae"].append(mv.model(DatasetOutput(data=data), epoch=1).loss.item()
+                                / mv_scale)
+    return {k: (statistics.mean(v), statistics.stdev(v) / math.sqrt(len(v)))
+            for k, v in vals.items()}
 
 
 def fmt(x, spec=".3f"):
@@ -752,9 +856,13 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                    help="models whose peak RSS is measured (two subprocesses each)")
     p.add_argument("--ll-points", type=int, default=1000)
     p.add_argument("--ll-particles", type=int, default=1000)
-    p.add_argument("--tables", default="train,memory,scaling,ll",
-                   help="comma list of train, memory, scaling, ll")
-    p.add_argument("--profile", choices=MODELS, help="cProfile one model's step and exit")
+    p.add_argument("--tables", default="check,train,memory,scaling,ll",
+                   help="comma list of check, train, memory, scaling, ll")
+    p.add_argument("--check-draws", type=int, default=50)
+    p.add_argument("--profile", choices=MODELS,
+                   help="time one model's step in parts, cProfile it (ours, torch, MultiVae), "
+                        "and exit")
+    p.add_argument("--sort", default="tottime", help="cProfile sort key for --profile")
     p.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
     p.add_argument("--output", help="write the markdown report here")
     p.add_argument("--_child", help=argparse.SUPPRESS)
@@ -766,7 +874,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         args.epochs, args.train, args.test = 3, 512, 100
         args.nll_particles, args.scaling_ms, args.scaling_steps = 100, "2,5", 2
         args.ll_points, args.ll_particles, args.max_seconds = 200, 200, 10.0
-        args.memory_models = "MVAE"
+        args.memory_models, args.check_draws = "MVAE", 10
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)  # also turns off torch.distributions' checks, for both
     models = [m for m in args.models.split(",") if m]
@@ -782,10 +890,11 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         return text
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    cli_args = list(argv if argv is not None else sys.argv[1:])
     header = [
         "# pyro_mmvae vs MultiVae",
         "",
-        f"Command: `python {' '.join(shlex.quote(a) for a in (['benchmarks/bench_vs_multivae.py'] + list(argv if argv is not None else sys.argv[1:])))}`",
+        f"Command: `python {shlex.join(['benchmarks/bench_vs_multivae.py'] + cli_args)}`",
         "",
         f"Date: {started:%Y-%m-%d %H:%M} UTC; commit {commit()}; machine: {machine()}; "
         f"torch {torch.__version__}, pyro {pyro.__version__}, multivae {MULTIVAE_VERSION}.",
@@ -800,6 +909,20 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     lines = list(header)
     print("\n".join(lines), flush=True)
 
+    if "check" in tables:
+        mark = len(lines)
+        gen = torch.Generator().manual_seed(args.seed)
+        batch = next(batches(train, args.batch, gen))
+        lines += [f"## Objectives at the shared initial weights (loss per data point, mean ± s.e. "
+                  f"over {args.check_draws} draws, one batch of {args.batch})", "",
+                  "| model | ours | torch | MultiVae |", "|---|---|---|---|"]
+        for kind in models:
+            c = objective_check(kind, args, batch, args.check_draws)
+            cells = [f"{c[k][0]:.1f} ± {c[k][1]:.1f}" for k in ("ours", "torch", "MultiVae")]
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+        lines.append("")
+        print("\n".join(lines[mark:]), flush=True)
+
     if "train" in tables:
         with tempfile.TemporaryDirectory() as out_dir:
             rows = []
@@ -807,7 +930,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                 t0 = time.perf_counter()
                 runners = train_interleaved(kind, args, train, out_dir)
                 nll = {}
-                for name in ("ours", "mv-trainer"):
+                for name in VARIANTS:
                     v = runners[name].variant
                     nll[name] = stratified_nll(v.posterior, v.decode, test,
                                                args.nll_particles, args.seed).mean().item()
@@ -837,13 +960,20 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             f"## Test NLL (nats per data point, {args.test} test points, shared stratified "
             f"estimator, {args.nll_particles} particles)",
             "",
-            "| model | ours | MultiVae (trainer) | ours − MultiVae |",
-            "|---|---|---|---|",
+            "| model | ours | torch | mv-trainer | mv-loop | ours − mv-trainer | "
+            "ours − mv-loop |",
+            "|---|---|---|---|---|---|---|",
         ]
         for kind, _, nll in rows:
-            lines.append(f"| {kind} | {nll['ours']:.2f} | {nll['mv-trainer']:.2f} | "
-                         f"{nll['ours'] - nll['mv-trainer']:+.2f} |")
-        lines.append("")
+            lines.append(f"| {kind} | " + " | ".join(f"{nll[v]:.2f}" for v in VARIANTS)
+                         + f" | {nll['ours'] - nll['mv-trainer']:+.2f} | "
+                         f"{nll['ours'] - nll['mv-loop']:+.2f} |")
+        lines += [
+            "",
+            "`ours`, `torch` and `mv-loop` see the same mini-batches in the same order (and, "
+            "where they draw alike, the same noise); `mv-trainer` has its own `DataLoader` "
+            f"order. Their spread is the run-to-run noise of {args.epochs} short epochs.",
+            ""]
         print("\n".join(lines[len(header):]), flush=True)
 
     if "memory" in tables:
@@ -890,11 +1020,13 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                   "particles (fresh subprocess each, untrained MVAE networks)", "",
                   "| | seconds | CPU s | peak RSS − RSS before the call (MiB) | NLL / point |",
                   "|---|---|---|---|---|"]
-        for variant, label in (("ours", "ours `log_likelihood` (default memory budget)"),
-                               ("mv", "MultiVae `MVAE.compute_joint_nll(K, batch_size_K=100)`")):
+        for variant, budget, label in (
+                ("ours", None, "ours `log_likelihood` (default `memory_budget`, 256 MiB)"),
+                ("ours", 64 * 2 ** 20, "ours `log_likelihood(memory_budget=64 MiB)`"),
+                ("mv", None, "MultiVae `MVAE.compute_joint_nll(K, batch_size_K=100)`")):
             r = run_child({"what": "ll", "kind": "MVAE", "variant": variant,
                            "points": args.ll_points, "particles": args.ll_particles,
-                           "args": spec_args})
+                           "memory_budget": budget, "args": spec_args})
             if "error" in r:
                 lines.append(f"| {label} | {r['error']} | | | |")
             else:
