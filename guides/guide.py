@@ -10,6 +10,7 @@ from pyro.distributions import Normal
 from torch import nn
 from torch.func import functional_call
 
+from pyro_mmvae.batching import check_batch_setting, call_grouped
 from pyro_mmvae.params import NamedPyroModule
 from pyro_mmvae.protocol import (LATENT_SITE, STL_FN, data_plate, full_mask, num_points,
                                  private_site, stack_mask, validate_batch)
@@ -43,6 +44,9 @@ class MultimodalGuide(NamedPyroModule):
     :data:`~pyro_mmvae.protocol.STL_FN`) how to rebuild ``q(w_m | z, x_S)`` with detached parameters
     at a live ``z`` (:func:`detached_private`), the density the STL and DReG estimators need.
 
+    :param batch_modalities: run encoders of one architecture (inputs of one shape) as one
+        batched call (:mod:`pyro_mmvae.batching`): ``"auto"`` (default) on CUDA only, True
+        wherever possible, False never; values and gradients are the same.
     :param name: root of the guide's parameter names in Pyro's param store
         (``"<name>.encoders$$$<modality>...."``; keyword only). None (default): the first of
         ``""``, ``"MultimodalGuide_1"``, ... not holding another module's parameters, chosen
@@ -54,7 +58,8 @@ class MultimodalGuide(NamedPyroModule):
 
     def __init__(self, encoders: Mapping[str, nn.Module], aggregator: nn.Module,
                  latent_site: str = LATENT_SITE, private: Optional[nn.Module] = None,
-                 shared_features: Optional[int] = None, *, name: Optional[str] = None):
+                 shared_features: Optional[int] = None, *, name: Optional[str] = None,
+                 batch_modalities="auto"):
         super().__init__(name=name)
         if not encoders:
             raise ValueError("MultimodalGuide needs at least one modality encoder")
@@ -64,6 +69,7 @@ class MultimodalGuide(NamedPyroModule):
         self.latent_site = latent_site
         self.private = private
         self.shared_features = shared_features
+        self.batch_modalities = check_batch_setting(batch_modalities)
         self._input_shapes = {}  # last input shape (without N) per modality: for absent ones
 
     def _check(self, data, mask):
@@ -95,13 +101,14 @@ class MultimodalGuide(NamedPyroModule):
         present = [m for m in self.modalities if m in data]
         for m in present:
             check_encoder_input(m, encoders[m], data[m])
-        feats = {}
+        inputs = {}
         for m in present:
             x = data[m]
             seen = mask[m].reshape(-1, x.shape[0]).any(0) if mask[m].dim() > 1 else mask[m]
             seen = seen.reshape(seen.shape + (1,) * (x.dim() - 1))
-            feats[m] = run_encoder(m, encoders[m], torch.where(seen, x, torch.zeros_like(x)))
+            inputs[m] = torch.where(seen, x, torch.zeros_like(x))
             self._input_shapes[m] = tuple(x.shape[1:])
+        feats = call_grouped(encoders, inputs, self.batch_modalities, run_encoder)
         for m in self.modalities:
             if m not in feats:  # absent from data, so never observed: its features are unused
                 feats[m] = (torch.zeros_like(next(iter(feats.values()))) if present

@@ -41,7 +41,12 @@ class _LocScaleDecoder(nn.Module):
         return positive_scale(self.raw_scale, self.min_scale)
 
     def forward(self, z):
-        loc = self.net(z)
+        return self.likelihood(self.net(z), z)
+
+    def likelihood(self, loc, z):
+        """The distribution from the network's output ``loc`` at ``z`` (``forward`` is
+        ``likelihood(net(z), z)``; :class:`~pyro_mmvae.models.MultimodalModel` runs the
+        networks of several modalities as one batched call and then this)."""
         return self.family(loc, self.scale.expand(loc.shape)).to_event(_event_dims(z, loc))
 
 
@@ -70,7 +75,10 @@ class BernoulliDecoder(nn.Module):
         self.net = net
 
     def forward(self, z):
-        logits = self.net(z)
+        return self.likelihood(self.net(z), z)
+
+    def likelihood(self, logits, z):
+        """The distribution from the network's output at ``z`` (see ``GaussianDecoder``)."""
         return Bernoulli(logits=logits, validate_args=False).to_event(_event_dims(z, logits))
 
 
@@ -93,6 +101,9 @@ class CategoricalDecoder(nn.Module):
         self.net = net
 
     def forward(self, z):
-        logits = self.net(z)
+        return self.likelihood(self.net(z), z)
+
+    def likelihood(self, logits, z):
+        """The distribution from the network's output at ``z`` (see ``GaussianDecoder``)."""
         return OneHotCategorical(logits=logits, validate_args=False).to_event(
             _event_dims(z, logits) - 1)

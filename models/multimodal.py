@@ -11,7 +11,8 @@ from torch import nn
 import torch
 from pyro.distributions import Normal
 
-from pyro_mmvae.decoding import decode_scored
+from pyro_mmvae.batching import call_grouped, check_batch_setting, should_batch
+from pyro_mmvae.decoding import decode_scored, scored_rows
 from pyro_mmvae.params import NamedPyroModule
 from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, full_mask, num_points, observe,
                                  private_site)
@@ -51,6 +52,11 @@ class MultimodalModel(NamedPyroModule):
     :param enumerate_clusters: with a :class:`~pyro_mmvae.models.GaussianMixturePrior`, write the
         cluster ``"c"`` explicitly and enumerate it (for ``TraceEnum_ELBO``); equivalent to the
         default marginal form, which every bound accepts.
+    :param batch_modalities: run the decoder networks of one architecture (inputs of one
+        shape) as one batched call (:mod:`pyro_mmvae.batching`; decoders exposing ``net`` and
+        ``likelihood(out, z)``, as the library's do): ``"auto"`` (default) on CUDA only, True
+        wherever possible, False never; values and gradients are the same. Modalities decoded
+        on their scored rows only (:mod:`pyro_mmvae.decoding`) run on their own.
     :param name: root of the model's parameter names in Pyro's param store
         (``"<name>.decoders$$$<modality>...."``; keyword only). None (default): the first of
         ``""``, ``"<ClassName>_1"``, ... not holding another module's parameters, chosen at
@@ -62,7 +68,8 @@ class MultimodalModel(NamedPyroModule):
 
     def __init__(self, prior: nn.Module, decoders: Mapping[str, nn.Module],
                  latent_site: str = LATENT_SITE, private_dim: Optional[int] = None,
-                 enumerate_clusters: bool = False, *, name: Optional[str] = None):
+                 enumerate_clusters: bool = False, *, name: Optional[str] = None,
+                 batch_modalities="auto"):
         super().__init__(name=name)
         self.modalities = list(decoders)
         self.prior = prior
@@ -70,6 +77,7 @@ class MultimodalModel(NamedPyroModule):
         self.latent_site = latent_site
         self.private_dim = private_dim
         self.enumerate_clusters = enumerate_clusters
+        self.batch_modalities = check_batch_setting(batch_modalities)
 
     def forward(self, data, mask: Optional[Mapping] = None, num_samples: Optional[int] = None):
         unknown = sorted((set(data) | set(mask or {})) - set(self.modalities))
@@ -100,11 +108,28 @@ class MultimodalModel(NamedPyroModule):
                 z = self.prior.enumerated_sample(self.latent_site)
             else:
                 z = pyro.sample(self.latent_site, self.prior())
-            for m, decoder in self.decoders.items():
-                code = z
-                if self.private_dim:
-                    w = pyro.sample(private_site(m), Normal(z.new_zeros(self.private_dim),
-                                                            1.0).to_event(1))
-                    code = concat_latents(z, w)
-                observe(m, decode_scored(decoder, code, mask, m), data, mask)
+            decoders = self.decoders
+            if not should_batch(self.batch_modalities, z):
+                for m, decoder in decoders.items():
+                    observe(m, decode_scored(decoder, self._code(m, z), mask, m), data, mask)
+                return z
+            codes = {m: self._code(m, z) for m in decoders}
+            # networks of the modalities decoded whole, batched by architecture
+            whole = {m: code for m, code in codes.items() if hasattr(decoders[m], "likelihood")
+                     and scored_rows(mask, m, code.shape[:-1]) is None}
+            outs = call_grouped({m: decoders[m].net for m in whole}, whole,
+                                self.batch_modalities)
+            for m, decoder in decoders.items():
+                fn = (decoder.likelihood(outs[m], codes[m]) if m in outs
+                      else decode_scored(decoder, codes[m], mask, m))
+                observe(m, fn, data, mask)
         return z
+
+    def _code(self, modality, z):
+        """The decoder input of a modality: ``z``, or ``[z, w_m]`` with its private latent
+        (sampled here)."""
+        if not self.private_dim:
+            return z
+        w = pyro.sample(private_site(modality), Normal(z.new_zeros(self.private_dim),
+                                                        1.0).to_event(1))
+        return concat_latents(z, w)
