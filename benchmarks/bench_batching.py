@@ -119,7 +119,7 @@ def main(argv=None):
                                 text=True).stdout.strip()
     except OSError:
         commit = "?"
-    head = [f"# Batched encoders and decoders\n", "```", "python benchmarks/bench_batching.py "
+    head = ["# Batched encoders and decoders\n", "```", "python benchmarks/bench_batching.py "
             + " ".join(argv if argv is not None else __import__("sys").argv[1:]), "```", "",
             f"{time.strftime('%Y-%m-%d')}, commit {commit}; machines: "
             + "; ".join(machine(d) for d in devices)

@@ -130,6 +130,6 @@ class MultimodalModel(NamedPyroModule):
         (sampled here)."""
         if not self.private_dim:
             return z
-        w = pyro.sample(private_site(modality), Normal(z.new_zeros(self.private_dim),
-                                                        1.0).to_event(1))
+        prior = Normal(z.new_zeros(self.private_dim), 1.0).to_event(1)
+        w = pyro.sample(private_site(modality), prior)
         return concat_latents(z, w)
