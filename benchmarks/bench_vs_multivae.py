@@ -58,6 +58,7 @@ import contextlib
 import copy
 import cProfile
 import datetime
+import gc
 import importlib.metadata
 import io
 import itertools
@@ -467,31 +468,36 @@ class Runner:
         self.cpu.append(time.process_time() - c0)
 
 
-def make_runner(name: str, kind: str, nets: Nets, args, train, out_dir: str) -> Runner:
+def make_runner(name: str, kind: str, nets: Nets, args, train, out_dir: str,
+                seed: Optional[int] = None) -> Runner:
+    seed = args.seed if seed is None else seed
     if name == "ours":
         v = OursVariant(kind, nets, args.lr)
     elif name == "torch":
         v = TorchVariant(kind, nets, args.lr)
     elif name == "mv-trainer":
         v = MVTrainerVariant(kind, nets, args.dim, args.lr, args.batch, args.epochs, train,
-                             args.seed, out_dir)
+                             seed, out_dir)
     elif name == "mv-loop":
         v = MVLoopVariant(kind, nets, args.dim, args.lr)
     else:
         raise ValueError(name)
-    return Runner(name, v, train, args.batch, args.seed)
+    return Runner(name, v, train, args.batch, seed)
 
 
 VARIANTS = ("ours", "torch", "mv-trainer", "mv-loop")
 
 
-def train_interleaved(kind: str, args, train, out_dir: str) -> Dict[str, Runner]:
-    nets = Nets(list(train), args.dim, args.hidden, args.latent_dim, args.seed)
-    runners = [make_runner(n, kind, nets, args, train, out_dir) for n in VARIANTS]
+def train_interleaved(kind: str, args, train, out_dir: str, seed: Optional[int] = None,
+                      variants: Sequence[str] = VARIANTS) -> Dict[str, Runner]:
+    """Fresh runners from one set of networks (``seed``), one epoch each per round."""
+    seed = args.seed if seed is None else seed
+    nets = Nets(list(train), args.dim, args.hidden, args.latent_dim, seed)
+    runners = [make_runner(n, kind, nets, args, train, out_dir, seed) for n in variants]
     for e in range(args.epochs):
         shift = e % len(runners)
         for r in runners[shift:] + runners[:shift]:
-            torch.manual_seed(args.seed * 1000 + e)
+            torch.manual_seed(seed * 1000 + e)
             r.run_epoch()
     return {r.name: r for r in runners}
 
@@ -631,6 +637,22 @@ def run_child(spec: dict, timeout: float = 600) -> dict:
 
 
 # --- MoPoE scaling ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def memory_cap(extra_bytes: float):
+    """Cap the address space at its current size + ``extra_bytes`` (``RLIMIT_AS``), so that an
+    oversized case fails with an allocation error here instead of calling the OOM killer
+    (MultiVae's MoPoE at M = 12 grew past 24 GB on a 24 GB machine)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = 1024 * _status_kib("VmSize") + int(extra_bytes)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def mopoe_scaling(args, ms: Sequence[int]) -> List[dict]:
     """Step time of MoPoE as M grows: ours (1 drawn subset; all subsets) and MultiVae."""
     rows = []
@@ -649,35 +671,55 @@ def mopoe_scaling(args, ms: Sequence[int]) -> List[dict]:
             if name == "ours all" and act_gb > args.max_gb:
                 row[name] = f"skipped (~{act_gb:.0f} GB of activations)"
                 continue
+            if skip[name] == float("inf"):
+                row[name] = "skipped (out of memory at a smaller M)"
+                continue
             if skip[name]:
                 row[name] = (f"skipped (~{skip[name]:.0f} s expected for "
                              f"{args.scaling_steps + 1} steps)")
                 continue
-            v = build()
             times = []
-            t_start = time.perf_counter()
-            for i in range(args.scaling_steps + 1):
-                torch.manual_seed(i)
-                t0 = time.perf_counter()
-                v.step(data)
-                dt = time.perf_counter() - t0
-                if i > 0 or dt > args.max_seconds / 3:
-                    times.append(dt)
-                if time.perf_counter() - t_start > args.max_seconds / 2 and times:
-                    break
+            base = rss_bytes()
+            reset_peak_rss()
+            try:
+                with memory_cap(args.max_gb * 2 ** 30):
+                    v = build()
+                    t_start = time.perf_counter()
+                    for i in range(args.scaling_steps + 1):
+                        torch.manual_seed(i)
+                        t0 = time.perf_counter()
+                        v.step(data)
+                        dt = time.perf_counter() - t0
+                        if i > 0 or dt > args.max_seconds / 3:
+                            times.append(dt)
+                        if time.perf_counter() - t_start > args.max_seconds / 2 and times:
+                            break
+            except (MemoryError, RuntimeError) as exc:
+                if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+                    raise
+                v = None
+                gc.collect()
+                row[name] = f"out of memory (> {args.max_gb:.0f} GB more)"
+                skip[name] = float("inf")
+                continue
+            row[name + " MiB"] = (peak_rss_bytes() - base) / 2 ** 20
             t = statistics.median(times)
             row[name] = 1e3 * t
             # next M: growth at least 2^(dM) for the all-subset forms, 4x otherwise
             nxt = ms[ms.index(m) + 1] if ms.index(m) + 1 < len(ms) else None
             if nxt is not None:
                 growth = 2 ** (nxt - m) if name != "ours k=1" else (nxt / m) ** 2
+                if name in last:  # the growth measured from the previous M, if steeper
+                    prev_m, prev_t = last[name]
+                    growth = max(growth, (t / prev_t) ** ((nxt - m) / (m - prev_m)))
                 if t * growth * (args.scaling_steps + 1) > args.max_seconds:
                     skip[name] = t * growth * (args.scaling_steps + 1)
-            last[name] = t
+            last[name] = (m, t)
             del v
+            gc.collect()
         print(f"  M={m}: " + ", ".join(
-            f"{k} {v:.1f} ms" if isinstance(v, float) else f"{k} {v}"
-            for k, v in row.items() if k not in ("M", "K")), flush=True)
+            f"{k} {v:.1f}" + ("" if k.endswith("MiB") else " ms") if isinstance(v, float)
+            else f"{k} {v}" for k, v in row.items() if k not in ("M", "K")), flush=True)
         rows.append(row)
     return rows
 
@@ -846,12 +888,15 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--nll-particles", type=int, default=1000)
+    p.add_argument("--nll-seeds", type=int, default=3,
+                   help="trainings of ours and the MultiVae trainer for the NLL's spread")
     p.add_argument("--scaling-ms", default="2,5,8,10,12")
     p.add_argument("--scaling-steps", type=int, default=3)
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="skip a scaling case expected to take longer than this")
     p.add_argument("--max-gb", type=float, default=8.0,
-                   help="skip an all-subset MoPoE case whose activations exceed this")
+                   help="memory a MoPoE scaling case may add (address-space cap; an all-subset "
+                        "case whose activations would exceed it is skipped beforehand)")
     p.add_argument("--memory-models", default=",".join(MODELS),
                    help="models whose peak RSS is measured (two subprocesses each)")
     p.add_argument("--ll-points", type=int, default=1000)
@@ -874,7 +919,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         args.epochs, args.train, args.test = 3, 512, 100
         args.nll_particles, args.scaling_ms, args.scaling_steps = 100, "2,5", 2
         args.ll_points, args.ll_particles, args.max_seconds = 200, 200, 10.0
-        args.memory_models, args.check_draws = "MVAE", 10
+        args.memory_models, args.check_draws, args.nll_seeds = "MVAE", 10, 2
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)  # also turns off torch.distributions' checks, for both
     models = [m for m in args.models.split(",") if m]
@@ -934,7 +979,15 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                     v = runners[name].variant
                     nll[name] = stratified_nll(v.posterior, v.decode, test,
                                                args.nll_particles, args.seed).mean().item()
-                rows.append((kind, runners, nll))
+                seeds = {n: [nll[n]] for n in ("ours", "mv-trainer")}
+                for extra in range(1, args.nll_seeds):  # more trainings, for the NLL's spread
+                    more = train_interleaved(kind, args, train, out_dir, args.seed + extra,
+                                             ("ours", "mv-trainer"))
+                    for n, r in more.items():
+                        seeds[n].append(stratified_nll(
+                            r.variant.posterior, r.variant.decode, test, args.nll_particles,
+                            args.seed).mean().item())
+                rows.append((kind, runners, nll, seeds))
                 print(f"  {kind}: {time.perf_counter() - t0:.0f} s", flush=True)
 
         def med(xs):
@@ -947,7 +1000,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "| ours / torch | CPU s/epoch ours | CPU mv-trainer | CPU ours / mv-trainer |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for kind, r, _ in rows:
+        for kind, r, _, _ in rows:
             w = {n: med(x.wall) for n, x in r.items()}
             c = {n: med(x.cpu) for n, x in r.items()}
             lines.append(
@@ -964,7 +1017,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "ours − mv-loop |",
             "|---|---|---|---|---|---|---|",
         ]
-        for kind, _, nll in rows:
+        for kind, _, nll, _ in rows:
             lines.append(f"| {kind} | " + " | ".join(f"{nll[v]:.2f}" for v in VARIANTS)
                          + f" | {nll['ours'] - nll['mv-trainer']:+.2f} | "
                          f"{nll['ours'] - nll['mv-loop']:+.2f} |")
@@ -974,6 +1027,19 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "where they draw alike, the same noise); `mv-trainer` has its own `DataLoader` "
             f"order. Their spread is the run-to-run noise of {args.epochs} short epochs.",
             ""]
+        if args.nll_seeds > 1:
+            lines += [f"Test NLL over {args.nll_seeds} trainings (seeds {args.seed}.."
+                      f"{args.seed + args.nll_seeds - 1}: initial networks, batch order and "
+                      "noise; the same data): mean ± sd, and each run", "",
+                      "| model | ours | MultiVae (trainer) | ours runs | MultiVae runs |",
+                      "|---|---|---|---|---|"]
+            for kind, _, _, seeds in rows:
+                o, t = seeds["ours"], seeds["mv-trainer"]
+                lines.append(
+                    f"| {kind} | {statistics.mean(o):.2f} ± {statistics.stdev(o):.2f} | "
+                    f"{statistics.mean(t):.2f} ± {statistics.stdev(t):.2f} | "
+                    f"{', '.join(f'{x:.1f}' for x in o)} | {', '.join(f'{x:.1f}' for x in t)} |")
+            lines.append("")
         print("\n".join(lines[len(header):]), flush=True)
 
     if "memory" in tables:
@@ -1003,13 +1069,20 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         lines += [f"## MoPoE step time (ms, forward + backward + Adam, batch {args.batch}, median "
                   f"of {args.scaling_steps} steps after one warm-up)", "",
                   "| M | subsets | ours, 1 drawn subset | ours, all subsets | MultiVae | "
-                  "ours k=1 / MultiVae |", "|---|---|---|---|---|---|"]
+                  "ours k=1 / MultiVae | peak MiB: ours k=1 | ours all | MultiVae |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             a, b = r.get("ours k=1"), r.get("MultiVae")
             ratio = f"{a / b:.2f}" if isinstance(a, float) and isinstance(b, float) else ""
+            mem = " | ".join(fmt(r.get(n + " MiB", ""), ".0f")
+                             for n in ("ours k=1", "ours all", "MultiVae"))
             lines.append(f"| {r['M']} | {r['K']} | {fmt(a, '.1f')} | "
-                         f"{fmt(r.get('ours all'), '.1f')} | {fmt(b, '.1f')} | {ratio} |")
-        lines.append("")
+                         f"{fmt(r.get('ours all'), '.1f')} | {fmt(b, '.1f')} | {ratio} | "
+                         f"{mem} |")
+        lines += ["", "Peak MiB: peak RSS (`VmHWM`, reset before each case) minus the RSS "
+                  "before it, in this process (memory freed by an earlier case and kept by the "
+                  f"allocator is not counted again). Each case runs under an address-space cap "
+                  f"of {args.max_gb:.0f} GB over the process's size (`--max-gb`).", ""]
         print("\n".join(lines[mark:]), flush=True)
 
     if "ll" in tables:
