@@ -702,7 +702,7 @@ def mopoe_scaling(args, ms: Sequence[int]) -> List[dict]:
                 row[name] = f"out of memory (> {args.max_gb:.0f} GB more)"
                 skip[name] = float("inf")
                 continue
-            row[name + " MiB"] = (peak_rss_bytes() - base) / 2 ** 20
+            row[name + " MiB"] = max(0.0, (peak_rss_bytes() - base) / 2 ** 20)
             t = statistics.median(times)
             row[name] = 1e3 * t
             # next M: growth at least 2^(dM) for the all-subset forms, 4x otherwise
