@@ -44,11 +44,25 @@ The first epoch of each is a warm-up and is not counted; s/epoch and CPU s/epoch
 ``ours`` and ``mv-trainer`` also runs alone in a fresh subprocess for two epochs and reports its
 peak RSS (``ru_maxrss``) minus its RSS just before training (after imports, data and model).
 
-Test NLL: one function (:func:`stratified_nll`) scores both trained models, given plain torch
+Test NLL: one function (:func:`stratified_nll`) scores every trained model, given plain torch
 callables for q(z | x) (a mixture: logits, means, scales) and for the decoder means. It draws
 ``ceil(K / C)`` particles from each of the ``C`` components of the joint posterior (1 for PoE)
 and returns ``-log sum_{c,i} pi_c / n exp(log p(x|z) + log p(z) - log q(z|x))``, in chunks of
-data points and particles.
+data points and particles. ``ours`` and ``mv-trainer`` are also retrained from
+``--nll-seeds`` seeds, since 20 epochs leave a seed-to-seed spread of several nats.
+
+Before training, the ``check`` table evaluates the three losses (ours, ``torch``, MultiVae) at
+the shared initial weights, averaged over draws: they agree within their standard errors.
+What differs in the objectives: MultiVae's MVAE and MoPoE losses are batch means (ours are
+sums; Adam sees the scale only through its epsilon); MultiVae's MoPoE assigns the 31
+components to batch positions deterministically (``floor(B / 31)`` points each, the rest to the
+full set) where ours draws one per point uniformly; MultiVae's MoPoE PoE adds 1e-8 to the
+variances.
+
+Also: MoPoE step time as ``M`` grows (ours with one drawn subset and with all subsets,
+MultiVae), each case under an address-space cap; and the joint log-likelihood of 1000 points
+with 1000 particles, ours ``log_likelihood`` against MultiVae's ``compute_joint_nll``, each in a
+fresh subprocess. ``--profile MODEL`` splits one step into parts and cProfiles it.
 """
 
 from __future__ import annotations
