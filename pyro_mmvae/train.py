@@ -1,8 +1,10 @@
 """A small SVI training loop with checkpoints, for Python use and for the ``pyro-mmvae`` CLI.
 
 :func:`fit` trains a model and guide that follow the multimodal protocol (``model(data, mask)``,
-``guide(data, mask)``) with :class:`pyro.infer.SVI` and :class:`pyro.optim.Adam` (or
-:class:`pyro.optim.ClippedAdam`) on shuffled mini-batches of a dict-of-tensors dataset.
+``guide(data, mask)``) with :class:`pyro.infer.SVI` and Adam — one ``torch.optim.Adam`` over
+all parameters (:class:`~pyro_mmvae.optim.SharedOptim`, the updates of :class:`pyro.optim.Adam`
+with one optimiser step instead of one per parameter), or :class:`pyro.optim.ClippedAdam` —
+on shuffled mini-batches of a dict-of-tensors dataset.
 
 With a ``run_dir`` it writes, after every epoch, an atomically replaced ``checkpoint.pt``
 (model and guide ``state_dict``, optimiser state, epoch, RNG states, history) plus
@@ -22,9 +24,9 @@ for the others (``validate="first"``, default; ``"always"`` keeps them on, ``"ne
 the caller's global setting is restored around every step, so ``eval_fn`` and everything after
 :func:`fit` see it unchanged. Before the first timed step one forward pass of the loss
 (``loss.loss`` on the first ``batch_size`` points, in eval mode, with every RNG state saved and
-restored) registers the parameters, and the optimiser's per-parameter Adam objects are built
-from them; the first ``torch.optim`` construction in a process costs about a second (importing
-``torch._dynamo``), which no longer lands in the first epoch's time.
+restored) registers the parameters, and the optimiser is built from them; the first
+``torch.optim`` construction in a process costs about a second (importing ``torch._dynamo``),
+which no longer lands in the first epoch's time.
 
 A ``beta`` schedule (:mod:`pyro_mmvae.infer.schedules`): before every step :func:`fit` calls
 ``loss.set_step(k)`` with ``k`` the number of steps taken so far over the whole run (if the loss
@@ -59,6 +61,7 @@ from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from pyro_mmvae.io import atomic_write as _atomic_write
+from pyro_mmvae.optim import SharedOptim
 from pyro_mmvae.protocol import batch_size as data_size, validate_batch
 
 PathLike = Union[str, os.PathLike]
@@ -301,11 +304,14 @@ def load_checkpoint(path: PathLike, model=None, guide=None, optim=None, *,
 
 def make_optimizer(lr: float, clip_norm: Optional[float] = None,
                    betas: Tuple[float, float] = (0.9, 0.999)) -> pyro.optim.PyroOptim:
-    """``pyro.optim.Adam`` (or ``ClippedAdam`` with gradient-norm clipping at ``clip_norm``)."""
+    """Adam over all parameters as one ``torch.optim.Adam``
+    (:class:`~pyro_mmvae.optim.SharedOptim`: the updates of ``pyro.optim.Adam`` bit for bit,
+    one optimiser step instead of one per parameter, checkpoints in its format), or
+    ``pyro.optim.ClippedAdam`` with gradient-norm clipping at ``clip_norm``."""
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if clip_norm is None:
-        return pyro.optim.Adam({"lr": lr, "betas": betas})
+        return SharedOptim(torch.optim.Adam, {"lr": lr, "betas": betas})
     if clip_norm <= 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     return pyro.optim.ClippedAdam({"lr": lr, "betas": betas, "clip_norm": clip_norm})
