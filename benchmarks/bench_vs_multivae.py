@@ -30,8 +30,10 @@ MoPoE   ``MixtureMultimodalELBO(form="average",          ``MoPoE`` (all 31 subse
 
 Variants timed per model, one epoch each per round, order rotated every round:
 
-- ``ours``: ``pyro.infer.SVI(model, guide, pyro.optim.Adam, loss).step`` over shuffled
-  mini-batches (index permutation of in-memory tensors);
+- ``ours``: ``pyro.infer.SVI(model, guide, make_optimizer(lr), loss).step`` over shuffled
+  mini-batches (index permutation of in-memory tensors), with the optimiser of
+  ``pyro_mmvae.train.fit`` (one ``torch.optim.Adam`` over all parameters,
+  ``pyro_mmvae.optim.SharedOptim``);
 - ``torch``: a plain-PyTorch loss written here that does what our bound does (same estimator),
   with one ``torch.optim.Adam``: the cost of Pyro and of the library's generality;
 - ``mv-trainer``: MultiVae's own ``BaseTrainer.train_step(epoch)`` (its ``DataLoader``, callbacks
@@ -90,7 +92,6 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import pyro
-import pyro.optim
 import torch
 import torch.nn as nn
 from pyro.infer import SVI
@@ -109,6 +110,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 from pyro_mmvae import MixtureMultimodalELBO, SubsampledMultimodalELBO  # noqa: E402
 from pyro_mmvae.eval import log_likelihood  # noqa: E402
+from pyro_mmvae.train import make_optimizer  # noqa: E402
 from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE  # noqa: E402
 from pyro_mmvae.models import (GaussianDecoder, MultimodalModel,  # noqa: E402
                                StandardNormalPrior)
@@ -214,7 +216,7 @@ class OursVariant:
     def __init__(self, kind: str, nets: Nets, lr: float, num_subsets_mopoe=1):
         self.model, self.guide, elbo = ours_setup(kind, nets, num_subsets_mopoe)
         self.store = ({}, {}, {})
-        self.svi = SVI(self.model, self.guide, pyro.optim.Adam({"lr": lr}), loss=elbo)
+        self.svi = SVI(self.model, self.guide, make_optimizer(lr), loss=elbo)
 
     def activate(self):
         ps = pyro.get_param_store()
