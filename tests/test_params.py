@@ -338,3 +338,50 @@ def test_checkpoints_keep_the_unprefixed_optimizer_state_names(tmp_path):
     # the names of earlier versions, so that their checkpoints resume with their Adam state
     assert set(ckpt["optimizer"]) == store_names(model) | store_names(guide)
     assert {k.split("$$$")[0] for k in ckpt["optimizer"]} == {"decoders", "encoders"}
+
+
+# --- registered once per evaluation (pyro_mmvae.params.registered_once) -------------------------
+
+class ParamMessages(pyro.poutine.messenger.Messenger):
+    """Counts the ``param`` messages by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def _pyro_param(self, msg):
+        self.names.append(msg["name"])
+
+
+@pytest.mark.parametrize("per_call", [False, True], ids=["registered_once", "per_call"])
+def test_a_bound_registers_each_parameter_once_per_evaluation(per_call, monkeypatch):
+    """The masked bound with private latents calls the guide twice and the model once; each
+    parameter is still registered once (under the per-call path, once per call), SVI's
+    capture sees every parameter, and one step updates every one of them."""
+    import pyro_mmvae.infer.base as base
+    if per_call:
+        monkeypatch.setattr(base, "registered_once", lambda *programs: contextlib.nullcontext())
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    dims = {"a": 3, "b": 4}
+    from pyro_mmvae.guides import IndependentPrivate
+    model = LinearGaussianModel(dims, 2, private_dim=2)
+    # PE-PoE: 8 encoder features, the first 4 the shared expert, the last 4 the private one
+    guide = MultimodalGuide({m: expert_encoder(d, 4, (8,)) for m, d in dims.items()}, PoE(),
+                            private=IndependentPrivate(4, 2), shared_features=4)
+    data = {m: torch.randn(6, d) for m, d in dims.items()}
+    counter = ParamMessages()
+    with counter:
+        MaskedMultimodalELBO().loss(model, guide, data)
+    names = set(counter.names)
+    assert names == set(pyro.get_param_store().keys())
+    counts = {n: counter.names.count(n) for n in names}
+    guide_counts = {n: c for n, c in counts.items() if not n.startswith("decoders")}
+    if per_call:
+        assert max(guide_counts.values()) == 2  # the guide is called twice
+    else:
+        assert set(counts.values()) == {1}
+    before = {n: v.detach().clone() for n, v in pyro.get_param_store().items()}
+    SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), MaskedMultimodalELBO()).step(data)
+    changed = {n for n, v in pyro.get_param_store().items() if not torch.equal(v, before[n])}
+    assert changed == set(before)

@@ -19,6 +19,7 @@ import torch
 from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 
+from pyro_mmvae.params import registered_once
 from pyro_mmvae.protocol import (is_vectorized, scoring, stack_mask, unstack_mask,
                                  validate_batch)
 
@@ -181,7 +182,10 @@ class MultimodalELBO(ELBO):
             raise ValueError(f"likelihood_weights name unknown modality '{unknown[0]}': data has "
                              f"{sorted(data)}")
         modalities = list(data)
-        with scoring():  # masked-out real-valued modalities are not generated: nothing reads them
+        # scoring: masked-out real-valued modalities are not generated (nothing reads them);
+        # registered_once: the library modules' parameters are registered once per evaluation,
+        # not at every one of the traces below
+        with scoring(), registered_once(model, guide):
             return self._terms(model, guide, data, stack_mask(mask, modalities), modalities)
 
     def _terms(self, model, guide, data, observed, modalities) -> dict:
