@@ -185,7 +185,8 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
                          rate_distortion_points(out["rate_distortion"],
                                                 out["rate_distortion_by_subset_size"],
                                                 len(modalities)),
-                         ylabel="distortion per modality (nats)", title=f"{args.dataset}: {args.aggregator}, {args.bound} bound")
+                         ylabel="distortion per modality (nats)",
+                         title=f"{args.dataset}: {args.aggregator}, {args.bound} bound")
     save_generation_grid(run_dir / "generation_all.png", model, guide, test, modalities)
     for m in modalities:
         save_generation_grid(run_dir / f"generation_{m}.png", model, guide, test, [m])

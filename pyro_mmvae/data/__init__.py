@@ -8,6 +8,7 @@ from .linear_gaussian import (LinearGaussianData, illustrative_bimodal, private_
                               shared_latent_study, simulate)
 
 __all__ = ["MultimodalDataset", "digits_svhn_text", "load_digits_svhn_text", "load_poly_digits",
-           "poly_digits", "IdentifiableData", "LinearGaussianData", "bimodal_label_study", "missingness_mask",
+           "poly_digits", "IdentifiableData", "LinearGaussianData", "bimodal_label_study",
+           "missingness_mask",
            "multimodal_missing_study", "illustrative_bimodal", "private_latent_study",
            "shared_latent_study", "simulate"]

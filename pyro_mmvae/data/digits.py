@@ -57,13 +57,13 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from .text import ALPHABET as TEXT_ALPHABET
-from .text import DIGIT_WORDS, TEXT_LENGTH, decode_text, encode_text
+from .text import DIGIT_WORDS, TEXT_LENGTH, decode_text, encode_text  # noqa: F401 (re-exported)
 from .text import digit_text as digit_strings
 
 PathLike = Union[str, os.PathLike]

@@ -88,8 +88,8 @@ class LinearPrivate(nn.Module):
 
 
 def exact_pe_guide(model, data):
-    r"""A :class:`~pyro_mmvae.guides.MultimodalGuide` equal to the exact posterior: PoE experts equal to
-    the likelihood factors of :math:`z` (the private latents integrated out), and
+    r"""A :class:`~pyro_mmvae.guides.MultimodalGuide` equal to the exact posterior: PoE experts
+    equal to the likelihood factors of :math:`z` (the private latents integrated out), and
     :math:`p(w_m\mid z, x_m)` from the joint posterior of :math:`(z, w_m)`."""
     n = next(iter(data.values())).shape[0]
     names = list(data)
@@ -171,8 +171,8 @@ def test_estimators_are_unbiased_for_a_hand_built_hierarchical_guide(elbo):
 # --- unbiasedness: the library's guide with PE-SumPooling's private head --------------------
 
 def pooled_guide(dims, n, seed=1):
-    """Free per-datapoint PoE experts and a tiny :class:`~pyro_mmvae.guides.PooledPrivate` head whose
-    output depends strongly on ``z``."""
+    """Free per-datapoint PoE experts and a tiny :class:`~pyro_mmvae.guides.PooledPrivate` head
+    whose output depends strongly on ``z``."""
     torch.manual_seed(seed)
     encoders = {m: Table(0.5 * torch.randn(2 * D), n) for m in dims}
     head = PooledPrivate(2 * D, D, P, hidden_dim=4, pooling_dim=4)

@@ -51,7 +51,8 @@ def test_enumerated_cluster_model_equals_the_marginal_form():
     marginal, enumerated, guide, data = model_pair()
     params = list(marginal.parameters()) + list(guide.parameters())
     results = []
-    for model, elbo in ((marginal, Trace_ELBO()), (enumerated, TraceEnum_ELBO(max_plate_nesting=1))):
+    for model, elbo in ((marginal, Trace_ELBO()),
+                        (enumerated, TraceEnum_ELBO(max_plate_nesting=1))):
         pyro.set_rng_seed(3)
         loss = elbo.differentiable_loss(model, guide, data)
         results.append((loss, torch.autograd.grad(loss, params)))
@@ -61,7 +62,8 @@ def test_enumerated_cluster_model_equals_the_marginal_form():
         assert torch.allclose(a, b, atol=1e-8)
 
 
-@pytest.mark.parametrize("elbo", [MaskedMultimodalELBO(), MixtureMultimodalELBO(masking="iid_half")])
+@pytest.mark.parametrize("elbo", [MaskedMultimodalELBO(),
+                                  MixtureMultimodalELBO(masking="iid_half")])
 def test_mixture_prior_trains_under_the_multimodal_bounds(elbo):
     marginal, _, guide, data = model_pair()
     loss = elbo.differentiable_loss(marginal, guide, data)
