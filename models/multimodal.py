@@ -12,7 +12,7 @@ import torch
 from pyro.distributions import Normal
 
 from pyro_mmvae.batching import call_grouped, check_batch_setting, should_batch
-from pyro_mmvae.decoding import decode_scored, scored_rows
+from pyro_mmvae.decoding import decode_rows, decode_scored, scored_rows
 from pyro_mmvae.params import NamedPyroModule
 from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, full_mask, num_points, observe,
                                  private_site)
@@ -114,14 +114,19 @@ class MultimodalModel(NamedPyroModule):
                     observe(m, decode_scored(decoder, self._code(m, z), mask, m), data, mask)
                 return z
             codes = {m: self._code(m, z) for m in decoders}
+            rows = {m: scored_rows(mask, m, code.shape[:-1]) for m, code in codes.items()}
             # networks of the modalities decoded whole, batched by architecture
-            whole = {m: code for m, code in codes.items() if hasattr(decoders[m], "likelihood")
-                     and scored_rows(mask, m, code.shape[:-1]) is None}
+            whole = {m: code for m, code in codes.items()
+                     if rows[m] is None and hasattr(decoders[m], "likelihood")}
             outs = call_grouped({m: decoders[m].net for m in whole}, whole,
                                 self.batch_modalities)
             for m, decoder in decoders.items():
-                fn = (decoder.likelihood(outs[m], codes[m]) if m in outs
-                      else decode_scored(decoder, codes[m], mask, m))
+                if m in outs:
+                    fn = decoder.likelihood(outs[m], codes[m])
+                elif rows[m] is None:
+                    fn = decoder(codes[m])
+                else:
+                    fn = decode_rows(decoder, codes[m], rows[m])
                 observe(m, fn, data, mask)
         return z
 

@@ -80,16 +80,17 @@ def should_batch(setting: BatchSetting, like: torch.Tensor) -> bool:
     return bool(setting)
 
 
-def groups(modules: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor]
-           ) -> List[List[str]]:
+def groups(modules: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor],
+           archs: Optional[Mapping[str, Optional[Hashable]]] = None) -> List[List[str]]:
     """The keys of ``modules`` (those in ``inputs``) in groups of one architecture and input
-    shape and dtype, in the order of ``modules``; single-member groups for the rest."""
+    shape and dtype, in the order of ``modules``; single-member groups for the rest.
+    ``archs``: the modules' :func:`architecture` keys, if already computed."""
     found: Dict[Hashable, List[str]] = {}
     out = []
     for key, module in modules.items():
         if key not in inputs:
             continue
-        arch = architecture(module)
+        arch = archs[key] if archs is not None else architecture(module)
         if arch is None or arch in _UNBATCHABLE:
             out.append([key])
             continue
@@ -102,13 +103,13 @@ def groups(modules: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor]
     return out
 
 
-def batched_call(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor]
-                 ) -> Optional[List[torch.Tensor]]:
+def batched_call(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor],
+                 arch: Optional[Hashable] = None) -> Optional[List[torch.Tensor]]:
     """``[module(x) for module, x in zip(modules, inputs)]`` as one batched call of modules of
-    one :func:`architecture` (inputs of one shape); None if ``vmap`` cannot run them (then
-    remembered for that architecture, and the caller loops)."""
+    one :func:`architecture` (``arch``, computed if not given; inputs of one shape); None if
+    ``vmap`` cannot run them (then remembered for that architecture, and the caller loops)."""
     first = modules[0]
-    arch = architecture(first)
+    arch = architecture(first) if arch is None else arch
     if arch is None or arch in _UNBATCHABLE:
         return None
     names = [n for n, _ in first.named_parameters()]
@@ -138,11 +139,13 @@ def call_grouped(modules: Mapping[str, nn.Module], inputs: Mapping[str, torch.Te
     keys = [k for k in modules if k in inputs]
     if not keys or not should_batch(setting, inputs[keys[0]]):
         return {k: call(k, modules[k], inputs[k]) for k in keys}
+    archs = {k: architecture(modules[k]) for k in keys}  # once per module and call
     out = {}
-    for group in groups(modules, inputs):
+    for group in groups(modules, inputs, archs):
         results = None
         if len(group) > 1:
-            results = batched_call([modules[k] for k in group], [inputs[k] for k in group])
+            results = batched_call([modules[k] for k in group], [inputs[k] for k in group],
+                                   archs[group[0]])
         if results is None:
             results = [call(k, modules[k], inputs[k]) for k in group]
         out.update(zip(group, results))

@@ -126,8 +126,13 @@ def decode_scored(decoder: Callable, code: torch.Tensor, mask: Optional[Mapping]
         mask[modality].shape)`` where rows were gathered, else ``decoder(code)``.
     """
     rows = scored_rows(mask, modality, code.shape[:-1])
-    if rows is None:
-        return decoder(code)
+    return decoder(code) if rows is None else decode_rows(decoder, code, rows)
+
+
+def decode_rows(decoder: Callable, code: torch.Tensor, rows: torch.Tensor) -> ScoredRows:
+    """``decoder`` on the rows of ``code`` (``(..., D)``) where ``rows`` (bool, broadcast
+    batch shape, from :func:`scored_rows`) is True, as a :class:`ScoredRows` of ``rows``'
+    shape."""
     index = rows.reshape(-1).nonzero().squeeze(-1)
     if not index.numel():  # nothing scored: one row gives valid parameters for all
         index = index.new_zeros(1)

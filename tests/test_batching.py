@@ -25,8 +25,8 @@ def calls(monkeypatch):
     sizes = []
     real = batching.batched_call
 
-    def recording(modules, inputs):
-        out = real(modules, inputs)
+    def recording(modules, inputs, arch=None):
+        out = real(modules, inputs, arch)
         if out is not None:
             sizes.append(len(modules))
         return out
