@@ -30,10 +30,10 @@ MoPoE   ``MixtureMultimodalELBO(form="average",          ``MoPoE`` (all 31 subse
 
 Variants timed per model, one epoch each per round, order rotated every round:
 
-- ``ours``: ``pyro.infer.SVI(model, guide, make_optimizer(lr), loss).step`` over shuffled
-  mini-batches (index permutation of in-memory tensors), with the optimiser of
-  ``pyro_mmvae.train.fit`` (one ``torch.optim.Adam`` over all parameters,
-  ``pyro_mmvae.optim.SharedOptim``);
+- ``ours``: the step of ``pyro_mmvae.train.fit``, ``SVIStep(model, guide, loss,
+  make_optimizer(lr))`` (``pyro.infer.SVI``'s step with the parameters found once, and one
+  ``torch.optim.Adam`` over all of them, ``pyro_mmvae.optim.SharedOptim``) over shuffled
+  mini-batches (index permutation of in-memory tensors);
 - ``torch``: a plain-PyTorch loss written here that does what our bound does (same estimator),
   with one ``torch.optim.Adam``: the cost of Pyro and of the library's generality;
 - ``mv-trainer``: MultiVae's own ``BaseTrainer.train_step(epoch)`` (its ``DataLoader``, callbacks
@@ -94,7 +94,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 import pyro
 import torch
 import torch.nn as nn
-from pyro.infer import SVI
 from torch.distributions import Normal
 
 try:
@@ -110,7 +109,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 from pyro_mmvae import MixtureMultimodalELBO, SubsampledMultimodalELBO  # noqa: E402
 from pyro_mmvae.eval import log_likelihood  # noqa: E402
-from pyro_mmvae.train import make_optimizer  # noqa: E402
+from pyro_mmvae.train import SVIStep, make_optimizer  # noqa: E402
 from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE  # noqa: E402
 from pyro_mmvae.models import (GaussianDecoder, MultimodalModel,  # noqa: E402
                                StandardNormalPrior)
@@ -211,12 +210,13 @@ def full_mask(batch):
 
 
 class OursVariant:
-    """``SVI.step`` with its own Pyro param store."""
+    """``fit``'s step (``SVIStep``: ``SVI.step`` with the parameters found once) with its own
+    Pyro param store."""
 
     def __init__(self, kind: str, nets: Nets, lr: float, num_subsets_mopoe=1):
         self.model, self.guide, elbo = ours_setup(kind, nets, num_subsets_mopoe)
         self.store = ({}, {}, {})
-        self.svi = SVI(self.model, self.guide, make_optimizer(lr), loss=elbo)
+        self.svi = SVIStep(self.model, self.guide, elbo, make_optimizer(lr))
 
     def activate(self):
         ps = pyro.get_param_store()
@@ -224,7 +224,7 @@ class OursVariant:
 
     def step(self, batch):
         self.activate()
-        return self.svi.step(batch, full_mask(batch))
+        return self.svi(batch, full_mask(batch))
 
     # plain-torch callables for the shared NLL estimator
     def posterior(self, batch):
@@ -768,7 +768,7 @@ def step_breakdown(kind: str, nets: Nets, batch, lr: float, rounds: int = 60) ->
         with torch.no_grad():
             t.loss(batch)
 
-    cases = {"ours: SVI.step": lambda: o.step(batch),
+    cases = {"ours: SVIStep (fit's step)": lambda: o.step(batch),
              "ours: loss + backward + torch Adam": lambda: ours_loss(True),
              "ours: loss + backward": lambda: ours_loss(False),
              "ours: loss forward (no grad)": ours_forward,
@@ -803,7 +803,7 @@ def profile_steps(kind: str, args, train, steps: int = 30, top: int = 25) -> str
     batch = next(batches(train, args.batch, gen))
     out = io.StringIO()
     out.write(step_breakdown(kind, nets, batch, args.lr))
-    for name, v in (("ours (SVI.step)", OursVariant(kind, nets, args.lr)),
+    for name, v in (("ours (SVIStep)", OursVariant(kind, nets, args.lr)),
                     ("torch (hand-written)", TorchVariant(kind, nets, args.lr)),
                     ("MultiVae (forward + Adam)", MVLoopVariant(kind, nets, args.dim, args.lr))):
         for _ in range(3):

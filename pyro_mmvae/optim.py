@@ -7,8 +7,11 @@ Python-level optimiser steps per training step, each with torch's wrapper overhe
 beside each other). :class:`SharedOptim` keeps the ``PyroOptim`` interface — ``SVI`` calls it
 with the parameters of the step, ``get_state`` / ``set_state`` use the same per-parameter
 format, so checkpoints move freely between the two — but steps **one** optimiser over all of
-them. With ``torch.optim.Adam`` (``foreach=False``, its CPU default) the updates are those of
-``pyro.optim.Adam`` bit for bit: the same single-tensor kernels run for each parameter.
+them. With ``torch.optim.Adam`` the updates are those of ``pyro.optim.Adam`` bit for bit, with
+its single-tensor kernels (``foreach=False``, the CPU default) and with its multi-tensor ones
+(``foreach=True``, what :func:`pyro_mmvae.train.make_optimizer` asks for: the same
+element-wise operations, 0.73 against 1.01 ms per step for those 70 tensors on one CPU
+thread; tested on CPU).
 
 The optimiser covers exactly the parameters of the call (``SVI`` passes those its traces
 registered); when that set changes (a parameter created lazily, an autoguide's first call) it

@@ -45,7 +45,8 @@ import torch
 from pyro.nn import PyroModule
 from pyro.params.param_store import param_with_module_name
 
-__all__ = ["NamedPyroModule", "registered_once"]
+__all__ = ["NamedPyroModule", "registered_once", "registration_skipped", "registration_entries",
+           "still_registered"]
 
 _DIVIDER = "$$$"  # pyro's module namespace divider (pyro.params.param_store)
 _UNCONSTRAINED = "_unconstrained"
@@ -277,14 +278,57 @@ def registered_once(*programs):
     nothing changes.
     """
     mine = []
-    if not _module_local_params():
-        for program in programs:
-            if (isinstance(program, NamedPyroModule) and id(program) not in _REGISTERED
-                    and not program.__dict__.get("_name_nested")
-                    and not program._pyro_context.active):
-                program.register_parameters()
-                _REGISTERED.add(id(program))
-                mine.append(id(program))
+    for program in _top_level(programs):
+        program.register_parameters()
+        _REGISTERED.add(id(program))
+        mine.append(id(program))
+    try:
+        yield
+    finally:
+        _REGISTERED.difference_update(mine)
+
+
+def _top_level(programs) -> list:
+    """The top-level :class:`NamedPyroModule` s among ``programs`` that are not registered for
+    the evaluation running now (none with ``module_local_params``)."""
+    if _module_local_params():
+        return []
+    return [p for p in programs
+            if isinstance(p, NamedPyroModule) and id(p) not in _REGISTERED
+            and not p.__dict__.get("_name_nested") and not p._pyro_context.active]
+
+
+def registration_entries(*programs) -> Tuple[Tuple[str, torch.Tensor], ...]:
+    """``(param-store name, tensor)`` of every parameter that a call of the top-level
+    :class:`NamedPyroModule` s among ``programs`` registers under its current name (call
+    them once first, so their names are chosen); what :func:`still_registered` checks."""
+    return tuple(entry for program in _top_level(programs)
+                 if program.pyro_name is not None
+                 for entry in _store_entries(program, program.pyro_name))
+
+
+def still_registered(entries) -> bool:
+    """Whether the param store still holds exactly these tensors under these names (nothing
+    cleared, loaded or replaced since :func:`registration_entries` recorded them)."""
+    store = pyro.get_param_store()._params
+    return all(store.get(name) is tensor for name, tensor in entries)
+
+
+@contextmanager
+def registration_skipped(*programs):
+    """Inside the block, calls of the top-level :class:`NamedPyroModule` s among ``programs``
+    register nothing: no ``param`` message is sent for their parameters, so no handler (not
+    ``SVI``'s parameter capture either) sees them.
+
+    For a training loop that has collected the parameters itself (:func:`pyro_mmvae.train.fit`
+    after its first step) and checked with :func:`still_registered` that the store holds
+    exactly the tensors these calls would register, so that registering them again would
+    change nothing. Their plain ``nn.Module`` children then run their own parameters, which
+    are the store's. ``PyroModule`` children, nested modules and other programs register as
+    usual.
+    """
+    mine = [id(p) for p in _top_level(programs)]
+    _REGISTERED.update(mine)
     try:
         yield
     finally:

@@ -57,11 +57,11 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from pyro_mmvae.io import atomic_write as _atomic_write
 from pyro_mmvae.optim import SharedOptim
+from pyro_mmvae.params import registration_entries, registration_skipped, still_registered
 from pyro_mmvae.protocol import batch_size as data_size, validate_batch
 
 PathLike = Union[str, os.PathLike]
@@ -97,8 +97,9 @@ class TrainingDiverged(RuntimeError):
         self.history = history
 
 
-class _NonFinite(Exception):
-    """Internal: a step produced a non-finite loss or gradient (``what`` says which)."""
+class NonFiniteStep(ArithmeticError):
+    """A step produced a non-finite loss or gradient (``what`` says which: ``"loss"`` or
+    ``"gradient"``); raised by :class:`SVIStep` before the update."""
 
     def __init__(self, loss: float, what: str):
         super().__init__(what)
@@ -304,33 +305,127 @@ def load_checkpoint(path: PathLike, model=None, guide=None, optim=None, *,
 
 def make_optimizer(lr: float, clip_norm: Optional[float] = None,
                    betas: Tuple[float, float] = (0.9, 0.999)) -> pyro.optim.PyroOptim:
-    """Adam over all parameters as one ``torch.optim.Adam``
-    (:class:`~pyro_mmvae.optim.SharedOptim`: the updates of ``pyro.optim.Adam`` bit for bit,
-    one optimiser step instead of one per parameter, checkpoints in its format), or
+    """Adam over all parameters as one ``torch.optim.Adam`` with its multi-tensor
+    (``foreach``) kernels (:class:`~pyro_mmvae.optim.SharedOptim`: the updates of
+    ``pyro.optim.Adam`` bit for bit, one optimiser step instead of one per parameter,
+    checkpoints in its format), or
     ``pyro.optim.ClippedAdam`` with gradient-norm clipping at ``clip_norm``."""
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if clip_norm is None:
-        return SharedOptim(torch.optim.Adam, {"lr": lr, "betas": betas})
+        return SharedOptim(torch.optim.Adam, {"lr": lr, "betas": betas, "foreach": True})
     if clip_norm <= 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     return pyro.optim.ClippedAdam({"lr": lr, "betas": betas, "clip_norm": clip_norm})
 
 
-def _guarded(loss_and_grads):
-    """Wrap ``SVI.loss_and_grads`` so a non-finite loss or gradient raises before the update."""
+class SVIStep:
+    """``SVI(model, guide, optim, loss).step`` — the same parameters, updates, RNG draws and
+    returned loss — without the per-step cost of finding the parameters once they are known.
 
-    def wrapped(model, guide, *args, **kwargs):
-        loss = loss_and_grads(model, guide, *args, **kwargs)
+    ``SVI.step`` runs ``loss.loss_and_grads`` under ``poutine.trace(param_only=True)`` to collect
+    the parameters at every step, and the library's models and guides send a ``param`` message
+    for each of their parameters at every evaluation so that it can. ``SVIStep`` does exactly
+    that at its first call and at any call after the param store changed (a parameter
+    created, the store cleared, loaded or a value replaced) and records the parameters; the
+    other calls run the loss with the registration of the top-level library modules skipped
+    (:func:`~pyro_mmvae.params.registration_skipped`) and step the recorded parameters. A
+    non-finite loss or gradient raises :class:`NonFiniteStep` before the update. This is the
+    step of :func:`fit`; use it in a loop of your own as ``step = SVIStep(model, guide, loss,
+    optim)``, ``value = step(data, mask)``.
+
+    One difference from ``SVI``: a parameter that a program registers only at some steps
+    (``pyro.param`` or ``pyro.module`` inside a branch) is stepped, with its zeroed gradient,
+    at the others too once it has been found; with Adam its momentum keeps moving it there.
+
+    :param model, guide: Pyro programs taking the same arguments.
+    :param loss: a ``pyro.infer.ELBO`` (anything with ``loss_and_grads``).
+    :param optim: a :class:`pyro.optim.PyroOptim`
+        (e.g. :class:`~pyro_mmvae.optim.SharedOptim`, :func:`make_optimizer`).
+    """
+
+    def __init__(self, model, guide, loss, optim):
+        self.model, self.guide, self.loss, self.optim = model, guide, loss, optim
+        self.params: Optional[list] = None
+        self.entries: tuple = ()
+        self.store_size = -1
+        self.grads = _FlatGradients()
+
+    def _known(self) -> bool:
+        return (self.params is not None and len(pyro.get_param_store()) == self.store_size
+                and still_registered(self.entries))
+
+    def __call__(self, *args) -> float:
+        """One step on ``args`` (the model's and guide's arguments); returns the loss."""
+        if self._known():
+            with registration_skipped(self.model, self.guide):
+                loss = self.loss.loss_and_grads(self.model, self.guide, *args)
+        else:
+            with poutine.trace(param_only=True) as capture:
+                loss = self.loss.loss_and_grads(self.model, self.guide, *args)
+            self.params = list({site["value"].unconstrained()
+                                for site in capture.trace.nodes.values()})
+            self.entries = registration_entries(self.model, self.guide)
+            self.store_size = len(pyro.get_param_store())
         value = float(loss)
         if not math.isfinite(value):
-            raise _NonFinite(value, "loss")
-        grads = [p.grad for p in pyro.get_param_store().values() if p.grad is not None]
-        if grads and not torch.stack([g.isfinite().all() for g in grads]).all():
-            raise _NonFinite(value, "gradient")
-        return loss
+            raise NonFiniteStep(value, "loss")
+        self.grads.gather(self.params)
+        if not self.grads.finite():
+            raise NonFiniteStep(value, "gradient")
+        self.optim(self.params)
+        self.grads.zero()  # SVI's zero_grads: every gradient that exists becomes zeros
+        return value
 
-    return wrapped
+
+class _FlatGradients:
+    """The parameters' gradients as views of one flat buffer per (device, dtype), so that
+    checking them all for non-finite values and zeroing them are one operation each rather
+    than two per parameter (70 parameters: 0.85 ms against 0.05 ms per step on one CPU
+    thread).
+
+    Autograd accumulates into an existing ``.grad`` in place, so once a gradient is a view of
+    the buffer it stays one; a gradient that is not (new, replaced, or set to None and back by
+    other code) makes :meth:`gather` rebuild the buffer, copying the values in. Parameters
+    without a gradient are left without one (``torch.optim`` skips them, as after
+    ``SVI.step``).
+    """
+
+    def __init__(self):
+        self.views: dict = {}  # id(param) -> its gradient's view of a buffer
+        self.buffers: list = []
+
+    def gather(self, params) -> None:
+        views = self.views
+        if all(p.grad is None or views.get(id(p)) is p.grad for p in params):
+            return
+        groups: dict = {}
+        for p in params:
+            if p.grad is not None:
+                groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+        self.views, self.buffers = {}, []
+        for (device, dtype), members in groups.items():
+            buffer = torch.empty(sum(p.grad.numel() for p in members), device=device,
+                                 dtype=dtype)
+            offset = 0
+            for p in members:
+                view = buffer[offset:offset + p.grad.numel()].view_as(p.grad)
+                view.copy_(p.grad)
+                p.grad = view
+                self.views[id(p)] = view
+                offset += view.numel()
+            self.buffers.append(buffer)
+
+    def finite(self) -> bool:
+        """Whether every gradient is finite: the sum of each buffer is (a sum of finite values
+        beyond the dtype's range, ~3e38 in float32, counts as non-finite too)."""
+        if not self.buffers:
+            return True
+        return bool(torch.stack([b.sum() for b in self.buffers]).isfinite().all())
+
+    def zero(self) -> None:
+        for b in self.buffers:
+            b.zero_()
 
 
 def _zero_param_grads():
@@ -462,8 +557,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, full_config)
 
-    svi = SVI(model, guide, optim, loss=loss)
-    svi.loss_and_grads = _guarded(svi.loss_and_grads)
+    stepper = SVIStep(model, guide, loss, optim)
     if epochs > start_epoch:  # parameters and optimisers before the first timed step
         if set_step is not None:
             set_step(global_step)
@@ -490,8 +584,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
                 try:
                     with pyro.validation_enabled(validate == "always" or
                                                  (validate == "first" and first)):
-                        value = svi.step(batch, batch_mask) / batch_size
-                except _NonFinite as err:
+                        value = stepper(batch, batch_mask) / batch_size
+                except NonFiniteStep as err:
                     _zero_param_grads()
                     _diverged(err, epoch, step, steps_per_epoch, history, run_dir, ckpt_path)
                 first = False
@@ -528,7 +622,7 @@ def _write_metrics(run_dir: Path, history: Mapping, extra: Optional[Mapping] = N
     plot_loss_curve(run_dir / LOSS_CURVE, history)
 
 
-def _diverged(err: _NonFinite, epoch, step, steps_per_epoch, history, run_dir, ckpt_path):
+def _diverged(err: NonFiniteStep, epoch, step, steps_per_epoch, history, run_dir, ckpt_path):
     global_step = (epoch - 1) * steps_per_epoch + step
     history["status"] = "diverged"
     history["diverged_at"] = {"epoch": epoch, "step": step, "global_step": global_step,

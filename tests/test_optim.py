@@ -48,10 +48,13 @@ def assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_updates_equal_pyro_adam_bit_for_bit():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_updates_equal_pyro_adam_bit_for_bit(foreach):
+    """Also with torch's multi-tensor kernels (what make_optimizer builds)."""
     train(reference(), 6)
     ref = snapshot()
-    train(shared(), 6)
+    train(SharedOptim(torch.optim.Adam, {"lr": 0.01, "betas": (0.9, 0.99), "foreach": foreach}),
+          6)
     assert_same(snapshot(), ref)
 
 

@@ -336,3 +336,97 @@ def test_registration_pass_leaves_no_trace(data):
                   lr=1e-2, progress=False)
     assert history["step_loss"][0] == first
     assert second != first  # (a pre-step update would have shown)
+
+
+def _hand_written(dims):
+    """A model and a guide written by hand: plain ``nn.Module`` s whose ``forward`` registers
+    its networks with ``pyro.module`` and a parameter with ``pyro.param``."""
+    import pyro
+    import pyro.distributions as dist
+    from torch import nn
+
+    from pyro_mmvae.protocol import DATA_PLATE, observe
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoders = nn.ModuleDict({m: nn.Linear(LATENT, d) for m, d in dims.items()})
+
+        def forward(self, data, mask):
+            pyro.module("decoders", self.decoders)
+            scale = pyro.param("noise", torch.tensor(1.0), constraint=dist.constraints.positive)
+            n = next(iter(data.values())).shape[0]
+            with pyro.plate(DATA_PLATE, n):
+                z = pyro.sample("z", dist.Normal(torch.zeros(LATENT), 1.0).to_event(1))
+                for m in dims:
+                    observe(m, dist.Normal(self.decoders[m](z), scale).to_event(1), data, mask)
+
+    class Guide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Linear(sum(dims.values()), 2 * LATENT)
+
+        def forward(self, data, mask):
+            pyro.module("encoder", self.encoder)
+            loc, raw = self.encoder(torch.cat([data[m] for m in dims], -1)).chunk(2, -1)
+            with pyro.plate(DATA_PLATE, loc.shape[0]):
+                pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw)).to_event(1))
+
+    torch.manual_seed(3)
+    return Model(), Guide()
+
+
+@pytest.mark.parametrize("programs", ["library", "hand-written", "autoguide"])
+@pytest.mark.parametrize("clear_store", [False, True])
+def test_fit_steps_exactly_as_svi(data, programs, clear_store):
+    """fit finds the parameters once instead of at every step, and skips the library modules'
+    registration after that: its parameters after 2 epochs equal a plain SVI loop's bit for bit,
+    also when the store is cleared between epochs (eval_fn) and must be found again."""
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_mmvae.train import make_optimizer
+
+    def make():
+        if programs == "library":
+            return build(data) + (MaskedMultimodalELBO(),)
+        model, guide = (build(data)[0], None) if programs == "autoguide" else \
+            _hand_written({m: x.shape[1] for m, x in data.items()})
+        if guide is None:
+            guide = AutoNormal(pyro.poutine.block(model, hide=["obs_" + m for m in data]))
+        return model, guide, Trace_ELBO()
+
+    def values():
+        return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    def clear(epoch):  # after the first of the two epochs
+        if clear_store and epoch == 1:
+            pyro.clear_param_store()
+        return {}
+
+    # the reference: SVI.step on fit's batches, seeds and registration pass
+    model, guide, loss = make()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    svi = SVI(model, guide, make_optimizer(1e-2), loss=loss)
+    state_rng = torch.get_rng_state()
+    with pyro.poutine.trace(param_only=True):
+        loss.loss(model, guide, {m: x[:32] for m, x in data.items()}, None)
+    torch.set_rng_state(state_rng)
+    reference = []
+    for epoch in (1, 2):
+        for batch, mask in iterate_minibatches(data, None, batch_size=32, generator=generator):
+            reference.append(svi.step(batch, mask) / 32)
+        clear(epoch)
+    expected = values()
+
+    model, guide, loss = make()
+    history = fit(model, guide, loss, data, epochs=2, batch_size=32, lr=1e-2, progress=False,
+                  eval_fn=clear)
+    assert history["step_loss"] == reference
+    got = values()
+    assert got.keys() == expected.keys() and len(got) > 0
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
