@@ -77,7 +77,7 @@ from typing import Mapping, Optional, Sequence, Union
 import pyro
 import torch
 from pyro.distributions import Categorical, TorchDistribution, constraints
-from pyro.distributions.util import detach
+from pyro.distributions.util import broadcast_shape, detach
 from pyro.poutine.runtime import get_plates
 from torch import nn
 
@@ -192,7 +192,7 @@ class ComponentDraw(TorchDistribution):
         self.mixture = mixture
         self.component = component
         self.stl = stl
-        batch_shape = torch.broadcast_shapes(mixture.batch_shape, component.shape)
+        batch_shape = torch.Size(broadcast_shape(mixture.batch_shape, component.shape))
         super().__init__(batch_shape, mixture.event_shape, validate_args=False)
 
     def expand(self, batch_shape, _instance=None):

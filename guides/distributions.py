@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from pyro.distributions import Categorical, Normal, TorchDistribution, constraints
+from pyro.distributions.util import broadcast_shape
 
 
 class DiagNormalMixture(TorchDistribution):
@@ -38,8 +39,8 @@ class DiagNormalMixture(TorchDistribution):
     def __init__(self, logits, locs, scales, validate_args=None):
         if locs.dim() < 2:
             raise ValueError(f"locs must have shape (..., K, D), got {tuple(locs.shape)}")
-        batch_shape = torch.broadcast_shapes(logits.shape[:-1], locs.shape[:-2],
-                                             scales.shape[:-2])
+        batch_shape = torch.Size(broadcast_shape(logits.shape[:-1], locs.shape[:-2],
+                                                 scales.shape[:-2]))
         k, d = locs.shape[-2:]
         if logits.shape[-1] != k:
             raise ValueError(f"logits have {logits.shape[-1]} components but locs have {k}")

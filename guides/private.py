@@ -30,6 +30,7 @@ Every head gives per slot ``2 D_w`` numbers :math:`(\tilde\mu_s, r_s)`; ``scale=
 from __future__ import annotations
 
 import torch
+from pyro.distributions.util import broadcast_shape
 from torch import nn
 
 from pyro_mmvae.nn import MLP, lecun_normal_
@@ -119,7 +120,7 @@ class AttentionPrivate(nn.Module):
 
     def forward(self, features, mask, z):
         g = self.chi1(features) + self.chi2(z).unsqueeze(-2)  # (..., B, M, P)
-        shape = torch.broadcast_shapes(g.shape[:-1], mask.shape)
+        shape = torch.Size(broadcast_shape(g.shape[:-1], mask.shape))
         g, mask = g.expand(shape + g.shape[-1:]), mask.expand(shape)
         for block in self.blocks:
             g = block(g, mask)

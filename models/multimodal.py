@@ -6,10 +6,10 @@ import warnings
 from typing import Mapping, Optional
 
 import pyro
-from torch import nn
-
 import torch
 from pyro.distributions import Normal
+from pyro.distributions.util import broadcast_shape
+from torch import nn
 
 from pyro_mmvae.batching import call_grouped, check_batch_setting, should_batch
 from pyro_mmvae.decoding import decode_rows, decode_scored, scored_rows
@@ -20,7 +20,7 @@ from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, full_mask, num_points,
 
 def concat_latents(*parts: torch.Tensor) -> torch.Tensor:
     """Concatenate latents ``(..., D_i)`` along the last dim, broadcasting leading dims."""
-    shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    shape = torch.Size(broadcast_shape(*(p.shape[:-1] for p in parts)))
     return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], dim=-1)
 
 

@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 from pyro.distributions import TorchDistribution
+from pyro.distributions.util import broadcast_shape
 from torch.distributions import Distribution
 
 from pyro_mmvae.protocol import enclosing_plate_shape, is_scoring
@@ -52,7 +53,7 @@ def scored_rows(mask: Optional[Mapping], modality: str, batch_shape) -> Optional
     on = mask.get(modality)
     if not torch.is_tensor(on) or on.dim() == 0:
         return None
-    shape = torch.broadcast_shapes(tuple(batch_shape), on.shape, enclosing_plate_shape())
+    shape = torch.Size(broadcast_shape(tuple(batch_shape), on.shape, enclosing_plate_shape()))
     rows = on.expand(shape)
     if int(rows.sum()) >= math.prod(batch_shape):
         return None  # no fewer rows than decoding the code once

@@ -38,6 +38,8 @@ from typing import Mapping, Optional
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import broadcast_shape
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.runtime import get_plates
 from torch.distributions import constraints
 
@@ -115,7 +117,7 @@ def enclosing_plate_shape() -> torch.Size:
 def _plate_batch_shape(fn) -> torch.Size:
     """``fn``'s batch shape broadcast against the enclosing vectorised plates, as Pyro's
     ``BroadcastMessenger`` would expand it at a sample site."""
-    return torch.broadcast_shapes(fn.batch_shape, enclosing_plate_shape())
+    return torch.Size(broadcast_shape(fn.batch_shape, enclosing_plate_shape()))
 
 
 class _GenerationStream:
@@ -373,7 +375,10 @@ def validate_batch(data: Data, mask: Optional[Mask] = None, *, modalities=None,
         then have the same shape. Default: masks must be ``(N,)``.
 
     Cheap enough to run at every step: the finiteness check is one sum per modality and a single
-    device sync (:func:`_check_finite`); the other checks read only shapes and dtypes.
+    device sync (:func:`_check_finite`); the other checks read only shapes and dtypes. The
+    finiteness check, the only one that reads values, runs while Pyro's validation is enabled
+    (its default; :func:`pyro_mmvae.train.fit` checks the whole training set before the first
+    step and then trains with validation off).
     """
     if not isinstance(data, Mapping) or not data:
         raise ValueError("data must be a non-empty dict {modality: tensor}")
@@ -426,7 +431,8 @@ def validate_batch(data: Data, mask: Optional[Mask] = None, *, modalities=None,
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"'{m}': {s}" for m, s in shapes.items())
             raise ValueError(f"masks of the modalities have different shapes ({listing})")
-    _check_finite(data, mask, n)
+    if is_validation_enabled():
+        _check_finite(data, mask, n)
     if require_observed:
         observed = stack_mask(mask, list(data))
         none = ~observed.reshape(-1, n, observed.shape[-1]).any(-1).all(0)

@@ -510,7 +510,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if validate not in VALIDATE:
         raise ValueError(f"validate must be one of {VALIDATE}, got {validate!r}")
-    checked = validate_batch(train_data, mask)  # ValueError naming the modality
+    with pyro.validation_enabled(True):  # ValueError naming the modality, NaNs included
+        checked = validate_batch(train_data, mask)
     mask = None if mask is None else checked
     n = data_size(train_data)
     if batch_size > n:

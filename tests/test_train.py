@@ -430,3 +430,24 @@ def test_fit_steps_exactly_as_svi(data, programs, clear_store):
     assert got.keys() == expected.keys() and len(got) > 0
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
+
+
+@pytest.mark.parametrize("validate", ["first", "never"])
+def test_nan_data_is_refused_before_training_whatever_the_validation(data, validate):
+    """Per step the data's finiteness is checked only under Pyro's validation (validate_batch);
+    fit checks the whole training set first, also with validate="never"."""
+    import pyro
+
+    from pyro_mmvae.protocol import validate_batch
+
+    bad = {m: x.clone() for m, x in data.items()}
+    bad["m1"][100, 0] = float("nan")  # past the first batches
+    model, guide = build(data)
+    with pytest.raises(ValueError, match=r"modality 'm1': NaN or infinite values in observed "
+                                         r"data points \[100\]"):
+        fit(model, guide, MaskedMultimodalELBO(), bad, epochs=1, batch_size=32,
+            progress=False, validate=validate)
+    with pyro.validation_enabled(False):
+        assert validate_batch(bad)["m1"].all()  # the step's check reads no values
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="NaN"):
+        validate_batch(bad)

@@ -57,6 +57,7 @@ import numpy as np
 import pyro
 import torch
 import xarray as xr
+from pyro.distributions.util import broadcast_shape
 from pyro.poutine.util import site_is_subsample
 
 from pyro_mmvae.eval.memory import chunk_for_budget, trace_nbytes
@@ -296,7 +297,7 @@ def _per_datapoint(site, size, max_plate_nesting):
         return None
     n = frames[DATA_PLATE].size
     lp = site_log_prob(site)
-    lp = lp.expand(torch.broadcast_shapes(lp.shape, (size,) + (1,) * max_plate_nesting))
+    lp = lp.expand(torch.Size(broadcast_shape(lp.shape, (size,) + (1,) * max_plate_nesting)))
     others = [d for d in range(-max_plate_nesting, 0) if d != frames[DATA_PLATE].dim]
     if others:
         lp = lp.sum(others, keepdim=True)

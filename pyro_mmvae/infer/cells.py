@@ -27,6 +27,7 @@ import torch
 from pyro import poutine
 from pyro.distributions import (Independent, Laplace, MultivariateNormal, Normal,
                                 TorchDistribution)
+from pyro.distributions.util import broadcast_shape
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.util import site_is_subsample
@@ -107,15 +108,15 @@ class StackedDistribution(TorchDistribution):
     def stack_cells(self, results: List[torch.Tensor], trailing: int) -> torch.Tensor:
         """Stack per-cell tensors ``(*lead, *cell_batch, *trailing dims)`` into the grid."""
         tail = len(self.cell_batch)
-        shape = torch.broadcast_shapes(*(r.shape for r in results))
+        shape = torch.Size(broadcast_shape(*(r.shape for r in results)))
         lead = shape[:len(shape) - tail - trailing]
         out = torch.stack([r.expand(shape) for r in results], dim=len(lead))
         return out.reshape(lead + self.grid + shape[len(lead):])
 
     def cell_values(self, value: torch.Tensor):
         """Per-cell slices of a value broadcast to ``(*lead, *grid, *cell_batch, *event)``."""
-        value = value.expand(torch.broadcast_shapes(value.shape,
-                                                    self.batch_shape + self.event_shape))
+        value = value.expand(torch.Size(broadcast_shape(value.shape,
+                                                        self.batch_shape + self.event_shape)))
         inner = len(self.cell_batch) + len(self.event_shape)
         lead = value.dim() - inner - len(self.grid)
         flat = value.reshape(value.shape[:lead] + (-1,) + value.shape[value.dim() - inner:])
@@ -323,7 +324,7 @@ def _merge(traces, cells, plates, particle_axes):
         sub_plates = [plates[a] for a in axes]
         event_dim = site["fn"].event_dim
         ndim = max(-plates[-1][2] - 1, 0) if plates else 0  # max_plate_nesting
-        cell_batch = torch.broadcast_shapes(*(p["fn"].batch_shape for p in parts))
+        cell_batch = torch.Size(broadcast_shape(*(p["fn"].batch_shape for p in parts)))
         cell_batch = torch.Size((1,) * (ndim - len(cell_batch))) + cell_batch
         fns = [p["fn"] for p in parts]
         values = [p["value"].expand(cell_batch + p["value"].shape[p["value"].dim() - event_dim:])

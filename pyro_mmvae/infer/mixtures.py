@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import torch
 from pyro.distributions import Independent, Laplace, Normal
+from pyro.distributions.util import broadcast_shape
 from torch.utils.checkpoint import checkpoint
 
 from .cells import StackedDistribution
@@ -76,7 +77,7 @@ def gather_components(comps, index: torch.Tensor):
     base = comps.base_dist if isinstance(comps, Independent) else comps
     loc, scale = base.loc, base.scale
     tail = loc.shape[loc.dim() - ndims:] if ndims else torch.Size()
-    batch = torch.broadcast_shapes(index.shape[1:], loc.shape[1:loc.dim() - ndims])
+    batch = torch.Size(broadcast_shape(index.shape[1:], loc.shape[1:loc.dim() - ndims]))
     full = (loc.shape[0],) + batch + tail
     idx = index.expand((index.shape[0],) + batch).reshape((index.shape[0],) + batch
                                                           + (1,) * ndims)

@@ -71,11 +71,19 @@ def trace_guide(guide, data, mask, plates: Sequence[Plate] = (), views: bool = F
 
 def trace_model(model, guide_trace, data, mask, plates: Sequence[Plate] = (),
                 vectorize: Optional[bool] = None):
-    """Trace ``model(data, mask)`` replayed against ``guide_trace``, with log-probs computed
-    (vectorised or cell by cell as :func:`trace_guide`)."""
+    """Trace ``model(data, mask)`` replayed against ``guide_trace``, with the log-probs of its
+    observed sites computed (vectorised or cell by cell as :func:`trace_guide`).
+
+    Only observed sites (modalities, factors) get ``site["log_prob"]``: every reader of a
+    latent's prior density evaluates it where it needs it (:func:`site_log_prob`, at the
+    guide's value), and an analytic KL needs none."""
     tr = trace_program(model, data, mask, plates, guide_trace, vectorize)
-    tr.compute_log_prob()
+    tr.compute_log_prob(_is_observed)
     return tr
+
+
+def _is_observed(name, site) -> bool:
+    return site["is_observed"]
 
 
 def latent_sites(guide_trace):
