@@ -106,7 +106,7 @@ class MultimodalGuide(NamedPyroModule):
             x = data[m]
             seen = mask[m].reshape(-1, x.shape[0]).any(0) if mask[m].dim() > 1 else mask[m]
             seen = seen.reshape(seen.shape + (1,) * (x.dim() - 1))
-            inputs[m] = torch.where(seen, x, torch.zeros_like(x))
+            inputs[m] = torch.where(seen, x, x.new_zeros(()))
             self._input_shapes[m] = tuple(x.shape[1:])
         feats = call_grouped(encoders, inputs, self.batch_modalities, run_encoder)
         for m in self.modalities:

@@ -38,7 +38,16 @@ class _LocScaleDecoder(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor:
-        return positive_scale(self.raw_scale, self.min_scale)
+        raw = self.raw_scale
+        if raw.requires_grad:
+            return positive_scale(raw, self.min_scale)
+        # a fixed scale is computed once (again when the buffer is replaced or written to)
+        key = (raw, raw._version, self.min_scale)
+        cached = self.__dict__.get("_fixed_scale")
+        if cached is None or cached[0][0] is not raw or cached[0][1:] != key[1:]:
+            cached = (key, positive_scale(raw, self.min_scale))
+            self.__dict__["_fixed_scale"] = cached
+        return cached[1]
 
     def forward(self, z):
         return self.likelihood(self.net(z), z)

@@ -29,7 +29,7 @@ used); the decoder must accept a 2-D code ``(R, D)``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import torch
 from pyro.distributions import TorchDistribution
@@ -39,8 +39,17 @@ from torch.distributions import Distribution
 from pyro_mmvae.protocol import enclosing_plate_shape, is_scoring
 
 
-def scored_rows(mask: Optional[Mapping], modality: str, batch_shape) -> Optional[torch.Tensor]:
-    """Bool ``batch_shape`` tensor of the rows to decode for ``modality``, or None (decode all).
+class Rows(NamedTuple):
+    """The rows a modality's site scores: ``shape``, the site's leading batch shape (the
+    latent's batch dims broadcast with its mask and the enclosing plates), and ``index``, the
+    positions ``(R,)`` in the flattened ``shape`` where the mask is True."""
+
+    shape: torch.Size
+    index: torch.Tensor
+
+
+def scored_rows(mask: Optional[Mapping], modality: str, batch_shape) -> Optional[Rows]:
+    """The :class:`Rows` to decode for ``modality``, or None (decode all).
 
     None outside :func:`~pyro_mmvae.protocol.scoring`, when ``mask`` has no tensor entry for
     the modality, or when every row of ``batch_shape`` would be decoded anyway. The mask
@@ -54,28 +63,29 @@ def scored_rows(mask: Optional[Mapping], modality: str, batch_shape) -> Optional
     if not torch.is_tensor(on) or on.dim() == 0:
         return None
     shape = torch.Size(broadcast_shape(tuple(batch_shape), on.shape, enclosing_plate_shape()))
-    rows = on.expand(shape)
-    if int(rows.sum()) >= math.prod(batch_shape):
+    index = on.expand(shape).reshape(-1).nonzero().squeeze(-1)
+    if index.numel() >= math.prod(batch_shape):
         return None  # no fewer rows than decoding the code once
-    return rows
+    return Rows(shape, index)
 
 
 class ScoredRows(TorchDistribution):
     r"""The distribution of a site whose decoder ran on its scored rows only.
 
-    ``fn`` is the decoder's distribution at the ``R`` rows of ``rows`` (bool, the site's
-    leading batch dims) that are True, batch ``(R, *rest)``; the site's distribution has batch
-    ``(*rows.shape, *rest)`` and ``fn``'s event. :meth:`log_prob` evaluates ``fn`` at those
-    rows and is 0 elsewhere — rows the site's mask does not score, so ``poutine.mask`` zeroes
-    them anyway; :meth:`sample` is ``fn``'s draw at the scored rows and its first row's draw
-    elsewhere (values in the support, as :func:`~pyro_mmvae.protocol.observe` needs for a
-    constrained likelihood). Nothing but log-densities (and a support) is read while scoring.
+    ``fn`` is the decoder's distribution at the ``R`` rows of ``rows`` (a :class:`Rows`: the
+    site's leading batch dims and the flat positions of the scored rows), batch
+    ``(R, *rest)``; the site's distribution has batch ``(*rows.shape, *rest)`` and ``fn``'s
+    event. :meth:`log_prob` evaluates ``fn`` at those rows and is 0 elsewhere — rows the
+    site's mask does not score, so ``poutine.mask`` zeroes them anyway; :meth:`sample` is
+    ``fn``'s draw at the scored rows and its first row's draw elsewhere (values in the
+    support, as :func:`~pyro_mmvae.protocol.observe` needs for a constrained likelihood).
+    Nothing but log-densities (and a support) is read while scoring.
     """
 
     arg_constraints = {}
 
-    def __init__(self, fn: Distribution, rows: torch.Tensor, index: torch.Tensor):
-        self.fn, self.rows, self.index = fn, rows, index
+    def __init__(self, fn: Distribution, rows: Rows):
+        self.fn, self.rows = fn, rows
         batch = rows.shape + fn.batch_shape[1:]
         super().__init__(batch, fn.event_shape, validate_args=False)
 
@@ -88,19 +98,17 @@ class ScoredRows(TorchDistribution):
             return self
         raise NotImplementedError("ScoredRows cannot be expanded to another batch shape")
 
-    def _scatter(self, rowwise: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    def _scatter(self, rowwise: torch.Tensor, fill: Optional[torch.Tensor] = None):
         """``(R, *tail)`` values of the scored rows into ``(*rows.shape, *tail)``, ``fill``
-        (broadcast to the tail) elsewhere."""
+        (broadcast to the tail; zeros if None) elsewhere."""
         tail = rowwise.shape[1:]
-        full = fill.expand((self.rows.numel(),) + tail)
-        return full.index_copy(0, self.index, rowwise).reshape(self.rows.shape + tail)
+        size = (math.prod(self.rows.shape),) + tail
+        full = rowwise.new_zeros(size) if fill is None else fill.expand(size).clone()
+        return full.index_copy_(0, self.rows.index, rowwise).reshape(self.rows.shape + tail)
 
     def log_prob(self, value):
-        lead = self.rows.dim()
-        shape = self.batch_shape + self.event_shape
-        flat = value.expand(shape).reshape((self.rows.numel(),) + shape[lead:])
-        lp = self.fn.log_prob(flat.index_select(0, self.index))  # (R, *rest)
-        return self._scatter(lp, lp.new_zeros(()))
+        lp = self.fn.log_prob(_gather(value, self.rows, self.batch_shape + self.event_shape))
+        return self._scatter(lp)  # (R, *rest) -> the site's batch shape
 
     def sample(self, sample_shape=torch.Size()):
         if sample_shape:
@@ -112,6 +120,29 @@ class ScoredRows(TorchDistribution):
     def mean(self):
         mean = self.fn.mean
         return self._scatter(mean, mean[:1].detach())
+
+
+def _gather(value: torch.Tensor, rows: Rows, shape: torch.Size) -> torch.Tensor:
+    """The scored rows ``(R, *shape[lead:])`` of ``value`` broadcast to ``shape`` (whose
+    leading dims are ``rows.shape``), without materialising the broadcast: a value that
+    varies only along its trailing leading dims (the data, ``(N, ...)``, against rows
+    ``(T, S, N)``) is indexed at ``index mod`` its own rows."""
+    lead = len(rows.shape)
+    dims = value.shape[:max(value.dim() - (len(shape) - lead), 0)]  # the value's leading dims
+    dims = (1,) * (lead - len(dims)) + tuple(dims)
+    own = lead
+    while own > 0 and dims[own - 1] == rows.shape[own - 1]:
+        own -= 1
+    if all(d == 1 for d in dims[:own]):  # constant along the first `own` leading dims
+        inner = math.prod(rows.shape[own:])
+        kept = len(shape) - own
+        if value.dim() > kept:  # drop the value's leading size-1 dims
+            value = value.reshape(value.shape[value.dim() - kept:])
+        flat = value.expand(shape[own:]).reshape((inner,) + tuple(shape[lead:]))
+        index = rows.index if own == 0 else rows.index.remainder(inner)
+        return flat.index_select(0, index)
+    flat = value.expand(shape).reshape((math.prod(rows.shape),) + tuple(shape[lead:]))
+    return flat.index_select(0, rows.index)
 
 
 def decode_scored(decoder: Callable, code: torch.Tensor, mask: Optional[Mapping],
@@ -130,12 +161,10 @@ def decode_scored(decoder: Callable, code: torch.Tensor, mask: Optional[Mapping]
     return decoder(code) if rows is None else decode_rows(decoder, code, rows)
 
 
-def decode_rows(decoder: Callable, code: torch.Tensor, rows: torch.Tensor) -> ScoredRows:
-    """``decoder`` on the rows of ``code`` (``(..., D)``) where ``rows`` (bool, broadcast
-    batch shape, from :func:`scored_rows`) is True, as a :class:`ScoredRows` of ``rows``'
-    shape."""
-    index = rows.reshape(-1).nonzero().squeeze(-1)
-    if not index.numel():  # nothing scored: one row gives valid parameters for all
-        index = index.new_zeros(1)
+def decode_rows(decoder: Callable, code: torch.Tensor, rows: Rows) -> ScoredRows:
+    """``decoder`` on the rows of ``code`` (``(..., D)``) that ``rows`` (from
+    :func:`scored_rows`) scores, as a :class:`ScoredRows` of ``rows.shape``."""
+    if not rows.index.numel():  # nothing scored: one row gives valid parameters for all
+        rows = Rows(rows.shape, rows.index.new_zeros(1))
     flat = code.expand(rows.shape + code.shape[-1:]).reshape(-1, code.shape[-1])
-    return ScoredRows(decoder(flat.index_select(0, index)), rows, index)
+    return ScoredRows(decoder(flat.index_select(0, rows.index)), rows)

@@ -265,7 +265,7 @@ def observe(modality: str, fn, data: Data, mask: Optional[Mask] = None):
         return pyro.sample(name, fn, obs=value)
     if not isinstance(on, bool):
         on = on.to(value.device)
-    if not _is_all(on, True) and not (_SCORING[0] and _real_valued(fn)):
+    if not (_SCORING[0] and _real_valued(fn)) and not _is_all(on, True):
         drawn = generate(fn)
         if drawn is not None:
             event = len(fn.event_shape)

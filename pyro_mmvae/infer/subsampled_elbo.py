@@ -50,11 +50,11 @@ class SubsampledMultimodalELBO(MultimodalELBO):
     def _terms(self, model, guide, data, observed, modalities):
         b, m = observed.shape
         eye = torch.eye(m, dtype=torch.bool, device=observed.device)
-        stacked = torch.cat([
-            observed.unsqueeze(0),  # the full observed set
-            observed.unsqueeze(0) & eye.unsqueeze(1),  # (M, B, M) unimodal
-            self.masking(observed.expand(self.num_subsets, b, m)) & observed,  # (k, B, M)
-        ])  # (T, B, M)
+        parts = [observed.unsqueeze(0),  # the full observed set
+                 observed.unsqueeze(0) & eye.unsqueeze(1)]  # (M, B, M) unimodal
+        if self.num_subsets:
+            parts.append(self.masking(observed.expand(self.num_subsets, b, m)) & observed)
+        stacked = torch.cat(parts)  # (T, B, M): full, unimodal, k random
         # {m: (T, 1, B)}: the subsets plate sits left of the particle plate
         masks = self.masks(stacked.unsqueeze(1), modalities)
         plates = [("subsets", stacked.shape[0], self.outer_dim()), self.particle_plate()]

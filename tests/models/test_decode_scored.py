@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pyro_mmvae.decoding as decoding
-from pyro_mmvae.decoding import ScoredRows
+from pyro_mmvae.decoding import Rows, ScoredRows
 from pyro_mmvae.eval import log_likelihood
 from pyro_mmvae.guides import MoE, MoPoE, PoE
 from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
@@ -141,11 +141,20 @@ def test_scored_rows_distribution(family):
     rows[0, 0] = True
     full = FAMILIES[family](params)
     index = rows.flatten().nonzero().squeeze(-1)
-    part = ScoredRows(FAMILIES[family](params[rows]), rows, index)
+    part = ScoredRows(FAMILIES[family](params[rows]), Rows(rows.shape, index))
     assert part.batch_shape == full.batch_shape and part.event_shape == full.event_shape
     x = full.sample()
     lp = part.log_prob(x)
     assert torch.allclose(lp[rows], full.log_prob(x)[rows]) and (lp[~rows] == 0).all()
+    # values that broadcast against the rows (the data (N, ...) against rows (T, S, N)) are
+    # read at their own rows, not materialised
+    event = len(full.event_shape)
+    for value in (x[0], x[:1], x[:, :1], x[0, 0], x[:1, :1]):
+        if value.dim() < event:
+            continue
+        lp_value = part.log_prob(value)
+        assert torch.allclose(lp_value[rows], full.log_prob(value)[rows]), tuple(value.shape)
+        assert (lp_value[~rows] == 0).all()
     g_part, = torch.autograd.grad(lp.sum(), params)
     g_full, = torch.autograd.grad(full.log_prob(x)[rows].sum(), params)
     assert torch.allclose(g_part, g_full)

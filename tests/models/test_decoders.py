@@ -31,6 +31,21 @@ def test_fixed_scale_is_a_buffer_and_per_feature_scales_work():
     assert torch.allclose(dec.scale, torch.tensor([0.1, 1.0, 2.0]))
 
 
+def test_a_fixed_scale_is_computed_once_and_follows_its_buffer():
+    """The fixed scale is cached, and recomputed after load_state_dict (an in-place write),
+    .to() / .double() (a new buffer) and an assignment."""
+    dec = GaussianDecoder(MLP(2, (), 3), scale=0.5)
+    assert dec.scale is dec.scale
+    other = GaussianDecoder(MLP(2, (), 3), scale=2.0)
+    dec.load_state_dict(other.state_dict())
+    assert torch.allclose(dec.scale, torch.tensor(2.0))
+    dec.double()
+    assert dec.scale.dtype == torch.float64
+    assert torch.allclose(dec.scale, torch.tensor(2.0, dtype=torch.float64))
+    dec.raw_scale = GaussianDecoder(MLP(2, (), 3), scale=0.25).raw_scale.double()
+    assert torch.allclose(dec.scale, torch.tensor(0.25, dtype=torch.float64))
+
+
 def test_bernoulli_decoder_and_image_event_dims():
     net = torch.nn.Sequential(torch.nn.Linear(2, 12), torch.nn.Unflatten(-1, (3, 4)))
     p = BernoulliDecoder(net)(torch.randn(5, 2))
