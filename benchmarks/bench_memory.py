@@ -212,6 +212,7 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from pyro_mmvae.eval.memory import ACTIVATION_FACTOR
     if args.child:
         case, n, particles, budget = args.child
         result = measure(case, int(n), int(particles), None if budget == "none" else int(budget))
@@ -269,7 +270,8 @@ def main(argv=None):
         "Notes:",
         "",
         "- The budget bounds what one chunk holds (its traces, probed, times "
-        "`ACTIVATION_FACTOR` = 4 for the activations the networks free as they go), not what "
+        f"`ACTIVATION_FACTOR` = {ACTIVATION_FACTOR} for the activations the networks free as "
+        "they go and what the allocator keeps), not what "
         "the function returns: `to_inference_data` returns every draw (its "
         "`posterior_predictive` alone is 100 x 1000 x 5 x 64 float32 = 122 MiB) and holds the "
         "chunks and their concatenation at once, so its peak is about twice its result "

@@ -12,10 +12,10 @@ from pyro.distributions.util import broadcast_shape
 from torch import nn
 
 from pyro_mmvae.batching import call_grouped, check_batch_setting, should_batch
-from pyro_mmvae.decoding import decode_rows, decode_scored, scored_rows
+from pyro_mmvae.decoding import decode_rows, scored_rows
 from pyro_mmvae.params import NamedPyroModule
-from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, full_mask, num_points, observe,
-                                 private_site)
+from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, enclosing_plate_shape, full_mask,
+                                 is_scoring, num_points, observe, private_site)
 
 
 def concat_latents(*parts: torch.Tensor) -> torch.Tensor:
@@ -109,12 +109,16 @@ class MultimodalModel(NamedPyroModule):
             else:
                 z = pyro.sample(self.latent_site, self.prior())
             decoders = self.decoders
+            plates = enclosing_plate_shape() if is_scoring() else None  # the same for all
             if not should_batch(self.batch_modalities, z):
                 for m, decoder in decoders.items():
-                    observe(m, decode_scored(decoder, self._code(m, z), mask, m), data, mask)
+                    code = self._code(m, z)
+                    rows = scored_rows(mask, m, code.shape[:-1], plates)
+                    observe(m, decoder(code) if rows is None else
+                            decode_rows(decoder, code, rows), data, mask)
                 return z
             codes = {m: self._code(m, z) for m in decoders}
-            rows = {m: scored_rows(mask, m, code.shape[:-1]) for m, code in codes.items()}
+            rows = {m: scored_rows(mask, m, code.shape[:-1], plates) for m, code in codes.items()}
             # networks of the modalities decoded whole, batched by architecture
             whole = {m: code for m, code in codes.items()
                      if rows[m] is None and hasattr(decoders[m], "likelihood")}

@@ -48,21 +48,26 @@ class Rows(NamedTuple):
     index: torch.Tensor
 
 
-def scored_rows(mask: Optional[Mapping], modality: str, batch_shape) -> Optional[Rows]:
+def scored_rows(mask: Optional[Mapping], modality: str, batch_shape,
+                plate_shape: Optional[torch.Size] = None) -> Optional[Rows]:
     """The :class:`Rows` to decode for ``modality``, or None (decode all).
 
     None outside :func:`~pyro_mmvae.protocol.scoring`, when ``mask`` has no tensor entry for
     the modality, or when every row of ``batch_shape`` would be decoded anyway. The mask
     ``(..., N)`` is broadcast against ``batch_shape`` (the latent's batch dims, e.g.
     ``(T, S, N)``) and the enclosing plates, right-aligned as ``poutine.mask`` and Pyro's
-    broadcasting do, so the rows have the site's batch shape.
+    broadcasting do, so the rows have the site's batch shape. ``plate_shape``: the enclosing
+    plates' :func:`~pyro_mmvae.protocol.enclosing_plate_shape` when the caller has it (one
+    look-up for all modalities); None looks it up.
     """
     if not is_scoring() or not mask:
         return None
     on = mask.get(modality)
     if not torch.is_tensor(on) or on.dim() == 0:
         return None
-    shape = torch.Size(broadcast_shape(tuple(batch_shape), on.shape, enclosing_plate_shape()))
+    if plate_shape is None:
+        plate_shape = enclosing_plate_shape()
+    shape = torch.Size(broadcast_shape(tuple(batch_shape), on.shape, plate_shape))
     index = on.expand(shape).reshape(-1).nonzero().squeeze(-1)
     if index.numel() >= math.prod(batch_shape):
         return None  # no fewer rows than decoding the code once

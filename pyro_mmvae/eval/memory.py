@@ -8,7 +8,11 @@ difference is the memory of one more particle, the rest is fixed; a chunk is as 
 as fit in the budget with a safety factor for the activations the networks free as they go
 (:data:`ACTIVATION_FACTOR`). The estimate is cheap (two small extra calls) and conservative:
 the peak also holds one chunk's intermediate activations, which the factor covers for the
-library's MLP and convolutional networks.
+library's MLP and convolutional networks. The factor 5 also leaves room for what the
+allocator keeps of freed chunks: ``log_likelihood`` of 1000 points x 1000 particles at the
+default budget peaks at about 120 MiB of live tensors and 270 MiB of resident memory with
+glibc's default allocator (``benchmarks/results/memory.md``); with 4 its resident peak was
+320-340 MiB.
 
 Probes run with the random state saved and restored (:func:`rng_preserved`), so a chunked
 evaluation draws the same random numbers whatever budget chose its chunks. Functions that chunk
@@ -28,7 +32,7 @@ import pyro.util
 import torch
 
 DEFAULT_MEMORY_BUDGET = 256 * 2 ** 20  # bytes
-ACTIVATION_FACTOR = 4
+ACTIVATION_FACTOR = 5  # bytes held per byte a probe counts (see the module docstring)
 
 
 def trace_nbytes(*traces) -> int:
