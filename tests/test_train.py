@@ -376,12 +376,14 @@ def _hand_written(dims):
     return Model(), Guide()
 
 
-@pytest.mark.parametrize("programs", ["library", "hand-written", "autoguide"])
+@pytest.mark.parametrize("programs, clip_norm", [("library", None), ("hand-written", None),
+                                                 ("autoguide", None), ("library", 0.5)])
 @pytest.mark.parametrize("clear_store", [False, True])
-def test_fit_steps_exactly_as_svi(data, programs, clear_store):
+def test_fit_steps_exactly_as_svi(data, programs, clip_norm, clear_store):
     """fit finds the parameters once instead of at every step, and skips the library modules'
-    registration after that: its parameters after 2 epochs equal a plain SVI loop's bit for bit,
-    also when the store is cleared between epochs (eval_fn) and must be found again."""
+    registration after that: its parameters after 2 epochs equal a plain SVI loop's bit for bit
+    (with the shared Adam and with ClippedAdam), also when the store is cleared between epochs
+    (eval_fn) and must be found again."""
     import pyro
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer.autoguide import AutoNormal
@@ -410,7 +412,7 @@ def test_fit_steps_exactly_as_svi(data, programs, clear_store):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     generator = torch.Generator().manual_seed(0)
-    svi = SVI(model, guide, make_optimizer(1e-2), loss=loss)
+    svi = SVI(model, guide, make_optimizer(1e-2, clip_norm), loss=loss)
     state_rng = torch.get_rng_state()
     with pyro.poutine.trace(param_only=True):
         loss.loss(model, guide, {m: x[:32] for m, x in data.items()}, None)
@@ -424,7 +426,7 @@ def test_fit_steps_exactly_as_svi(data, programs, clear_store):
 
     model, guide, loss = make()
     history = fit(model, guide, loss, data, epochs=2, batch_size=32, lr=1e-2, progress=False,
-                  eval_fn=clear)
+                  eval_fn=clear, clip_norm=clip_norm)
     assert history["step_loss"] == reference
     got = values()
     assert got.keys() == expected.keys() and len(got) > 0
