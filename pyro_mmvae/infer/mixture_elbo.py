@@ -55,6 +55,7 @@ subset-average form.
 
 from __future__ import annotations
 
+from contextlib import nullcontext as _nothing
 from typing import Literal, Optional
 
 import torch
@@ -62,12 +63,12 @@ from pyro import poutine
 from pyro.distributions import Categorical, Independent, Laplace, Normal
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
-from pyro.poutine.indep_messenger import CondIndepStackFrame
-
 from .base import MultimodalELBO
-from .cells import StackedDistribution
+from .cells import StackedDistribution, in_data_plate
 from .mixtures import (chunked, components_first, draw_chunk, gather_components, is_mixture,
                        live_components, mixture_logits, select_components)
 from .stratified_dreg import stratified_dreg
@@ -159,8 +160,12 @@ class MixtureMultimodalELBO(MultimodalELBO):
         s_mask = self.masks(subset, modalities)
         o_mask = self.masks(observed, modalities)
         plates = [self.particle_plate()]
-        guide_s = trace_guide(guide, data, s_mask, plates, views=self.estimator == "dreg",
-                              vectorize=self.vectorized(guide))
+        # the per-component forms draw from every (or every drawn) component themselves and
+        # read only the guide's distribution: its own draw from the mixture is not made
+        skip = _MixtureDrawSkipped() if self.form != "sampled" else _nothing()
+        with skip:
+            guide_s = trace_guide(guide, data, s_mask, plates, views=self.estimator == "dreg",
+                                  vectorize=self.vectorized(guide))
         check_scorable(guide_s)
         latents = local_latents(guide_s)
         q_site = guide_s.nodes[latents[0]]
@@ -340,3 +345,32 @@ def _first_draw(prior, num_components: int):
         scale = scale.narrow(pos, 0, 1)
     first = type(base)(loc, scale)
     return first.to_event(ndims) if ndims else first
+
+
+class _MixtureDrawSkipped(Messenger):
+    """Gives each latent site of the data plate whose distribution is a mixture a placeholder
+    value (zeros of its shape) instead of a draw.
+
+    For the per-component forms, which draw from the components themselves and read nothing of
+    the guide's sample: a mixture's draw (a categorical draw and a gather, or for learned
+    weights the sequential implicit-reparameterisation transform of
+    :class:`~pyro_mmvae.guides.DiagNormalMixture`) would be computed and thrown away. Entered
+    outside the trace and the plates, it sees the site's distribution broadcast to the plates.
+    A guide with further latents downstream of the mixture site is refused by the
+    per-component forms anyway (one latent site).
+    """
+
+    def _pyro_sample(self, msg) -> None:
+        if (msg["value"] is None and not msg["is_observed"] and is_mixture(msg["fn"])
+                and in_data_plate(msg)):
+            fn = msg["fn"]
+            ref = _tensor_of(fn)
+            msg["value"] = torch.zeros(fn.batch_shape + fn.event_shape, dtype=ref.dtype,
+                                       device=ref.device)
+
+
+def _tensor_of(fn) -> torch.Tensor:
+    """A parameter tensor of a (mixture) distribution, for the dtype and device."""
+    mix = fn.parts[0] if isinstance(fn, StackedDistribution) else fn
+    logits = getattr(mix.mixture_distribution, "logits", None)
+    return logits if torch.is_tensor(logits) else torch.zeros(())

@@ -331,3 +331,30 @@ def test_stratified_memory_grows_with_the_chunk_not_with_k_squared(iwae):
         largest[chunk] = probe.largest
     assert largest[None] >= pairwise  # one block: the (draw x component x latent) tensor
     assert largest[1] <= 2 * k * s * b * d, largest  # one draw against every component
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+@pytest.mark.parametrize("aggregator", sorted(AGGREGATORS))
+def test_per_component_forms_make_no_draw_from_the_guide_mixture(aggregator, vectorize,
+                                                                 monkeypatch):
+    """The stratified and average forms draw from the components themselves: the guide's own
+    draw from its mixture (for learned weights the sequential implicit-reparameterisation
+    transform) is not made; the sampled form still draws it."""
+    from pyro_mmvae.guides import DiagNormalMixture
+
+    model, data = linear_problem(n=6)
+    guide = make_guide(AGGREGATORS[aggregator]())
+    mask = random_mask(data, p=0.7)
+    draws = []
+    real = DiagNormalMixture.rsample
+    monkeypatch.setattr(DiagNormalMixture, "rsample",
+                        lambda self, *a, **k: draws.append(1) or real(self, *a, **k))
+    for kw in (dict(form="stratified"), dict(form="average"),
+               dict(form="average", num_subsets=1), dict(form="stratified", iwae=True,
+                                                         num_particles=2)):
+        value = MixtureMultimodalELBO(vectorize=vectorize, **kw).differentiable_loss(
+            model, guide, data, mask)
+        assert torch.isfinite(value) and not draws, kw
+    MixtureMultimodalELBO(form="sampled", vectorize=vectorize).differentiable_loss(
+        model, guide, data, mask)
+    assert draws
