@@ -278,11 +278,11 @@ def registered_once(*programs):
     nothing changes.
     """
     mine = []
-    for program in _top_level(programs):
-        program.register_parameters()
-        _REGISTERED.add(id(program))
-        mine.append(id(program))
-    try:
+    try:  # a registration that raises (a name clash) must not leave the others' ids behind
+        for program in _top_level(programs):
+            program.register_parameters()
+            _REGISTERED.add(id(program))
+            mine.append(id(program))
         yield
     finally:
         _REGISTERED.difference_update(mine)

@@ -385,3 +385,18 @@ def test_a_bound_registers_each_parameter_once_per_evaluation(per_call, monkeypa
     SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), MaskedMultimodalELBO()).step(data)
     changed = {n for n, v in pyro.get_param_store().items() if not torch.equal(v, before[n])}
     assert changed == set(before)
+
+
+def test_a_failed_registration_leaves_no_module_marked_registered():
+    """A name clash raised while the bound registers the guide must not leave the model
+    marked as registered: a later module that reuses its id would then register nothing (the
+    cause of an intermittent failure of the test above)."""
+    from pyro_mmvae import params
+
+    data, mask = make_data()
+    model, guide = build(guide="inf")
+    train(model, guide, data, mask, steps=1)
+    _, other = build(guide="inf")
+    with pytest.raises(ValueError, match="inf"):
+        MaskedMultimodalELBO().loss(model, other, data, mask)
+    assert not params._REGISTERED
