@@ -277,7 +277,7 @@ def main(argv=None):
         "chunks and their concatenation at once, so its peak is about twice its result "
         "at any budget.",
         "- `log_likelihood` is not run as one chunk (1000 x 1000 particles at once: several GiB "
-        "on a shared machine); the 1 GiB row is 199 particles per chunk.",
+        "on a shared machine); its largest chunk is the 1 GiB row's.",
         "- Chunk chosen: particles (draws, samples) per chunk, or data points x particles for "
         "`rate_distortion` and `conditional_coherence`, which chunk data points first and split "
         "the particles only where one point with all of them does not fit.",
