@@ -19,6 +19,7 @@ slots are ignored exactly: the output does not depend on their features.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -83,36 +84,114 @@ def product_of_gaussians(locs, precisions, weights, prior_expert):
 
 
 class PoE(nn.Module):
-    r"""Gaussian product of experts (MVAE, Wu & Goodman 2018; seed 004 §3, eq. for PoE):
+    r"""Gaussian product of experts, in precision form, with the prior :math:`p(z)=\mathcal
+    N(0, I)` in one of three roles (``prior_expert``):
 
-    .. math:: q(z\mid x_S) \propto p(z)\prod_{s\in S} q(z\mid x_s),
+    - ``True`` (default; MVAE, Wu & Goodman 2018, eq. 5; seed 004 §3):
+      :math:`q(z\mid x_S) \propto p(z)\prod_{s\in S} q_s(z\mid x_s)`, the experts being
+      factors of the posterior that the prior completes;
+    - ``False``: :math:`q(z\mid x_S) \propto \prod_{s\in S} q_s(z\mid x_s)`;
+    - ``"divide"`` (MSNVI, Kurle et al., AAAI 2019, arXiv:1811.04451, eq. 3):
+      :math:`q(z\mid x_S) \propto p(z)^{1-|S|}\prod_{s\in S} q_s(z\mid x_s)`, each expert a
+      full posterior approximation ("belief", which already contains the prior), so the
+      prior is divided out :math:`|S|-1` times: precision
+      :math:`\Lambda = \sum_{s\in S}\Lambda_s - (|S|-1)\Lambda_0` and mean
+      :math:`\Lambda^{-1}\sum_{s\in S}\Lambda_s\mu_s`. For a model whose observations are
+      independent given :math:`z`, exact single-source posteriors give the exact joint
+      posterior (Bayes' rule applied twice). The one-source subset is the belief itself.
 
-    computed in precision form. The prior expert :math:`p(z)=\mathcal N(0,I)` is on by default
-    (``prior_expert=False`` drops it); the empty subset gives the standard-normal prior (the
-    prior expert alone, or by convention when there is no prior expert). Returns
-    ``Normal(loc, scale).to_event(1)``, so every analytic Gaussian KL in the registry applies.
+    ``Λ`` must stay positive under ``"divide"``, which it does when every belief is at least
+    as precise as the prior; ``positivity`` says how that is ensured:
+
+    - ``"floor"`` (default): the belief's precision is the prior's plus the expert head's,
+      :math:`\Lambda_s = \Lambda_0 + \sigma_s^{-2}` with :math:`\sigma_s` from the features
+      (:func:`gaussian_experts`), so every belief is at least as certain as the prior and the
+      product is always a density (:math:`\Lambda = \Lambda_0 + \sum_{s\in S}\sigma_s^{-2}`);
+    - ``"clamp"``: the head's :math:`\sigma_s` is the belief's own scale (beliefs may be
+      broader than the prior) and :math:`\Lambda` is clamped at ``min_precision`` where the
+      division would make it smaller (the product is then broader than the exact one).
+
+    The empty subset gives the prior (the prior expert alone, or by convention when there is
+    none). Returns ``Normal(loc, scale).to_event(1)``, so every analytic Gaussian KL in the
+    registry applies; :meth:`log_normalizer` gives the product's normalising constant.
 
     ``scale``: how an expert's second half of features becomes its standard deviation,
     ``"softplus"`` (default) or ``"logvar"`` (:func:`gaussian_experts`).
     """
 
-    def __init__(self, prior_expert: bool = True, min_scale: float = 1e-3,
-                 scale: str = "softplus"):
+    def __init__(self, prior_expert: PriorExpert = True, min_scale: float = 1e-3,
+                 scale: str = "softplus", positivity: str = "floor",
+                 min_precision: float = 1e-3):
         super().__init__()
+        if prior_expert not in (True, False, "divide"):
+            raise ValueError(f"prior_expert must be True, False or 'divide', got "
+                             f"{prior_expert!r}")
+        if positivity not in ("floor", "clamp"):
+            raise ValueError(f"positivity must be 'floor' or 'clamp', got {positivity!r}")
+        if not min_precision > 0:
+            raise ValueError(f"min_precision must be positive, got {min_precision!r}")
         self.prior_expert = prior_expert
         self.min_scale = min_scale
         self.scale = check_scale(scale)
+        self.positivity = positivity
+        self.min_precision = float(min_precision)
+
+    def natural_parameters(self, features, mask):
+        r"""``(eta, prec, expert_eta, expert_prec, on)``: the product's natural parameters
+        :math:`\eta = \Lambda\mu` and :math:`\Lambda` ``(..., B, D)``, the experts' (beliefs')
+        ``(..., B, M, D)`` and the float mask ``(..., B, M)``."""
+        locs, precisions = gaussian_experts(features, self.min_scale, self.scale)
+        on = mask.to(precisions.dtype)
+        divide = self.prior_expert == "divide"
+        if divide and self.positivity == "floor":
+            precisions = 1.0 + precisions  # the belief: prior precision plus the head's
+        expert_eta = precisions * locs
+        # (..., B, M) mask -> product over the selected experts, one product per row
+        prec = (on.unsqueeze(-1) * precisions).sum(-2)
+        eta = (on.unsqueeze(-1) * expert_eta).sum(-2)
+        if divide:
+            prec = prec - (on.sum(-1, keepdim=True) - 1.0)  # p(z)^(1 - |S|), Lambda_0 = 1
+            if self.positivity == "clamp":
+                prec = prec.clamp_min(self.min_precision)
+        elif self.prior_expert:
+            prec = prec + 1.0
+        else:  # an empty product is undefined: use N(0, I) there
+            prec = torch.where(prec == 0, torch.ones_like(prec), prec)
+        return eta, prec, expert_eta, precisions, on
 
     def forward(self, features, mask):
-        locs, precisions = gaussian_experts(features, self.min_scale, self.scale)
-        mask = mask.to(precisions.dtype)
-        # (..., B, M) mask -> product over the selected experts, one product per row.
-        prec = (mask.unsqueeze(-1) * precisions).sum(-2) + float(self.prior_expert)
-        eta = (mask.unsqueeze(-1) * precisions * locs).sum(-2)
-        if not self.prior_expert:  # an empty product is undefined: use N(0, I) there
-            empty = prec == 0
-            prec = torch.where(empty, torch.ones_like(prec), prec)
+        eta, prec, *_ = self.natural_parameters(features, mask)
         return Normal(eta / prec, prec.rsqrt()).to_event(1)
+
+    def log_normalizer(self, features, mask) -> torch.Tensor:
+        r"""``(..., B)``: :math:`\log\int p(z)^{a}\prod_{s\in S}q_s(z\mid x_s)\,dz`, the
+        normalising constant of the product before it is normalised (:math:`a=1-|S|` for
+        ``"divide"``, 1 with the prior expert, 0 without): with
+        :math:`A(\eta,\Lambda)=\sum_d\big[\tfrac12\eta_d^2/\Lambda_d-\tfrac12\log\Lambda_d
+        +\tfrac12\log 2\pi\big]` the log-partition function of a diagonal Gaussian in natural
+        parameters,
+
+        .. math:: \log Z_S = A(\eta,\Lambda) - \sum_{s\in S} A(\eta_s,\Lambda_s) - a\,A(0, I).
+
+        Under ``"divide"`` with exact single-source posteriors this is
+        :math:`\log p(x_S) - \sum_{s\in S}\log p(x_s)` (MSNVI eq. 3): high where the sources
+        agree (explain each other), low where they conflict — an agreement score. With
+        ``positivity="clamp"`` it is that of the clamped product. The empty subset gives 0.
+        """
+        eta, prec, expert_eta, expert_prec, on = self.natural_parameters(features, mask)
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
+
+        def log_partition(e, lam):
+            return (0.5 * e.pow(2) / lam - 0.5 * lam.log() + half_log_2pi).sum(-1)
+
+        size = on.sum(-1)
+        a = (1.0 - size) if self.prior_expert == "divide" else float(bool(self.prior_expert))
+        d = eta.shape[-1]
+        experts = (on * log_partition(expert_eta, expert_prec)).sum(-1)
+        value = log_partition(eta, prec) - experts - a * d * half_log_2pi
+        if not self.prior_expert:  # the empty product is no density: 0 by convention
+            value = torch.where(size > 0, value, torch.zeros_like(value))
+        return value
 
 
 class SubsetMixture(nn.Module):

@@ -8,7 +8,7 @@ in :mod:`pyro_mmvae.models` and guides in :mod:`pyro_mmvae.guides` (the reposito
 """
 
 from .infer import (MaskedMultimodalELBO, MixtureMultimodalELBO, MultimodalELBO,
-                    SubsampledMultimodalELBO)
+                    MultiSourceELBO, SubsampledMultimodalELBO)
 from .protocol import full_mask, obs_site, observe, validate_batch
 
 __version__ = "0.1.0"
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MaskedMultimodalELBO",
     "MixtureMultimodalELBO",
+    "MultiSourceELBO",
     "MultimodalELBO",
     "SubsampledMultimodalELBO",
     "full_mask",

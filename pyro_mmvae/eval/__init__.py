@@ -1,15 +1,19 @@
-"""Evaluation: log-likelihoods, rates and distortions, coherence, latent classification, MCC."""
+"""Evaluation: log-likelihoods, rates and distortions, coherence, latent classification, MCC,
+conflict between single-source beliefs."""
 
 from .classifiers import (ModalityClassifier, classifier_accuracy, load_classifiers,
                           save_classifiers, train_modality_classifiers)
 from .clustering import clustering_accuracy
+from .conflict import CONFLICT_THRESHOLD, conflict_matrix, poe_agreement, single_source_beliefs
 from .coherence import (conditional_coherence, encode_subsets, joint_coherence,
                         latent_classification, subset_matrix)
 from .information import rate_distortion
 from .log_likelihood import log_likelihood, log_marginal
 from .mcc import CCA, mcc, mean_corr_coef
 
-__all__ = ["CCA", "ModalityClassifier", "classifier_accuracy", "clustering_accuracy",
-           "conditional_coherence", "encode_subsets", "joint_coherence", "latent_classification",
-           "load_classifiers", "log_likelihood", "log_marginal", "mcc", "mean_corr_coef",
-           "rate_distortion", "save_classifiers", "subset_matrix", "train_modality_classifiers"]
+__all__ = ["CCA", "CONFLICT_THRESHOLD", "ModalityClassifier", "classifier_accuracy",
+           "clustering_accuracy", "conditional_coherence", "conflict_matrix", "encode_subsets",
+           "joint_coherence", "latent_classification", "load_classifiers", "log_likelihood",
+           "log_marginal", "mcc", "mean_corr_coef", "poe_agreement", "rate_distortion",
+           "save_classifiers", "single_source_beliefs", "subset_matrix",
+           "train_modality_classifiers"]

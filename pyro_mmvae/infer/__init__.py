@@ -4,6 +4,7 @@ from .base import MultimodalELBO
 from .masked_elbo import MaskedMultimodalELBO
 from .masking import MASKINGS, get_masking
 from .mixture_elbo import MixtureMultimodalELBO
+from .multisource import MultiSourceELBO
 from .schedules import linear_warmup
 from .subsampled_elbo import SubsampledMultimodalELBO
 
@@ -11,6 +12,7 @@ __all__ = [
     "MASKINGS",
     "MaskedMultimodalELBO",
     "MixtureMultimodalELBO",
+    "MultiSourceELBO",
     "MultimodalELBO",
     "SubsampledMultimodalELBO",
     "get_masking",
