@@ -469,7 +469,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         device: Union[str, torch.device, None] = "cpu", progress: bool = True,
         eval_fn: Optional[Callable[[int], Mapping[str, float]]] = None,
         config: Optional[Mapping[str, Any]] = None,
-        resume_from: Optional[PathLike] = None, validate: str = "first") -> dict:
+        resume_from: Optional[PathLike] = None, validate: str = "first",
+        transform: Optional[Callable] = None) -> dict:
     """Train ``model`` and ``guide`` with SVI on shuffled mini-batches; return the history.
 
     :param model: Pyro program ``model(data, mask)`` (an ``nn.Module``, e.g. a ``PyroModule``).
@@ -495,6 +496,13 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     :param validate: when Pyro's validation checks run: ``"first"`` (default) for the first
         step of this call (and the parameter-registration pass before it), ``"always"`` for
         every step, ``"never"`` for none. The global setting is restored after every step.
+    :param transform: applied to every mini-batch before the step, as
+        ``transform(batch, mask, generator) -> (batch, mask)`` with ``generator`` the
+        shuffling generator (seeded by ``seed``, saved in checkpoints, so a resumed run draws
+        what the uninterrupted one would): a per-epoch augmentation such as the dynamic
+        binarisation of :func:`pyro_mmvae.data.binarization` (a fresh Bernoulli draw of the
+        intensities at every step). The registration pass sees a transformed first batch
+        drawn from a copy of the generator.
     :returns: history dict: ``epoch`` (list of 1-based epochs), ``loss`` (mean loss per data
         point of each epoch), ``epoch_time`` (seconds), ``step_loss`` (loss per data point of
         every step), ``eval`` (list of ``eval_fn`` results), ``steps_per_epoch``, ``status``
@@ -563,10 +571,12 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         if set_step is not None:
             set_step(global_step)
         with pyro.validation_enabled(validate != "never"):
-            _build_optimizer_state(model, guide, loss, optim,
-                                   {m: x[:batch_size] for m, x in train_data.items()},
-                                   None if mask is None else
-                                   {m: v[:batch_size] for m, v in mask.items()})
+            first_batch = {m: x[:batch_size] for m, x in train_data.items()}
+            first_mask = None if mask is None else {m: v[:batch_size] for m, v in mask.items()}
+            if transform is not None:
+                copy = torch.Generator().set_state(generator.get_state())
+                first_batch, first_mask = transform(first_batch, first_mask, copy)
+            _build_optimizer_state(model, guide, loss, optim, first_batch, first_mask)
     first = True
 
     bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, disable=not progress,
@@ -580,6 +590,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
             batches = iterate_minibatches(train_data, mask, batch_size=batch_size,
                                           generator=generator)
             for step, (batch, batch_mask) in enumerate(batches, start=1):
+                if transform is not None:
+                    batch, batch_mask = transform(batch, batch_mask, generator)
                 if set_step is not None:
                     set_step(global_step)
                 try:

@@ -453,3 +453,32 @@ def test_nan_data_is_refused_before_training_whatever_the_validation(data, valid
         assert validate_batch(bad)["m1"].all()  # the step's check reads no values
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="NaN"):
         validate_batch(bad)
+
+
+def test_a_batch_transform_is_applied_and_resumes_exactly(data, tmp_path):
+    """fit(transform=) draws from the shuffling generator, which checkpoints save: a resumed run
+    equals the uninterrupted one; every step (and the registration pass) sees the transform."""
+    seen = []
+
+    def jitter(batch, mask, generator):
+        seen.append(1)
+        noise = {m: 0.1 * torch.randn(x.shape, generator=generator) for m, x in batch.items()}
+        return {m: x + noise[m] for m, x in batch.items()}, mask
+
+    model, guide = build(data)
+    full = fit(model, guide, MaskedMultimodalELBO(), data, epochs=2, batch_size=32, lr=1e-2,
+               progress=False, transform=jitter)
+    assert len(seen) == 1 + 2 * 4  # the registration pass and 8 steps
+    expected = state(model)
+    plain = fit(*build(data), MaskedMultimodalELBO(), data, epochs=2, batch_size=32, lr=1e-2,
+                progress=False)
+    assert plain["loss"] != full["loss"]
+    model, guide = build(data)
+    fit(model, guide, MaskedMultimodalELBO(), data, epochs=1, batch_size=32, lr=1e-2,
+        run_dir=tmp_path / "a", progress=False, transform=jitter)
+    model, guide = build(data, seed=7)
+    resumed = fit(model, guide, MaskedMultimodalELBO(), data, epochs=2, batch_size=32, lr=1e-2,
+                  progress=False, transform=jitter, resume_from=tmp_path / "a" / CHECKPOINT)
+    assert resumed["loss"] == pytest.approx(full["loss"], rel=1e-6)
+    for k, v in state(model).items():
+        assert torch.allclose(v, expected[k], rtol=1e-5, atol=1e-6), k
