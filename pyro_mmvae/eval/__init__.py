@@ -10,10 +10,11 @@ from .coherence import (conditional_coherence, encode_subsets, joint_coherence,
 from .information import rate_distortion
 from .log_likelihood import log_likelihood, log_marginal
 from .mcc import CCA, mcc, mean_corr_coef
+from .multisource import importance_resample, multisource_evaluation
 
 __all__ = ["CCA", "CONFLICT_THRESHOLD", "ModalityClassifier", "classifier_accuracy",
            "clustering_accuracy", "conditional_coherence", "conflict_matrix", "encode_subsets",
-           "joint_coherence", "latent_classification", "load_classifiers", "log_likelihood",
-           "log_marginal", "mcc", "mean_corr_coef", "poe_agreement", "rate_distortion",
-           "save_classifiers", "single_source_beliefs", "subset_matrix",
-           "train_modality_classifiers"]
+           "importance_resample", "joint_coherence", "latent_classification",
+           "load_classifiers", "log_likelihood", "log_marginal", "mcc", "mean_corr_coef",
+           "multisource_evaluation", "poe_agreement", "rate_distortion", "save_classifiers",
+           "single_source_beliefs", "subset_matrix", "train_modality_classifiers"]

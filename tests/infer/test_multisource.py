@@ -445,3 +445,51 @@ def test_dreg_and_standard_gradients_agree_in_expectation(objective):
     se = (dreg.var(0) / len(dreg) + standard.var(0) / len(standard)).sqrt()
     assert (diff.abs() < 5 * se + 1e-6).all()
     assert dreg.var(0).sum() < standard.var(0).sum()
+
+
+# --------------------------------------------------------------------------- evaluation, SIR
+
+def test_evaluation_table_scores_one_model_under_every_objective():
+    from pyro_mmvae.eval import multisource_evaluation
+
+    model = diagonal_model()
+    data = sample_data(model, n=10)
+    table = multisource_evaluation(model, exact_guide(model), data, num_particles=4,
+                                   batch_size=4)
+    assert set(table) == {"ind", "moe", "poe"}
+    # the PoE of exact beliefs is the exact posterior: its negative bound is -log p(x) exactly
+    assert table["poe"] == pytest.approx(-model.exact_log_likelihood(data).mean().item(),
+                                         rel=1e-9)
+    assert table["ind"] > table["poe"] and table["moe"] > table["poe"]
+    with pytest.raises(ValueError, match="objectives must be among"):
+        multisource_evaluation(model, exact_guide(model), data, objectives=["sum"])
+
+
+def test_resampling_the_exact_posterior_keeps_every_draw():
+    """With the exact joint posterior as the belief all weights are equal: ESS = K."""
+    from pyro_mmvae.eval import importance_resample
+
+    model = diagonal_model()
+    data = sample_data(model)
+    out = importance_resample(model, exact_guide(model), data, num_samples=50,
+                              num_resampled=7)
+    assert out["z"].shape == (7, 6, LATENT) and out["samples"].shape == (50, 6, LATENT)
+    assert torch.allclose(out["ess"], torch.full((6,), 50.0), rtol=1e-9)
+
+
+def test_resampling_one_belief_targets_the_posterior_of_everything_observed():
+    """SIR of source a's belief with every observation's likelihood: the resampled mean and
+    variance approach those of the exact p(z | x_a, x_b, x_c)."""
+    from pyro_mmvae.eval import importance_resample
+
+    model = diagonal_model()
+    data = sample_data(model, n=3)
+    pyro.set_rng_seed(0)
+    out = importance_resample(model, exact_guide(model), data, given="a", num_samples=20000,
+                              num_resampled=4000, generator=torch.Generator().manual_seed(0))
+    exact = model.exact_posterior(data)
+    assert torch.allclose(out["z"].mean(0), exact.mean, atol=0.05)
+    assert torch.allclose(out["z"].var(0), exact.variance, rtol=0.15)
+    assert (out["ess"] < 20000).all()
+    with pytest.raises(ValueError, match="given names 'd'"):
+        importance_resample(model, exact_guide(model), data, given="d")
