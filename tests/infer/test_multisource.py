@@ -493,3 +493,43 @@ def test_resampling_one_belief_targets_the_posterior_of_everything_observed():
     assert (out["ess"] < 20000).all()
     with pytest.raises(ValueError, match="given names 'd'"):
         importance_resample(model, exact_guide(model), data, given="d")
+
+
+def expected_log_lik(model, data, given, target):
+    """E_{z ~ p(z | x_given)} log p(x_target | z), in closed form."""
+    post = model.exact_posterior(data, subset_mask(data[target].shape[0], given))
+    w, b, s = model.linear_parameters(target)
+    mean = post.mean @ w.T + b
+    trace = torch.einsum("ij,njk,ik->n", w, post.covariance_matrix, w)
+    return (dist.Normal(mean, s).log_prob(data[target]).sum(-1) - 0.5 * trace / s ** 2).detach()
+
+
+def test_one_shot_imputation_decodes_the_missing_part_from_the_fused_belief():
+    from pyro_mmvae.eval import one_shot_imputation
+
+    model = diagonal_model()
+    data = sample_data(model, n=4)
+    pyro.set_rng_seed(0)
+    out = one_shot_imputation(model, exact_guide(model), data, "c", num_samples=20000)
+    assert torch.allclose(out["log_likelihood"], expected_log_lik(model, data, ("a", "b"), "c"),
+                          atol=0.05)
+    assert out["samples"]["c"].shape == (20000, 4, DIMS["c"])
+    with pytest.raises(ValueError, match="targets names 'd'"):
+        one_shot_imputation(model, exact_guide(model), data, "d")
+
+
+def test_markov_chain_imputation_reaches_the_same_expectation():
+    """With the exact full-data posterior as the guide the chain is a Gibbs sampler of
+    p(z, x_c | x_a, x_b): after burn-in its log-likelihood trace averages to the one-shot
+    expectation E_{p(z | x_a, x_b)} log p(x_c | z)."""
+    from pyro_mmvae.eval import markov_chain_imputation
+
+    model = diagonal_model()
+    data = sample_data(model, n=3)
+    pyro.set_rng_seed(0)
+    out = markov_chain_imputation(model, exact_guide(model), data, "c", steps=600,
+                                  generator=torch.Generator().manual_seed(0))
+    assert out["log_likelihood"].shape == (600, 3) and out["imputed"]["c"].shape == (3, 4)
+    chain = out["log_likelihood"][50:].mean(0)
+    assert torch.allclose(chain, expected_log_lik(model, data, ("a", "b"), "c"), atol=0.4)
+    assert not torch.equal(out["imputed"]["c"], data["c"])  # a draw, not the truth
