@@ -10,6 +10,7 @@ from .networks import ConvImageEncoder, TextEncoder
 from .private import AttentionPrivate, IndependentPrivate, PooledPrivate
 from .pooling import (MaskedSelfAttentionBlock, SelfAttention, SelfAttentionMixture, SumPooling,
                       SumPoolingMixture)
+from .subset_encoders import SubsetEncoders, subset_index
 
 __all__ = [
     "AttentionPrivate",
@@ -28,6 +29,7 @@ __all__ = [
     "MoPoE",
     "MaskedSelfAttentionBlock",
     "MultimodalGuide",
+    "SubsetEncoders",
     "PoE",
     "SelfAttention",
     "SelfAttentionMixture",
@@ -37,4 +39,5 @@ __all__ = [
     "TextEncoder",
     "expert_encoder",
     "product_of_gaussians",
+    "subset_index",
 ]

@@ -7,16 +7,19 @@ in :mod:`pyro_mmvae.models` and guides in :mod:`pyro_mmvae.guides` (the reposito
 ``models.py`` or ``guides.py`` never shadows them).
 """
 
-from .infer import (MaskedMultimodalELBO, MixtureMultimodalELBO, MultimodalELBO,
-                    MultiSourceELBO, SubsampledMultimodalELBO)
+from .infer import (JointMultimodalELBO, MaskedMultimodalELBO, MixtureMultimodalELBO,
+                    MultimodalELBO, MultiSourceELBO, RecursiveMultimodalELBO,
+                    SubsampledMultimodalELBO)
 from .protocol import full_mask, obs_site, observe, validate_batch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "JointMultimodalELBO",
     "MaskedMultimodalELBO",
     "MixtureMultimodalELBO",
     "MultiSourceELBO",
+    "RecursiveMultimodalELBO",
     "MultimodalELBO",
     "SubsampledMultimodalELBO",
     "full_mask",

@@ -1,0 +1,202 @@
+r"""The M2VAE's recursive objective and JMVAE-kl (its baseline).
+
+M2VAE (*Deep Generative Models for learning Coherent Latent Representations from Multi-Modal
+Data*, ICLR 2019 submission, eqs. 4-11; later Korthals et al.) writes
+:math:`\log p(x_M) = \frac1{|M|}\sum_{m\in M}\log p(x_{M\setminus m})\,p(x_m\mid x_{M\setminus m})`
+and recurses down to single modalities (eq. 11):
+
+.. math::
+    \mathcal L^{M2}_S = \frac1{|S|}\Big[\mathcal L^{VI}_S
+        + \sum_{m\in S}\mathcal L^{M2}_{S\setminus m}\Big],\qquad
+    \mathcal L^{M2}_{\{m\}} = \mathcal L_m,
+
+with the unimodal :math:`\beta`-ELBO :math:`\mathcal L_m = \mathbb E_{q(z\mid x_m)}\log
+p(x_m\mid z) - \beta_m\,\mathrm{KL}(q(z\mid x_m)\,\|\,p(z))` (its own modality only) and, for
+:math:`|S|\ge2`, the variation-of-information term
+
+.. math::
+    \mathcal L^{VI}_S = \mathbb E_{q(z\mid x_S)}\sum_{m\in S}\log p(x_m\mid z)
+        - \beta_S\,\mathrm{KL}(q(z\mid x_S)\,\|\,p(z))
+        - \alpha\sum_{m\in S}\mathrm{KL}\big(q(z\mid x_S)\,\|\,q(z\mid x_{S\setminus m})\big).
+
+Unrolled, every non-empty :math:`S\subseteq M` (:math:`n=|M|`) appears once, with weight
+
+.. math:: w_S = \frac{1}{|S|\,\binom{n}{|S|}}
+
+(each of the :math:`(n-|S|)!` orders of removing :math:`M\setminus S` contributes
+:math:`\prod_{j=|S|}^{n} 1/j`): :math:`(\tfrac12,\tfrac12,\tfrac12)` for two modalities
+(:math:`\mathcal L^{M2}_{ab} = \tfrac12(\mathcal L_a + \mathcal L_b + \mathcal L^{VI}_{ab})`,
+eq. 6 halved) and :math:`\tfrac13, \tfrac16, \tfrac13` for the full set, pairs and singletons
+of three. With missing modalities the recursion runs over each data point's observed set.
+
+JMVAE-kl (Suzuki, Nakayama and Matsuo 2017, arXiv:1611.01891; M2VAE eq. 3) is the top term
+alone, :math:`\mathcal L^{VI}_O`: the joint ELBO of the observed set with the encoders of
+one modality fewer pulled towards it.
+
+Both need a guide that gives :math:`q(z\mid x_S)` for every subset — subset-specific encoders
+(:class:`~pyro_mmvae.guides.SubsetEncoders`, the paper's), or a PoE — as a diagonal Gaussian
+(the KL divergences are closed-form). All subsets run in one guide and one model call, stacked
+on a ``"subsets"`` plate; each subset's model call scores its own modalities.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import torch
+from pyro.distributions import Normal
+from torch.distributions import kl_divergence
+
+from pyro_mmvae.protocol import check_weights, unstack_mask
+
+from .base import MultimodalELBO
+from .traces import (check_scorable, latent_sites, latent_values, local_latents, log_likelihood,
+                     rate, trace_guide, trace_model)
+
+
+def beta_normalized(beta_norm: float, input_dim: int, latent_dim: int) -> float:
+    r""":math:`\beta_* = \beta_{\rm norm}\,D_*/D_z` (Higgins et al. 2017's normalisation, as
+    the M2VAE applies it per encoder, :math:`D_*` the input size that encoder sees):
+    ``beta_normalized(0.01, 784, 2)`` is 3.92, the paper's "β ≈ 4"."""
+    if not beta_norm >= 0 or input_dim < 1 or latent_dim < 1:
+        raise ValueError(f"beta_norm must be >= 0 and the dimensions >= 1, got {beta_norm}, "
+                         f"{input_dim}, {latent_dim}")
+    return float(beta_norm) * input_dim / latent_dim
+
+
+def recursive_weights(num_modalities: int) -> torch.Tensor:
+    r"""``(2^n - 1,)``: :math:`w_S = 1/(|S|\binom{n}{|S|})` for every non-empty subset in the
+    index order of :func:`~pyro_mmvae.guides.subset_index`."""
+    n = num_modalities
+    sizes = torch.tensor([bin(s + 1).count("1") for s in range(2 ** n - 1)])
+    return torch.tensor([1.0 / (k * math.comb(n, k)) for k in sizes.tolist()])
+
+
+class RecursiveMultimodalELBO(MultimodalELBO):
+    r"""The M2VAE objective :math:`\mathcal L^{M2}` (module docstring), summed over the batch.
+
+    :param alpha: weight of the KL terms pulling :math:`q(z\mid x_{S\setminus m})` towards
+        :math:`q(z\mid x_S)`.
+    :param beta: the rates' weight :math:`\beta_S` for every subset (a number or schedule, as
+        every bound), unless ``beta_norm`` is given.
+    :param beta_norm: with ``input_dims`` ``{modality: D_m}``, per subset
+        :math:`\beta_S=\beta_{\rm norm}\sum_{m\in S}D_m/D_z` (:func:`beta_normalized`).
+    :param top_only: keep only :math:`\mathcal L^{VI}_O` (:class:`JointMultimodalELBO`).
+
+    ``terms()`` gives per-datapoint ``elbo`` and, ``(2^M - 1, B)`` in subset-index order,
+    ``subset_terms`` (each :math:`\mathcal L^{VI}_S` or :math:`\mathcal L_m`, zero for subsets
+    not observed) and ``subset_weights``.
+    """
+
+    def __init__(self, num_particles: int = 1, *, alpha: float = 1.0,
+                 beta_norm: Optional[float] = None,
+                 input_dims: Optional[Mapping[str, int]] = None, top_only: bool = False,
+                 **kwargs):
+        for key in ("masking",):
+            if key in kwargs:
+                raise TypeError(f"{type(self).__name__} takes no {key!r}: it scores fixed "
+                                "subsets")
+        super().__init__(num_particles, masking="all", **kwargs)
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        if (beta_norm is None) != (input_dims is None):
+            raise ValueError("beta_norm and input_dims go together")
+        if beta_norm is not None and self.iwae:
+            raise ValueError("beta_norm (a beta per subset) is not supported with iwae=True")
+        self.alpha = float(alpha)
+        self.beta_norm = beta_norm
+        self._minus = {}
+        self.input_dims = None if input_dims is None else check_weights(input_dims, "input_dims")
+        self.top_only = top_only
+
+    def _terms(self, model, guide, data, observed, modalities):
+        b, m = observed.shape
+        k = 2 ** m - 1
+        members = torch.tensor([[(s + 1) >> i & 1 for i in range(m)] for s in range(k)],
+                               dtype=torch.bool, device=observed.device)  # (K, M)
+        sizes = members.sum(-1)  # (K,)
+        present = (members.unsqueeze(1) & ~observed.unsqueeze(0)).any(-1).logical_not()  # (K, B)
+        n_obs = observed.sum(-1)  # (B,)
+        if self.top_only:
+            weights = (present & (sizes.unsqueeze(1) == n_obs)).to(torch.get_default_dtype())
+        else:
+            comb = torch.tensor([[math.comb(int(n), int(s)) if s <= n else 0
+                                  for n in n_obs.tolist()] for s in sizes.tolist()],
+                                dtype=torch.get_default_dtype(), device=observed.device)
+            weights = torch.where(present, 1.0 / (sizes.unsqueeze(1) * comb.clamp_min(1)),
+                                  torch.zeros_like(comb))  # (K, B)
+        rows = members.unsqueeze(1) & observed.unsqueeze(0)  # (K, B, M): S's own, observed
+        masks = unstack_mask(rows.unsqueeze(1), modalities)  # {m: (K, 1, B)}
+        plates = [("subsets", k, self.outer_dim()), self.particle_plate()]
+        guide_tr = trace_guide(guide, data, masks, plates, views=self.estimator == "dreg",
+                               vectorize=self.vectorized(guide))
+        check_scorable(guide_tr)
+        model_tr = trace_model(model, guide_tr, data, masks, plates,
+                               vectorize=self.vectorized(model))
+        latents = local_latents(guide_tr)
+        rec = log_likelihood(model_tr, latent_sites(guide_tr), self.likelihood_weights)
+        values = latent_values(guide_tr, latent_sites(guide_tr))
+        kl = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient, values)
+        elbo_s = self.reduce_particles(rec - self._betas(members, data, values, latents)
+                                       * kl, [values[n] for n in latents])  # (K, B)
+        pull = self._pulls(guide_tr, latents, members)  # (K, B): sum_m KL(q_S || q_{S\m})
+        term = elbo_s - self.alpha * pull
+        term = torch.where(weights > 0, term, torch.zeros_like(term))
+        elbo = (weights * term).sum(0)
+        return {"elbo": elbo, "subset_terms": term.detach(), "subset_weights": weights}
+
+    def _betas(self, members, data, values, latents):
+        if self.beta_norm is None:
+            return self.beta
+        d_z = sum(values[n].shape[-1] for n in latents)
+        dims = torch.tensor([float(self.input_dims[m]) for m in data], dtype=torch.float64)
+        per = members.to(torch.float64) @ dims  # (K,)
+        betas = torch.tensor([beta_normalized(self.beta_norm, int(d), d_z) for d in per],
+                             dtype=torch.get_default_dtype(), device=members.device)
+        return betas.reshape(-1, *([1] * (2 + self.max_plate_nesting - 1)))
+
+    def _pulls(self, guide_tr, latents, members):
+        r"""``(K, B)``: :math:`\sum_{m\in S}\mathrm{KL}(q_S\,\|\,q_{S\setminus m})` for every
+        subset ``S`` with :math:`|S|\ge2` (0 for singletons), closed-form."""
+        k, m = members.shape
+        key = (m, members.device)
+        if key not in self._minus:  # the row of S \ m for every (S, m in S), or -1
+            rows = torch.arange(1, k + 1, device=members.device).unsqueeze(1) \
+                - (1 << torch.arange(m, device=members.device)) - 1  # (K, M)
+            keep = members & (members.sum(-1, keepdim=True) > 1)
+            self._minus[key] = torch.where(keep, rows, torch.full_like(rows, -1))
+        minus = self._minus[key]
+        total = 0.0
+        for name in latents:
+            fn = guide_tr.nodes[name]["fn"]
+            base = getattr(fn, "base_dist", None)
+            if base is None or type(base).__name__ != "Normal":
+                raise ValueError(f"{type(self).__name__} needs diagonal-Gaussian q(z | x_S) "
+                                 f"(Normal(...).to_event(1)) at site '{name}', got "
+                                 f"{type(fn).__name__}: its KL terms are closed-form")
+            shape = fn.batch_shape + fn.event_shape  # (K, S, B, D)
+            loc, scale = base.loc.expand(shape), base.scale.expand(shape)
+            idx = minus.clamp_min(0)  # (K, M)
+            # q_S broadcast against q_{S \ m}: (K, M, S, B, D)
+            q_s = Normal(loc.unsqueeze(1), scale.unsqueeze(1)).to_event(1)
+            q_r = Normal(loc[idx], scale[idx]).to_event(1)
+            kl = kl_divergence(q_s, q_r)  # (K, M, S, B)
+            kl = torch.where((minus >= 0)[..., None, None], kl, torch.zeros_like(kl))
+            total = total + kl.sum(1).mean(self.particle_dim)  # (K, B)
+        return total
+
+
+class JointMultimodalELBO(RecursiveMultimodalELBO):
+    r"""JMVAE-kl (Suzuki et al. 2017, eq. 3 of the M2VAE paper): per data point
+
+    .. math:: \mathbb E_{q(z\mid x_O)}\log p(x_O\mid z) - \beta\,\mathrm{KL}(q(z\mid x_O)\,\|\,
+        p(z)) - \alpha\sum_{m\in O}\mathrm{KL}\big(q(z\mid x_O)\,\|\,q(z\mid x_{O\setminus m})
+        \big),
+
+    the top term of :class:`RecursiveMultimodalELBO` alone; for two modalities the unimodal
+    encoders are fitted to the joint one, with no reconstruction or prior term of their own.
+    """
+
+    def __init__(self, num_particles: int = 1, *, alpha: float = 1.0, **kwargs):
+        super().__init__(num_particles, alpha=alpha, top_only=True, **kwargs)
