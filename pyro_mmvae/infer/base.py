@@ -25,7 +25,8 @@ from pyro_mmvae.protocol import (is_vectorized, scoring, stack_mask, unstack_mas
 
 from .masking import Masking, get_masking
 from .schedules import check_schedule, schedule_value
-from .traces import dreg_surrogate, global_latents, global_log_ratio, log_mean_exp
+from .traces import (check_scorable, dreg_surrogate, global_latents, global_log_ratio,
+                     log_mean_exp, trace_guide, trace_model)
 
 Estimator = Literal["standard", "stl", "dreg"]
 
@@ -227,6 +228,21 @@ class MultimodalELBO(ELBO):
     @staticmethod
     def masks(tensor, modalities):
         return unstack_mask(tensor, modalities)
+
+    def trace_stacked(self, model, guide, data, masks, size: int, *, model_data=None,
+                      model_masks=None):
+        """``(guide_trace, model_trace)`` with ``size`` mask sets stacked on a ``"subsets"``
+        plate left of the particle plate (masks ``{m: (size, 1, B)}``): the guide traced once
+        (with views of its samples for DReG) and checked, the model replayed on it once, with
+        ``model_data`` / ``model_masks`` if they differ from the guide's."""
+        plates = [("subsets", size, self.outer_dim()), self.particle_plate()]
+        guide_tr = trace_guide(guide, data, masks, plates, views=self.estimator == "dreg",
+                               vectorize=self.vectorized(guide))
+        check_scorable(guide_tr)
+        model_tr = trace_model(model, guide_tr, data if model_data is None else model_data,
+                               masks if model_masks is None else model_masks, plates,
+                               vectorize=self.vectorized(model))
+        return guide_tr, model_tr
 
     def reduce_particles(self, value, samples=()):
         """Combine per-particle estimates: mean (ELBO) or log-mean-exp (IWAE, DReG grads)."""

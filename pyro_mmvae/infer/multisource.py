@@ -156,9 +156,13 @@ class MultiSourceELBO(MultimodalELBO):
         plates = [("subsets", stacked.shape[0], self.outer_dim()), self.particle_plate()]
         moe = self.objective == "moe"
         dreg = self.estimator == "dreg"
-        guide_tr = trace_guide(guide, g_data, g_mask, plates, views=dreg and not moe,
-                               vectorize=self.vectorized(guide))
-        check_scorable(guide_tr)
+        if not moe:
+            guide_tr, model_tr = self.trace_stacked(model, guide, g_data, g_mask,
+                                                    stacked.shape[0], model_data=m_data,
+                                                    model_masks=m_mask)
+        else:  # the model is scored at detached samples (stratified DReG): see _moe
+            guide_tr = trace_guide(guide, g_data, g_mask, plates, vectorize=self.vectorized(guide))
+            check_scorable(guide_tr)
         latents = local_latents(guide_tr)
         if moe and len(latents) != 1:
             raise NotImplementedError("objective='moe' supports a guide with one latent site")
@@ -167,8 +171,6 @@ class MultiSourceELBO(MultimodalELBO):
             value = self._moe(model, guide_tr, latents[0], m_data, m_mask, plates, pi)
             out = {"moe": value}
         else:
-            model_tr = trace_model(model, guide_tr, m_data, m_mask, plates,
-                                   vectorize=self.vectorized(model))
             rec = log_likelihood(model_tr, latent_sites(guide_tr),
                                  self.likelihood_weights)  # (T, K, B)
             values = latent_values(guide_tr, latent_sites(guide_tr))

@@ -51,8 +51,7 @@ from torch.distributions import kl_divergence
 from pyro_mmvae.protocol import check_weights, unstack_mask
 
 from .base import MultimodalELBO
-from .traces import (check_scorable, latent_sites, latent_values, local_latents, log_likelihood,
-                     rate, trace_guide, trace_model)
+from .traces import latent_sites, latent_values, local_latents, log_likelihood, rate
 
 
 def beta_normalized(beta_norm: float, input_dim: int, latent_dim: int) -> float:
@@ -128,12 +127,7 @@ class RecursiveMultimodalELBO(MultimodalELBO):
                                   torch.zeros_like(comb))  # (K, B)
         rows = members.unsqueeze(1) & observed.unsqueeze(0)  # (K, B, M): S's own, observed
         masks = unstack_mask(rows.unsqueeze(1), modalities)  # {m: (K, 1, B)}
-        plates = [("subsets", k, self.outer_dim()), self.particle_plate()]
-        guide_tr = trace_guide(guide, data, masks, plates, views=self.estimator == "dreg",
-                               vectorize=self.vectorized(guide))
-        check_scorable(guide_tr)
-        model_tr = trace_model(model, guide_tr, data, masks, plates,
-                               vectorize=self.vectorized(model))
+        guide_tr, model_tr = self.trace_stacked(model, guide, data, masks, k)
         latents = local_latents(guide_tr)
         rec = log_likelihood(model_tr, latent_sites(guide_tr), self.likelihood_weights)
         values = latent_values(guide_tr, latent_sites(guide_tr))

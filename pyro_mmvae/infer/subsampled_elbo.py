@@ -17,8 +17,8 @@ import torch
 from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
-from .traces import (check_model_guide, check_scorable, latent_sites, latent_values, local_latents,
-                     log_likelihood, rate, trace_guide, trace_model)
+from .traces import (check_model_guide, latent_sites, latent_values, local_latents,
+                     log_likelihood, rate)
 
 
 class SubsampledMultimodalELBO(MultimodalELBO):
@@ -57,12 +57,7 @@ class SubsampledMultimodalELBO(MultimodalELBO):
         stacked = torch.cat(parts)  # (T, B, M): full, unimodal, k random
         # {m: (T, 1, B)}: the subsets plate sits left of the particle plate
         masks = self.masks(stacked.unsqueeze(1), modalities)
-        plates = [("subsets", stacked.shape[0], self.outer_dim()), self.particle_plate()]
-        guide_tr = trace_guide(guide, data, masks, plates, views=self.estimator == "dreg",
-                               vectorize=self.vectorized(guide))
-        check_scorable(guide_tr)
-        model_tr = trace_model(model, guide_tr, data, masks, plates,
-                               vectorize=self.vectorized(model))
+        guide_tr, model_tr = self.trace_stacked(model, guide, data, masks, stacked.shape[0])
         latents = local_latents(guide_tr)
         if is_validation_enabled():
             check_model_guide(model_tr, guide_tr, data)

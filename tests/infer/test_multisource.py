@@ -62,6 +62,13 @@ def exact_belief_encoder(model, m, positivity):
     return lin
 
 
+def learned_guide(seed=4, hidden=(8,)):
+    """A dividing-PoE guide of MLP experts (not exact)."""
+    torch.manual_seed(seed)
+    return MultimodalGuide({m: expert_encoder(d, LATENT, hidden=hidden)
+                            for m, d in DIMS.items()}, PoE("divide"))
+
+
 def exact_guide(model, positivity="floor"):
     return MultimodalGuide({m: exact_belief_encoder(model, m, positivity) for m in DIMS},
                            PoE("divide", min_scale=0.0, scale="logvar", positivity=positivity))
@@ -220,9 +227,7 @@ def by_hand(model, guide, data, objective, pi=None):
 def test_objectives_equal_their_equations(objective, estimator, monkeypatch):
     model = diagonal_model()
     data = sample_data(model)
-    torch.manual_seed(4)
-    guide = MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(8,)) for m, d in DIMS.items()},
-                            PoE("divide"))
+    guide = learned_guide()
     fixed_noise(monkeypatch, torch.tensor([0.3, -1.1]))
     elbo = MultiSourceELBO(3, objective=objective, estimator=estimator)
     value = elbo.terms(model, guide, data)["elbo"]
@@ -250,9 +255,7 @@ def test_objectives_are_lower_bounds_on_log_p(objective):
     particles bring it closer."""
     model = diagonal_model()
     data = sample_data(model, n=4)
-    torch.manual_seed(4)
-    guide = MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(8,)) for m, d in DIMS.items()},
-                            PoE("divide"))
+    guide = learned_guide()
     exact = model.exact_log_likelihood(data)
     means = []
     for k in (1, 16):
@@ -325,9 +328,7 @@ def test_trains_with_svi_and_fit():
 
     model = diagonal_model()
     data = sample_data(model, n=64, seed=3)
-    torch.manual_seed(0)
-    guide = MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(16,)) for m, d in DIMS.items()},
-                            PoE("divide"))
+    guide = learned_guide(seed=0, hidden=(16,))
     history = fit(model, guide, MultiSourceELBO(4, objective="hybrid"), data, epochs=12,
                   batch_size=32, lr=2e-2, progress=False)
     assert history["loss"][-1] < history["loss"][0]
@@ -410,9 +411,7 @@ def test_one_particle_is_the_elbo(monkeypatch):
 
     model = diagonal_model()
     data = sample_data(model)
-    torch.manual_seed(4)
-    guide = MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(8,)) for m, d in DIMS.items()},
-                            PoE("divide"))
+    guide = learned_guide()
     fixed_noise(monkeypatch, torch.tensor([0.3, -1.1]))
     ours = MultiSourceELBO(1, objective="poe").loss(model, guide, data)
     assert ours == pytest.approx(Trace_ELBO().loss(model, guide, data, full_mask(data)),
@@ -426,9 +425,7 @@ def test_dreg_and_standard_gradients_agree_in_expectation(objective):
     agree within a few standard errors (DReG's variance is the smaller)."""
     model = diagonal_model()
     data = sample_data(model, n=3)
-    torch.manual_seed(4)
-    guide = MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(4,)) for m, d in DIMS.items()},
-                            PoE("divide"))
+    guide = learned_guide(hidden=(4,))
     params = list(guide.parameters())
 
     def draws(estimator, n=400):
