@@ -10,7 +10,7 @@ from .networks import ConvImageEncoder, TextEncoder
 from .private import AttentionPrivate, IndependentPrivate, PooledPrivate
 from .pooling import (MaskedSelfAttentionBlock, SelfAttention, SelfAttentionMixture, SumPooling,
                       SumPoolingMixture)
-from .subset_encoders import SubsetEncoders, subset_index
+from .subset_encoders import JointEncoder, SubsetEncoders, subset_index
 
 __all__ = [
     "AttentionPrivate",
@@ -22,6 +22,7 @@ __all__ = [
     "ScoreFunctionCategorical",
     "ConvImageEncoder",
     "IndependentPrivate",
+    "JointEncoder",
     "PooledPrivate",
     "DiagNormalMixture",
     "MLPEncoder",

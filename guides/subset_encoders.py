@@ -1,7 +1,8 @@
-r"""Subset-specific encoders: one independent Gaussian encoder network per non-empty subset of
+r"""Subset-specific encoders, one independent Gaussian encoder network per non-empty subset of
 the modalities (the M2VAE, *Deep Generative Models for learning Coherent Latent
 Representations from Multi-Modal Data*, ICLR 2019 submission, later Korthals et al.; also
-JMVAE's unimodal and joint encoders, Suzuki et al. 2017, arXiv:1611.01891).
+JMVAE's unimodal and joint encoders, Suzuki et al. 2017, arXiv:1611.01891), and the joint
+encoder of JMVAE-Zero (:class:`JointEncoder`).
 
 Unlike PoE, MoE or pooling, :math:`q(z\mid x_S)` here is not built from per-modality experts:
 each of the :math:`2^M-1` subsets :math:`S` has its own network, multi-branch and concatenated
@@ -128,6 +129,45 @@ class SubsetEncoders(nn.Module):
         else:
             sigma = positive_scale(raw, self.min_scale)
         empty = (index < 0).unsqueeze(-1)
+        loc = torch.where(empty, torch.zeros_like(loc), loc)
+        sigma = torch.where(empty, torch.ones_like(sigma), sigma)
+        return Normal(loc, sigma).to_event(1)
+
+
+class JointEncoder(nn.Module):
+    r"""One Gaussian network on all modalities' features concatenated, those outside the
+    subset zeroed: JMVAE's joint encoder and JMVAE-Zero's only one (Suzuki et al. 2017; the
+    M2VAE paper's baseline), whose "unimodal encoders" are :math:`q(z\mid x_a, 0)` — train it
+    with ``MixtureMultimodalELBO(masking="zero_augmented")`` for JMVAE-Zero. The empty subset
+    gives :math:`\mathcal N(0, I)`.
+
+    :param feature_dim: ``E`` per modality; ``latent_dim``: ``D``; ``num_modalities``: ``M``.
+    :param hidden: widths of the MLP from the ``M * E`` concatenated features.
+    :param scale: ``"softplus"`` or ``"logvar"``, as the other Gaussian heads.
+    """
+
+    def __init__(self, feature_dim: int, latent_dim: int, num_modalities: int,
+                 hidden: Sequence[int] = (64,), *, activation: type = nn.ReLU,
+                 scale: str = "softplus", min_scale: float = 1e-3):
+        super().__init__()
+        from pyro_mmvae.nn import MLP
+
+        self.num_modalities, self.feature_dim = num_modalities, feature_dim
+        self.scale = check_scale(scale)
+        self.min_scale = min_scale
+        self.net = MLP(num_modalities * feature_dim, tuple(hidden), 2 * latent_dim, activation)
+
+    def forward(self, features, mask):
+        if features.shape[-2:] != (self.num_modalities, self.feature_dim):
+            raise ValueError(f"JointEncoder expects features (B, {self.num_modalities}, "
+                             f"{self.feature_dim}), got {tuple(features.shape)}")
+        on = mask.to(features.dtype).unsqueeze(-1)  # (..., B, M, 1)
+        loc, raw = self.net((features * on).flatten(-2)).chunk(2, dim=-1)
+        if self.scale == "logvar":
+            sigma = torch.exp(0.5 * raw) + self.min_scale
+        else:
+            sigma = positive_scale(raw, self.min_scale)
+        empty = ~mask.any(-1, keepdim=True)
         loc = torch.where(empty, torch.zeros_like(loc), loc)
         sigma = torch.where(empty, torch.ones_like(sigma), sigma)
         return Normal(loc, sigma).to_event(1)

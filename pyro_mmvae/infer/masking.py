@@ -12,6 +12,11 @@ Named choices:
 - ``"nonempty"``: uniform over the non-empty subsets of O (MoPoE).
 - ``"mvae"``: MVAE's random subsets (Wu & Goodman 2018, code): a size uniform in
   ``2..|O|-1``, then a uniform subset of that size; empty when ``|O| < 3``.
+- ``"zero_augmented"``: O itself or one observed modality, uniformly over these
+  :math:`|O|+1` sets — JMVAE-Zero's training distribution (the data augmented with
+  single-modality copies whose other modalities are zero-filled, Ngiam et al. 2011; the
+  M2VAE paper's baseline), with the guide zeroing masked-out inputs and every observed
+  modality reconstructed.
 - ``"all"``: S = O.
 - ``"none"``: S = ∅.
 """
@@ -23,7 +28,8 @@ from typing import Callable, Literal, Union
 
 import torch
 
-MaskingName = Literal["iid_half", "hierarchical", "singletons", "nonempty", "mvae", "all", "none"]
+MaskingName = Literal["iid_half", "hierarchical", "singletons", "nonempty", "mvae",
+                      "zero_augmented", "all", "none"]
 Masking = Union[MaskingName, Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -65,6 +71,12 @@ def mvae(observed):
     return _random_top(observed, torch.where(count >= 3, size, torch.zeros_like(size)))
 
 
+def zero_augmented(observed):
+    count = observed.sum(-1)
+    full = (torch.rand(count.shape, device=observed.device) * (count + 1)).long() == 0
+    return torch.where(full.unsqueeze(-1), observed, singletons(observed))
+
+
 def all_observed(observed):
     return observed.clone()
 
@@ -74,7 +86,8 @@ def empty(observed):
 
 
 MASKINGS = {"iid_half": iid_half, "hierarchical": hierarchical, "singletons": singletons,
-            "nonempty": nonempty, "mvae": mvae, "all": all_observed, "none": empty}
+            "nonempty": nonempty, "mvae": mvae, "zero_augmented": zero_augmented,
+            "all": all_observed, "none": empty}
 
 
 def get_masking(masking: Masking) -> Callable[[torch.Tensor], torch.Tensor]:

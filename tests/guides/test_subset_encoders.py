@@ -93,3 +93,45 @@ def test_bad_features_and_sizes_are_clear_errors():
         enc(torch.randn(5, 2, E), torch.ones(5, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="subset-specific encoders suit a few modalities"):
         SubsetEncoders(E, D, 12)
+
+
+def test_joint_encoder_reads_the_subset_zero_filled():
+    from pyro_mmvae.guides import JointEncoder
+
+    torch.manual_seed(0)
+    enc = JointEncoder(E, D, M, hidden=(6,))
+    features = torch.randn(4, M, E)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1], [0, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    q = enc(features, mask)
+    filled = features * mask.unsqueeze(-1)
+    loc, _ = enc.net(filled.flatten(-2)).chunk(2, -1)
+    assert torch.allclose(q.base_dist.loc[:3], loc[:3])
+    assert torch.equal(q.base_dist.loc[3], torch.zeros(D))  # nothing observed: the prior
+    other = features.clone()
+    other[0, 1:] = 7.0  # outside point 0's subset
+    assert torch.equal(enc(other, mask).base_dist.loc[0], q.base_dist.loc[0])
+
+
+def test_zero_augmented_masking_is_the_full_set_or_one_modality_uniformly():
+    from pyro_mmvae.infer import get_masking
+
+    rho = get_masking("zero_augmented")
+    observed = torch.tensor([[True, True, False]]).expand(30000, 3)
+    draws = rho(observed)
+    assert (draws <= observed).all()
+    full = (draws == observed).all(-1).float().mean()
+    single_a = (draws == torch.tensor([True, False, False])).all(-1).float().mean()
+    assert abs(full.item() - 1 / 3) < 0.015 and abs(single_a.item() - 1 / 3) < 0.015
+
+
+def test_jmvae_zero_trains():
+    from pyro_mmvae import MixtureMultimodalELBO
+    from pyro_mmvae.guides import JointEncoder
+    from pyro_mmvae.train import fit
+    from tests.helpers import linear_problem
+
+    model, data = linear_problem(n=64, dims={"a": 4, "b": 4})
+    guide = MultimodalGuide({m: nn.Identity() for m in "ab"}, JointEncoder(4, 2, 2, (16,)))
+    history = fit(model, guide, MixtureMultimodalELBO(masking="zero_augmented"), data,
+                  epochs=15, batch_size=32, lr=1e-2, progress=False)
+    assert history["loss"][-1] < history["loss"][0]
