@@ -6,12 +6,13 @@ from .identifiable import (IdentifiableData, bimodal_label_study, missingness_ma
                            multimodal_missing_study)
 from .linear_gaussian import (LinearGaussianData, illustrative_bimodal, private_latent_study,
                               shared_latent_study, simulate)
-from .multisource import (binarization, digit_sources, eight_gaussians,
+from .multisource import (ambiguous_gaussians, binarization, digit_sources, eight_gaussians,
                           eight_gaussians_test_points, pendulum, pendulum_sweep)
 
 __all__ = ["MultimodalDataset", "digits_svhn_text", "load_digits_svhn_text", "load_poly_digits",
            "poly_digits", "IdentifiableData", "LinearGaussianData", "bimodal_label_study",
            "missingness_mask",
            "multimodal_missing_study", "illustrative_bimodal", "private_latent_study",
-           "shared_latent_study", "simulate", "binarization", "digit_sources", "eight_gaussians",
-           "eight_gaussians_test_points", "pendulum", "pendulum_sweep"]
+           "shared_latent_study", "simulate", "ambiguous_gaussians", "binarization",
+           "digit_sources", "eight_gaussians", "eight_gaussians_test_points", "pendulum",
+           "pendulum_sweep"]

@@ -1,5 +1,6 @@
 r"""The data of multi-source neural variational inference (Kurle, Günnemann and van der Smagt,
-*Multi-Source Neural Variational Inference*, AAAI 2019, arXiv:1811.04451, §5), offline.
+*Multi-Source Neural Variational Inference*, AAAI 2019, arXiv:1811.04451, §5) and of the
+M2VAE's toy (:func:`ambiguous_gaussians`), offline.
 
 - :func:`eight_gaussians`: the 2-D toy (§5.1), a mixture of eight isotropic Gaussians
   (standard deviation 0.1) with means on the unit circle; source ``"x1"`` sees the first
@@ -70,6 +71,35 @@ def eight_gaussians_test_points(rotation_degrees: float = 2.0,
     u = np.stack([np.cos(theta), np.sin(theta)], -1)
     return _dataset({"x1": u[:, :1], "x2": u[:, 1:]}, np.arange(8), "eight_gaussians", "test",
                     dtype)
+
+
+# --- the M2VAE's bimodal mixture ----------------------------------------------------------
+
+# modality a: a 3x3 grid, classes (5, 6, 7) and (0, 8) sharing a point; b: 9 points on a circle,
+# classes 0 and 9 sharing one (the M2VAE paper's Fig. 3 pattern)
+_GRID_POINT = {1: 0, 2: 1, 3: 2, 4: 3, 9: 4, 5: 5, 6: 5, 7: 5, 0: 6, 8: 6}
+_CIRCLE_POINT = {0: 0, 9: 0, **{c: c for c in range(1, 9)}}
+
+
+def ambiguous_gaussians(per_class: int = 1000, *, std: float = 0.07, spread: float = 0.6,
+                        seed: int = 0, dtype: torch.dtype = torch.float32) -> MultimodalDataset:
+    r"""The M2VAE's bimodal mixture of Gaussians (ICLR 2019 submission, §4.2, Fig. 3): ten
+    classes, each a 2-D point in modality ``"a"`` and in ``"b"`` around class-specific means.
+    In ``a`` the means lie on a 3x3 grid over :math:`[-0.6, 0.6]^2` (7 points used) with
+    classes 5, 6, 7 sharing one and 0, 8 another; in ``b`` on a circle of radius 0.6 (9
+    points) with 0 and 9 sharing one — so class 0 is ambiguous in each modality and resolved
+    only by both. The paper gives no spacing, radius or spread; these are the research
+    note's choice (coordinates inside (-1, 1), for tanh outputs). ``labels`` the class."""
+    rng = np.random.default_rng([seed, 11])
+    grid = np.array([(x, y) for y in (spread, 0.0, -spread) for x in (-spread, 0.0, spread)])
+    angles = 2 * np.pi * np.arange(9) / 9
+    circle = spread * np.stack([np.cos(angles), np.sin(angles)], -1)
+    labels = np.repeat(np.arange(10), per_class)
+    a = grid[[_GRID_POINT[c] for c in labels]] + std * rng.standard_normal((len(labels), 2))
+    b = circle[[_CIRCLE_POINT[c] for c in labels]] + std * rng.standard_normal((len(labels), 2))
+    order = rng.permutation(len(labels))
+    return _dataset({"a": a[order], "b": b[order]}, labels[order], "ambiguous_gaussians",
+                    "train", dtype)
 
 
 # --- the digits variants -------------------------------------------------------------------
@@ -211,6 +241,7 @@ def pendulum_sweep(rotations: int = 3, steps_per_rotation: int = 60, *,
     return pendulum(angles, failed=failed, **kwargs)
 
 
-__all__ = ["DIGIT_VARIANTS", "FLIP_PROBABILITY", "binarization", "digit_sources",
+__all__ = ["DIGIT_VARIANTS", "FLIP_PROBABILITY", "ambiguous_gaussians", "binarization",
+           "digit_sources",
            "eight_gaussians", "eight_gaussians_test_points", "pendulum", "pendulum_sweep",
            "project"]

@@ -106,3 +106,25 @@ def test_pendulum_sweep_fails_a_camera_after_two_rotations():
     assert before.max() > 0.8  # the bob is visible before the failure
     assert torch.equal(d.data["camera1"][40:],
                        pendulum_sweep(3, 20, image_size=16, fail_after=None).data["camera1"][40:])
+
+
+def test_ambiguous_gaussians_have_the_papers_ambiguity_pattern():
+    from pyro_mmvae.data import ambiguous_gaussians
+
+    d = ambiguous_gaussians(200, std=0.02, seed=1)
+    again = ambiguous_gaussians(200, std=0.02, seed=1)
+    assert len(d) == 2000 and torch.equal(d.data["a"], again.data["a"])
+    means = {m: torch.stack([d.data[m][d.labels == c].mean(0) for c in range(10)]).double()
+             for m in ("a", "b")}
+
+    def same(m, c1, c2):
+        return bool((means[m][c1] - means[m][c2]).norm() < 0.05)
+
+    assert same("a", 5, 6) and same("a", 6, 7) and same("a", 0, 8)
+    assert same("b", 0, 9)
+    distinct_a = [c for c in range(10) if c not in (6, 7, 8)]  # one class per shared point
+    assert all(not same("a", i, j) for i in distinct_a for j in distinct_a if i < j)
+    assert all(not same("b", i, j) for i in range(9) for j in range(9) if i < j)
+    # class 0 is resolved jointly: no other class shares both of its means
+    assert not any(same("a", 0, c) and same("b", 0, c) for c in range(1, 10))
+    assert d.data["a"].abs().max() < 1 and d.data["b"].abs().max() < 1
