@@ -327,3 +327,17 @@ def test_digits_svhn_text_smoke(digits_svhn_text, image_data_root, tmp_path):
     again = digits_svhn_text.main(argv + ["--resume"])
     assert [r["train_seconds"] for r in again["runs"]] == [
         r["train_seconds"] for r in saved["runs"]]
+
+
+def test_msnvi_toy_smoke(tmp_path):
+    toy = load_script("msnvi_toy")
+    payload = toy.main(["--quick", "--output-dir", str(tmp_path)])
+    assert set(payload["rows"]) == {"belief x1", "belief x2", "PoE(x1, x2)",
+                                    "SIR of belief x1 (both likelihoods)"}
+    for row in payload["rows"].values():
+        assert 0 <= row["near true point"] <= 1 and math.isfinite(row["mean distance"])
+    assert set(payload["bounds_nelbo"]) == {"ind", "moe", "poe"}
+    assert all(math.isfinite(v) for v in payload["bounds_nelbo"].values())
+    for name in ("README.md", "results.json", "beliefs.png"):
+        assert (tmp_path / name).is_file()
+    assert "| PoE(x1, x2) |" in (tmp_path / "README.md").read_text()
