@@ -83,14 +83,15 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    train = eight_gaussians(args.points, seed=args.seed)
+    dtype = torch.get_default_dtype()  # the modules' dtype
+    train = eight_gaussians(args.points, seed=args.seed, dtype=dtype)
     model, guide = build(args.hidden, args.seed)
     history = fit(model, guide, MultiSourceELBO(args.particles, objective="ind"), train.data,
                   epochs=args.epochs, batch_size=128, lr=3e-3, seed=args.seed, progress=False)
     model.eval()
     guide.eval()
 
-    test = eight_gaussians_test_points()
+    test = eight_gaussians_test_points(dtype=dtype)
     truth = torch.cat([test.data["x1"], test.data["x2"]], -1)  # (8, 2)
     rows = {}
     torch.manual_seed(args.seed + 1)
@@ -109,7 +110,8 @@ def main(argv=None) -> dict:
             "near true point": float((err < 0.3).float().mean()),
             "mean distance": float(err.mean())}
         conflict = conflict_matrix(guide, test.data)
-    bounds = multisource_evaluation(model, guide, eight_gaussians(1000, seed=args.seed + 7).data,
+    fresh = eight_gaussians(1000, seed=args.seed + 7, dtype=dtype)
+    bounds = multisource_evaluation(model, guide, fresh.data,
                                     num_particles=args.particles)
     wall = time.time() - t0
     payload = {"args": vars(args), "rows": rows, "bounds_nelbo": bounds,
