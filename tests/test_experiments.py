@@ -341,3 +341,15 @@ def test_msnvi_toy_smoke(tmp_path):
     for name in ("README.md", "results.json", "beliefs.png"):
         assert (tmp_path / name).is_file()
     assert "| PoE(x1, x2) |" in (tmp_path / "README.md").read_text()
+
+
+def test_msnvi_pendulum_smoke(tmp_path):
+    pend = load_script("msnvi_pendulum")
+    payload = pend.main(["--quick", "--output-dir", str(tmp_path)])
+    assert set(payload["rows"]) == set(pend.FUSIONS)
+    assert all(math.isfinite(v) for r in payload["rows"].values() for v in r.values())
+    assert set(payload["conflict"]) == {"camera 0 vs others, before",
+                                        "camera 0 vs others, after",
+                                        "camera 1 vs 2, before", "camera 1 vs 2, after"}
+    for name in ("README.md", "results.json", "sweep.png"):
+        assert (tmp_path / name).is_file()
