@@ -127,12 +127,27 @@ def _figure(path, model, guide, test, truth, n):
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
-    fig = Figure(figsize=(12, 4))
-    axes = fig.subplots(1, 3)
+    from matplotlib.patches import Ellipse
+
+    fig = Figure(figsize=(16, 4))
+    axes = fig.subplots(1, 4)
     colours = matplotlib.colormaps["tab10"](np.arange(8))
     with torch.no_grad():
+        # Fig. 2a right: the beliefs as 1-sd ellipses in the latent space (x1 dashed, x2
+        # dotted, their PoE solid)
+        ax = axes[3]
+        for subset, style in ((("x1",), "--"), (("x2",), ":"), (SOURCES, "-")):
+            _, q = belief_samples(guide, test.data, subset, 1)
+            loc, scale = q.base_dist.loc.numpy(), q.base_dist.scale.numpy()
+            for j in range(8):
+                ax.add_patch(Ellipse(loc[j], 2 * scale[j, 0], 2 * scale[j, 1], fill=False,
+                                     ls=style, color=colours[j]))
+        ax.set_xlim(-3, 3)
+        ax.set_ylim(-3, 3)
+        ax.set_aspect("equal")
+        ax.set_title("beliefs in z (x1 --, x2 :, PoE —)")
         panels = (("belief x1", ("x1",)), ("belief x2", ("x2",)), ("PoE(x1, x2)", SOURCES))
-        for ax, (title, subset) in zip(axes, panels):
+        for ax, (title, subset) in zip(axes[:3], panels):
             z, _ = belief_samples(guide, test.data, subset, n)
             pts = decoded(model, z).numpy()
             for j in range(8):
