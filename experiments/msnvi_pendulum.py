@@ -53,6 +53,14 @@ def predictive(model, guide, data, subset, samples):
     return xy.mean(0), xy.std(0)
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it (no machine paths in results)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=60)
@@ -113,7 +121,8 @@ def main(argv=None) -> dict:
                 "camera 0 vs others, after": float(c0[split:].mean()),
                 "camera 1 vs 2, before": float(c12[:split].mean()),
                 "camera 1 vs 2, after": float(c12[split:].mean())}
-    payload = {"args": vars(args), "rows": rows, "conflict": conflict,
+    recorded = dict(vars(args), output_dir=_relative(out))
+    payload = {"args": recorded, "rows": rows, "conflict": conflict,
                "final_loss": history["loss"][-1], "wall_s": time.time() - t0}
     (out / "results.json").write_text(json.dumps({**payload, "curves": curves,
                                                   "conflict_curve": c0.tolist()}, indent=2))

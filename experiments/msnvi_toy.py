@@ -66,6 +66,14 @@ def belief_samples(guide, data, subset, n):
     return q.sample((n,)), q  # (n, 8, 2)
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it (no machine paths in results)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=150)
@@ -114,7 +122,8 @@ def main(argv=None) -> dict:
     bounds = multisource_evaluation(model, guide, fresh.data,
                                     num_particles=args.particles)
     wall = time.time() - t0
-    payload = {"args": vars(args), "rows": rows, "bounds_nelbo": bounds,
+    recorded = dict(vars(args), output_dir=_relative(out))
+    payload = {"args": recorded, "rows": rows, "bounds_nelbo": bounds,
                "conflict_mean": float(conflict[:, 0, 1].mean()),
                "final_loss": history["loss"][-1], "wall_s": wall}
     (out / "results.json").write_text(json.dumps(payload, indent=2))
