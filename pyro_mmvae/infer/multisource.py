@@ -166,7 +166,9 @@ class MultiSourceELBO(MultimodalELBO):
         latents = local_latents(guide_tr)
         if moe and len(latents) != 1:
             raise NotImplementedError("objective='moe' supports a guide with one latent site")
-        pi = self._pi(sources, seen)  # (M_s, B), rows sum to 1 over observed sources
+        dtype = next((x.dtype for x in data.values() if x.is_floating_point()),
+                     torch.get_default_dtype())
+        pi = self._pi(sources, seen, dtype)  # (M_s, B), rows sum to 1 over observed sources
         if moe:
             value = self._moe(model, guide_tr, latents[0], m_data, m_mask, plates, pi)
             out = {"moe": value}
@@ -189,11 +191,11 @@ class MultiSourceELBO(MultimodalELBO):
             elbo = out[self.objective]
         return {"elbo": elbo, **{k: v.detach() for k, v in out.items()}}
 
-    def _pi(self, sources, seen):
-        """:math:`\\pi` ``(M_s, B)``: the source weights renormalised over the observed
-        sources of each data point."""
+    def _pi(self, sources, seen, dtype):
+        """:math:`\\pi` ``(M_s, B)`` in ``dtype``: the source weights renormalised over the
+        observed sources of each data point."""
         w = torch.tensor([float(self.source_weights.get(m, 1.0)) for m in sources],
-                         dtype=torch.get_default_dtype(), device=seen.device)
+                         dtype=dtype, device=seen.device)
         w = w.unsqueeze(-1) * seen.transpose(0, 1).to(w.dtype)  # (M_s, B)
         total = w.sum(0, keepdim=True)
         if not bool((total > 0).all()):

@@ -530,3 +530,14 @@ def test_markov_chain_imputation_reaches_the_same_expectation():
     chain = out["log_likelihood"][50:].mean(0)
     assert torch.allclose(chain, expected_log_lik(model, data, ("a", "b"), "c"), atol=0.4)
     assert not torch.equal(out["imputed"]["c"], data["c"])  # a draw, not the truth
+
+
+@pytest.mark.parametrize("objective", ["ind", "moe", "hybrid"])
+def test_a_float32_model_keeps_a_float32_loss(objective):
+    """pi follows the data's dtype, not torch's default (float64 in this suite)."""
+    model = diagonal_model().float()
+    data = {m: x.float() for m, x in sample_data(model.double()).items()}
+    model.float()
+    guide = learned_guide().float()
+    loss = MultiSourceELBO(2, objective=objective).differentiable_loss(model, guide, data)
+    assert loss.dtype == torch.float32
