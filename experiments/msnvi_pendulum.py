@@ -137,22 +137,17 @@ def _figure(path, sweep, curves, c0, split):
     fig = Figure(figsize=(11, 7))
     axes = fig.subplots(3, 1, sharex=True)
     t = np.arange(len(c0))
-    for name in ("camera 0", "PoE(0, 1, 2)", "PoE(1, 2)"):
-        mean, std = np.array(curves[name]["mean"]), np.array(curves[name]["std"])
-        axes[0].plot(t, mean[:, 0], label=name)
-        axes[0].fill_between(t, mean[:, 0] - 2 * std[:, 0], mean[:, 0] + 2 * std[:, 0],
-                             alpha=0.2)
-    axes[0].plot(t, sweep.data["xy"][:, 0].numpy(), "k--", lw=0.8, label="true x")
-    axes[0].set_ylabel("x (mean ± 2 sd)")
-    axes[0].legend(fontsize=7, ncol=4)
-    for name in ("camera 1", "camera 2", "PoE(1, 2)"):
-        mean, std = np.array(curves[name]["mean"]), np.array(curves[name]["std"])
-        axes[1].plot(t, mean[:, 1], label=name)
-        axes[1].fill_between(t, mean[:, 1] - 2 * std[:, 1], mean[:, 1] + 2 * std[:, 1],
-                             alpha=0.2)
-    axes[1].plot(t, sweep.data["xy"][:, 1].numpy(), "k--", lw=0.8, label="true y")
-    axes[1].set_ylabel("y (mean ± 2 sd)")
-    axes[1].legend(fontsize=7, ncol=4)
+    panels = ((0, "x", ("camera 0", "PoE(0, 1, 2)", "PoE(1, 2)")),
+              (1, "y", ("camera 1", "camera 2", "PoE(1, 2)")))
+    for i, coord, names in panels:
+        for name in names:
+            mean, std = np.array(curves[name]["mean"]), np.array(curves[name]["std"])
+            axes[i].plot(t, mean[:, i], label=name)
+            axes[i].fill_between(t, mean[:, i] - 2 * std[:, i], mean[:, i] + 2 * std[:, i],
+                                 alpha=0.2)
+        axes[i].plot(t, sweep.data["xy"][:, i].numpy(), "k--", lw=0.8, label=f"true {coord}")
+        axes[i].set_ylabel(f"{coord} (mean ± 2 sd)")
+        axes[i].legend(fontsize=7, ncol=4)
     axes[2].semilogy(t, c0.numpy())
     axes[2].axhline(1.0, color="0.5", lw=0.8)
     axes[2].set_ylabel("conflict of camera 0")

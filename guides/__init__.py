@@ -1,5 +1,7 @@
 """Guides for multimodal VAEs: modality encoders, aggregators and guide distributions."""
 
+from pyro_mmvae.protocol import subset_index
+
 from .aggregators import MoE, MoPoE, PoE, SubsetMixture, product_of_gaussians
 from .discrete_moe import (ComponentDraw, DiscreteMoEGuide, ExpertGate, GatedMoE, MoEBaseline,
                            ScoreFunctionCategorical)
@@ -10,7 +12,7 @@ from .networks import ConvImageEncoder, TextEncoder
 from .private import AttentionPrivate, IndependentPrivate, PooledPrivate
 from .pooling import (MaskedSelfAttentionBlock, SelfAttention, SelfAttentionMixture, SumPooling,
                       SumPoolingMixture)
-from .subset_encoders import JointEncoder, SubsetEncoders, subset_index
+from .subset_encoders import JointEncoder, SubsetEncoders
 
 __all__ = [
     "AttentionPrivate",

@@ -29,15 +29,9 @@ from pyro.distributions import Normal
 from torch import nn
 
 from pyro_mmvae.nn import positive_scale
+from pyro_mmvae.protocol import subset_index, subset_members
 
 from .aggregators import check_scale
-
-
-def subset_index(mask: torch.Tensor) -> torch.Tensor:
-    """``(..., B)`` long: the index ``sum_m mask_m 2^m - 1`` of the subset each row of ``mask``
-    ``(..., B, M)`` names (-1 for the empty subset), the order of :attr:`SubsetEncoders.subsets`."""
-    weights = 2 ** torch.arange(mask.shape[-1], device=mask.device)
-    return (mask.long() * weights).sum(-1) - 1
 
 
 class SubsetEncoders(nn.Module):
@@ -71,9 +65,8 @@ class SubsetEncoders(nn.Module):
         self.min_scale = min_scale
         self.activation = activation()
         k = 2 ** num_modalities - 1
-        members = torch.tensor([[(s + 1) >> m & 1 for m in range(num_modalities)]
-                                for s in range(k)], dtype=torch.bool)
-        self.register_buffer("members", members, persistent=False)  # (K, M)
+        self.register_buffer("members", subset_members(num_modalities),
+                             persistent=False)  # (K, M)
         self.branch_weight = nn.Parameter(torch.empty(k, num_modalities, feature_dim, branch_dim))
         self.branch_bias = nn.Parameter(torch.zeros(k, num_modalities, branch_dim))
         dims = [num_modalities * branch_dim, *hidden, 2 * latent_dim]

@@ -349,6 +349,22 @@ def from_nan(arrays, placeholder="observed", how: str = "any", dtype=None, devic
     return data, mask
 
 
+def subset_members(num_modalities: int, device=None) -> torch.Tensor:
+    """``(2^M - 1, M)`` bool: the members of every non-empty subset in *index order*, row
+    ``k`` the subset whose bits are ``k + 1`` (modality ``m`` is bit ``m``), the inverse of
+    :func:`subset_index`. (For subsets by size and in modality order, with names, see
+    :func:`pyro_mmvae.eval.subset_matrix`.)"""
+    k = torch.arange(1, 2 ** num_modalities, device=device).unsqueeze(-1)
+    return (k >> torch.arange(num_modalities, device=device)) & 1 == 1
+
+
+def subset_index(mask: torch.Tensor) -> torch.Tensor:
+    """``(...)`` long: the index ``sum_m mask_m 2^m - 1`` of the subset each row of ``mask``
+    ``(..., M)`` names (-1 for the empty subset), the row order of :func:`subset_members`."""
+    weights = 2 ** torch.arange(mask.shape[-1], device=mask.device)
+    return (mask.long() * weights).sum(-1) - 1
+
+
 def stack_mask(mask: Mask, modalities) -> torch.Tensor:
     """Stack a mask dict into a bool tensor ``(..., N, M)`` in the order of ``modalities``."""
     return torch.stack([mask[m] for m in modalities], dim=-1)

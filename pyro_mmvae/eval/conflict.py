@@ -62,7 +62,7 @@ def single_source_beliefs(guide, data: Mapping[str, torch.Tensor],
         raise ValueError(f"the guide samples no site '{latent_site}'")
     fn = site["fn"]
     base = getattr(fn, "base_dist", None)
-    if (base is None or type(base).__name__ != "Normal" or fn.reinterpreted_batch_ndims != 1):
+    if not isinstance(base, torch.distributions.Normal) or fn.reinterpreted_batch_ndims != 1:
         raise ValueError(f"conflict_matrix needs diagonal-Gaussian beliefs (Normal(loc, "
                          f"scale).to_event(1)), got {type(fn).__name__}; the KL divergences "
                          "are closed-form")

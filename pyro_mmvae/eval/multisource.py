@@ -83,15 +83,10 @@ def importance_resample(model, guide, data: Mapping[str, torch.Tensor],
     if unknown:
         raise ValueError(f"given names '{unknown[0]}', which is not a source in data "
                          f"(sources {sources})")
-    g_data = {m: data[m] for m in sources if m in data}
-    g_mask = {m: mask[m] & (m in chosen) for m in g_data}
-    g_mask.update({m: torch.zeros_like(next(iter(mask.values()))) for m in sources
-                   if m not in g_data})
-    m_data = {m: data[m] for m in observations if m in data}
-    m_mask = {m: mask[m] for m in m_data}
     plates = [("particles", num_samples, -2)]
-    guide_tr = trace_guide(guide, g_data, g_mask, plates)
-    model_tr = trace_model(model, guide_tr, m_data, m_mask, plates)
+    guide_tr = _encode(guide, data, {m: v & (m in chosen) for m, v in mask.items()}, plates)
+    m_data = {m: data[m] for m in observations if m in data}
+    model_tr = trace_model(model, guide_tr, m_data, {m: mask[m] for m in m_data}, plates)
     log_w = (log_likelihood(model_tr, latent_sites(guide_tr))
              + log_density_ratio(guide_tr, model_tr))  # (K, N)
     site = guide_tr.nodes.get(latent_site)

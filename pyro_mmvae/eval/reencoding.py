@@ -23,25 +23,11 @@ from typing import Iterable, Mapping, Optional, Union
 import torch
 from pyro import poutine
 
+from pyro_mmvae.eval.coherence import subset_matrix
 from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio, log_likelihood, trace_guide,
                                      trace_model)
 from pyro_mmvae.protocol import (LATENT_SITE, check_positive_int, obs_site, scoring,
                                  validate_batch)
-
-
-def _rows(subsets, modalities, device) -> torch.Tensor:
-    if subsets is None:
-        rows = [[(s + 1) >> i & 1 for i in range(len(modalities))]
-                for s in range(2 ** len(modalities) - 1)]
-        return torch.tensor(rows, dtype=torch.bool, device=device)
-    out = []
-    for subset in subsets:
-        names = [subset] if isinstance(subset, str) else list(subset)
-        unknown = [m for m in names if m not in modalities]
-        if unknown:
-            raise ValueError(f"subset names '{unknown[0]}', which is not in data ({modalities})")
-        out.append([m in names for m in modalities])
-    return torch.tensor(out, dtype=torch.bool, device=device)
 
 
 @scoring()
@@ -50,16 +36,16 @@ def subset_elbos(model, guide, data: Mapping[str, torch.Tensor],
                  mask: Optional[Mapping[str, torch.Tensor]] = None, *,
                  subsets: Optional[Iterable[Union[str, Iterable[str]]]] = None,
                  num_particles: int = 1) -> dict:
-    r"""The evaluation ELBO of eq. 12 for every encoder subset ``S`` (default all
-    :math:`2^M-1`, index order of :func:`~pyro_mmvae.guides.subset_index`): one guide call with
-    the subsets stacked, one model call scoring every observed modality, averaged over
-    ``num_particles`` draws. Returns ``{"subsets": (K, M) bool, "elbo": (K, N)}``, NaN where a
-    data point does not observe all of ``S``."""
+    r"""The evaluation ELBO of eq. 12 for every encoder subset ``S`` (``subsets`` as
+    :func:`~pyro_mmvae.eval.subset_matrix` takes them, default all :math:`2^M-1` by size): one
+    guide call with the subsets stacked, one model call scoring every observed modality,
+    averaged over ``num_particles`` draws. Returns ``{"names": [...], "subsets": (K, M) bool,
+    "elbo": (K, N)}``, NaN where a data point does not observe all of ``S``."""
     num_particles = check_positive_int(num_particles, "num_particles")
     mask = validate_batch(data, mask)
     modalities = list(data)
     observed = torch.stack([mask[m] for m in modalities], -1)  # (N, M)
-    rows = _rows(subsets, modalities, observed.device)  # (K, M)
+    names, rows = subset_matrix(subsets, modalities, observed.device)  # (K, M)
     k = rows.shape[0]
     g_mask = {m: (rows[:, i].unsqueeze(-1) & observed[:, i]).unsqueeze(1)
               for i, m in enumerate(modalities)}  # (K, 1, N)
@@ -70,8 +56,8 @@ def subset_elbos(model, guide, data: Mapping[str, torch.Tensor],
                                                                                  model_tr)
     value = log_w.mean(-2)  # (K, N)
     present = ~(rows.unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)  # (K, N)
-    return {"subsets": rows, "elbo": torch.where(present, value, torch.full_like(value,
-                                                                                 float("nan")))}
+    value = torch.where(present, value, torch.full_like(value, float("nan")))
+    return {"names": names, "subsets": rows, "elbo": value}
 
 
 @torch.no_grad()

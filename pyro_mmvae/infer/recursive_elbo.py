@@ -48,7 +48,7 @@ import torch
 from pyro.distributions import Normal
 from torch.distributions import kl_divergence
 
-from pyro_mmvae.protocol import check_weights, unstack_mask
+from pyro_mmvae.protocol import check_weights, subset_members, unstack_mask
 
 from .base import MultimodalELBO
 from .traces import latent_sites, latent_values, local_latents, log_likelihood, rate
@@ -64,12 +64,20 @@ def beta_normalized(beta_norm: float, input_dim: int, latent_dim: int) -> float:
     return float(beta_norm) * input_dim / latent_dim
 
 
+def weight_table(num_modalities: int) -> torch.Tensor:
+    r"""``(2^M - 1, M + 1)``: :math:`w_S(n) = 1/(|S|\binom{n}{|S|})` for every non-empty
+    subset (rows in the index order of :func:`~pyro_mmvae.protocol.subset_members`) and
+    every size ``n`` of the observed set (0 where :math:`|S| > n`)."""
+    sizes = subset_members(num_modalities).sum(-1).tolist()
+    return torch.tensor([[1.0 / (k * math.comb(n, k)) if k <= n else 0.0
+                          for n in range(num_modalities + 1)] for k in sizes],
+                        dtype=torch.float64)
+
+
 def recursive_weights(num_modalities: int) -> torch.Tensor:
-    r"""``(2^n - 1,)``: :math:`w_S = 1/(|S|\binom{n}{|S|})` for every non-empty subset in the
-    index order of :func:`~pyro_mmvae.guides.subset_index`."""
-    n = num_modalities
-    sizes = torch.tensor([bin(s + 1).count("1") for s in range(2 ** n - 1)])
-    return torch.tensor([1.0 / (k * math.comb(n, k)) for k in sizes.tolist()])
+    r"""``(2^n - 1,)``: :math:`w_S = 1/(|S|\binom{n}{|S|})` for every non-empty subset of all
+    ``n`` modalities, in index order (:func:`weight_table` at ``n``)."""
+    return weight_table(num_modalities)[:, num_modalities]
 
 
 class RecursiveMultimodalELBO(MultimodalELBO):
@@ -105,26 +113,22 @@ class RecursiveMultimodalELBO(MultimodalELBO):
             raise ValueError("beta_norm (a beta per subset) is not supported with iwae=True")
         self.alpha = float(alpha)
         self.beta_norm = beta_norm
-        self._minus = {}
+        self._cache = {}
         self.input_dims = None if input_dims is None else check_weights(input_dims, "input_dims")
         self.top_only = top_only
 
     def _terms(self, model, guide, data, observed, modalities):
         b, m = observed.shape
-        k = 2 ** m - 1
-        members = torch.tensor([[(s + 1) >> i & 1 for i in range(m)] for s in range(k)],
-                               dtype=torch.bool, device=observed.device)  # (K, M)
+        members, table = self._subsets(m, observed.device)  # (K, M), (K, M + 1)
+        k = members.shape[0]
         sizes = members.sum(-1)  # (K,)
-        present = (members.unsqueeze(1) & ~observed.unsqueeze(0)).any(-1).logical_not()  # (K, B)
+        present = ~(members.unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)  # (K, B): S <= O
         n_obs = observed.sum(-1)  # (B,)
         if self.top_only:
-            weights = (present & (sizes.unsqueeze(1) == n_obs)).to(torch.get_default_dtype())
+            weights = present & (sizes.unsqueeze(1) == n_obs)
         else:
-            comb = torch.tensor([[math.comb(int(n), int(s)) if s <= n else 0
-                                  for n in n_obs.tolist()] for s in sizes.tolist()],
-                                dtype=torch.get_default_dtype(), device=observed.device)
-            weights = torch.where(present, 1.0 / (sizes.unsqueeze(1) * comb.clamp_min(1)),
-                                  torch.zeros_like(comb))  # (K, B)
+            weights = present * table[:, n_obs]  # (K, B): w_S(|O|) per data point
+        weights = weights.to(torch.get_default_dtype())
         rows = members.unsqueeze(1) & observed.unsqueeze(0)  # (K, B, M): S's own, observed
         masks = unstack_mask(rows.unsqueeze(1), modalities)  # {m: (K, 1, B)}
         guide_tr, model_tr = self.trace_stacked(model, guide, data, masks, k)
@@ -140,32 +144,41 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         elbo = (weights * term).sum(0)
         return {"elbo": elbo, "subset_terms": term.detach(), "subset_weights": weights}
 
+    def _subsets(self, m: int, device):
+        """The subsets' members ``(K, M)`` and :func:`weight_table`, built once per size."""
+        key = (m, device)
+        if key not in self._cache:
+            self._cache[key] = (subset_members(m, device), weight_table(m).to(device))
+        return self._cache[key]
+
     def _betas(self, members, data, values, latents):
+        r""":math:`\beta_S` for every subset, ``(K, 1, 1)`` (or the common ``beta``)."""
         if self.beta_norm is None:
             return self.beta
+        missing = [m for m in data if m not in self.input_dims]
+        if missing:
+            raise ValueError(f"input_dims has no size for modality '{missing[0]}' (beta_norm "
+                             "needs every modality's input size)")
         d_z = sum(values[n].shape[-1] for n in latents)
-        dims = torch.tensor([float(self.input_dims[m]) for m in data], dtype=torch.float64)
-        per = members.to(torch.float64) @ dims  # (K,)
-        betas = torch.tensor([beta_normalized(self.beta_norm, int(d), d_z) for d in per],
-                             dtype=torch.get_default_dtype(), device=members.device)
-        return betas.reshape(-1, *([1] * (2 + self.max_plate_nesting - 1)))
+        dims = torch.tensor([float(self.input_dims[m]) for m in data],
+                            dtype=torch.get_default_dtype(), device=members.device)
+        betas = self.beta_norm * (members.to(dims.dtype) @ dims) / d_z  # beta_normalized
+        return betas.reshape(-1, 1, 1)
 
     def _pulls(self, guide_tr, latents, members):
         r"""``(K, B)``: :math:`\sum_{m\in S}\mathrm{KL}(q_S\,\|\,q_{S\setminus m})` for every
         subset ``S`` with :math:`|S|\ge2` (0 for singletons), closed-form."""
         k, m = members.shape
-        key = (m, members.device)
-        if key not in self._minus:  # the row of S \ m for every (S, m in S), or -1
-            rows = torch.arange(1, k + 1, device=members.device).unsqueeze(1) \
-                - (1 << torch.arange(m, device=members.device)) - 1  # (K, M)
-            keep = members & (members.sum(-1, keepdim=True) > 1)
-            self._minus[key] = torch.where(keep, rows, torch.full_like(rows, -1))
-        minus = self._minus[key]
+        # the row of S \ m for every (S, m in S) with |S| > 1, else -1 (cheap tensor ops)
+        rows = torch.arange(1, k + 1, device=members.device).unsqueeze(1) \
+            - (1 << torch.arange(m, device=members.device)) - 1  # (K, M)
+        keep = members & (members.sum(-1, keepdim=True) > 1)
+        minus = torch.where(keep, rows, torch.full_like(rows, -1))
         total = 0.0
         for name in latents:
             fn = guide_tr.nodes[name]["fn"]
             base = getattr(fn, "base_dist", None)
-            if base is None or type(base).__name__ != "Normal":
+            if not isinstance(base, torch.distributions.Normal):
                 raise ValueError(f"{type(self).__name__} needs diagonal-Gaussian q(z | x_S) "
                                  f"(Normal(...).to_event(1)) at site '{name}', got "
                                  f"{type(fn).__name__}: its KL terms are closed-form")

@@ -42,7 +42,8 @@ def test_subset_elbos_with_the_exact_posteriors():
     mask["c"] = torch.tensor([False, True, True, True])
     partial = subset_elbos(model, guide, data, mask, subsets=["a", ("a", "c")])
     assert partial["elbo"].shape == (2, 4) and torch.isnan(partial["elbo"][1, 0])
-    with pytest.raises(ValueError, match="subset names 'd'"):
+    assert partial["names"] == ["a", "a+c"]
+    with pytest.raises(ValueError, match="unknown modality 'd'"):
         subset_elbos(model, guide, data, subsets=["d"])
 
 

@@ -128,6 +128,9 @@ def test_bad_arguments():
     guide = MultimodalGuide({m: nn.Linear(d, 4) for m, d in DIMS.items()}, MoE())
     with pytest.raises(ValueError, match="needs diagonal-Gaussian q"):
         RecursiveMultimodalELBO().loss(model, guide, data)
+    with pytest.raises(ValueError, match="input_dims has no size for modality 'c'"):
+        RecursiveMultimodalELBO(beta_norm=0.1, input_dims={"a": 3, "b": 4}).loss(
+            model, make_guide(), data)
 
 
 def test_beta_norm_sets_a_beta_per_subset(monkeypatch):
