@@ -34,6 +34,7 @@ from pyro_mmvae.eval import conflict_matrix, decode_means
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
+from pyro_mmvae.tables import repository_relative
 from pyro_mmvae.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +52,6 @@ def predictive(model, guide, data, subset, samples):
     z = q.sample((samples,))  # (S, N, D)
     xy = decode_means(model, z.reshape(-1, z.shape[-1]), ["xy"])["xy"].reshape(samples, n, 2)
     return xy.mean(0), xy.std(0)
-
-
-def _relative(path: Path) -> str:
-    """``path`` relative to the repository when inside it (no machine paths in results)."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return path.name
 
 
 def main(argv=None) -> dict:
@@ -121,7 +114,7 @@ def main(argv=None) -> dict:
                 "camera 0 vs others, after": float(c0[split:].mean()),
                 "camera 1 vs 2, before": float(c12[:split].mean()),
                 "camera 1 vs 2, after": float(c12[split:].mean())}
-    recorded = dict(vars(args), output_dir=_relative(out))
+    recorded = dict(vars(args), output_dir=repository_relative(out, ROOT))
     payload = {"args": recorded, "rows": rows, "conflict": conflict,
                "final_loss": history["loss"][-1], "wall_s": time.time() - t0}
     (out / "results.json").write_text(json.dumps({**payload, "curves": curves,

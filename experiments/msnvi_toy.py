@@ -37,6 +37,7 @@ from pyro_mmvae.eval import (conflict_matrix, decode_means, importance_resample,
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
+from pyro_mmvae.tables import repository_relative
 from pyro_mmvae.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,14 +65,6 @@ def belief_samples(guide, data, subset, n):
     mask = {m: torch.full((8,), m in subset, dtype=torch.bool) for m in SOURCES}
     q = guide.distribution(data, mask)
     return q.sample((n,)), q  # (n, 8, 2)
-
-
-def _relative(path: Path) -> str:
-    """``path`` relative to the repository when inside it (no machine paths in results)."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return path.name
 
 
 def main(argv=None) -> dict:
@@ -122,7 +115,7 @@ def main(argv=None) -> dict:
     bounds = multisource_evaluation(model, guide, fresh.data,
                                     num_particles=args.particles)
     wall = time.time() - t0
-    recorded = dict(vars(args), output_dir=_relative(out))
+    recorded = dict(vars(args), output_dir=repository_relative(out, ROOT))
     payload = {"args": recorded, "rows": rows, "bounds_nelbo": bounds,
                "conflict_mean": float(conflict[:, 0, 1].mean()),
                "final_loss": history["loss"][-1], "wall_s": wall}
