@@ -14,6 +14,12 @@ evaluation (``evaluation.json``, ``classifiers.pt``, ``coherence.png``, ``rate_d
 - ``pyro-mmvae evaluate RUN_DIR`` (re)computes every metric of a trained run;
 - ``pyro-mmvae generate RUN_DIR --given m0,m2`` writes a cross-generation grid.
 
+Besides the masked, mixture and subsampled bounds, ``--bound multisource`` (MSNVI,
+``--objective``), ``recursive`` (the M2VAE, ``--alpha``, ``--beta-norm``) and ``jmvae``
+(JMVAE-kl, ``--alpha``) train the other papers' objectives, with ``--aggregator poe-divide``,
+``subset-encoders`` or ``joint`` for their guides; an option that does not apply to the bound
+is an error naming it, before any data is loaded (:func:`~pyro_mmvae.runs.bound_options`).
+
 Datasets, models, guides and bounds are built from the configuration by :mod:`pyro_mmvae.runs`,
 which is how a saved run is restored.
 """
@@ -36,16 +42,25 @@ from pyro_mmvae import __version__
 from pyro_mmvae.diagnostics.plots import save_generation_grid
 from pyro_mmvae.guides.aggregators import SCALES
 from pyro_mmvae.infer import MASKINGS
+from pyro_mmvae.infer.multisource import OBJECTIVES
 from pyro_mmvae.report import EVALUATION, evaluate_run, headline
 from pyro_mmvae.runs import (AGGREGATORS, BOUNDS, DATASETS, DEFAULT_DATASET, PRIORS,
-                             build_guide, build_loss, build_model, config_namespace, load_run,
-                             read_config)
+                             bound_options, build_guide, build_loss, build_model,
+                             config_namespace, load_run, read_config)
 from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, CheckpointError,
                               TrainingDiverged, fit, resolve_device, write_json)
 
 BOUND_HELP = {"masked": "the masked bound of Hirt et al. (default masking iid_half)",
               "mixture": "the mixture-based bound, MMVAE/MoPoE (default masking all)",
-              "subsampled": "MVAE's full + unimodal + random-subset ELBOs (default masking mvae)"}
+              "subsampled": "MVAE's full + unimodal + random-subset ELBOs (default masking mvae)",
+              "multisource": "MSNVI's importance-weighted objectives, --objective ind, moe, poe "
+                             "or hybrid, K = 16 samples by default (the paper's fusion: "
+                             "--aggregator poe-divide)",
+              "recursive": "the M2VAE's recursive objective over every subset, with --alpha "
+                           "and --beta-norm (a Gaussian aggregator; the paper's: "
+                           "subset-encoders)",
+              "jmvae": "JMVAE-kl, the joint ELBO with --alpha KL pulls of the subsets one "
+                       "modality smaller (a Gaussian aggregator)"}
 
 # --- argument types -------------------------------------------------------------------------
 
@@ -71,6 +86,16 @@ def non_negative_int(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -125,10 +150,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="latent dimension D (polydigits, digits-svhn-text: 16; "
                         "linear-gaussian: 5, also the simulation's)")
     g.add_argument("--aggregator", choices=AGGREGATORS, default=None,
-                   help="guide aggregator: poe (product of experts with a prior expert), moe "
+                   help="guide aggregator: poe (product of experts with a prior expert), "
+                        "poe-divide (MSNVI's product of beliefs with the prior divided out), moe "
                         "(mixture of unimodal experts), mopoe (mixture of products over all "
                         "subsets), sumpooling (DeepSets), selfattention (masked self-attention), "
-                        "and their mixture versions (images: sumpooling; linear-gaussian: poe)")
+                        "and their mixture versions, subset-encoders (M2VAE: one network per "
+                        "non-empty subset, 2^M - 1, on the modality encoders' features), joint "
+                        "(one network on all modalities, the unobserved zeroed: JMVAE-Zero with "
+                        "--bound mixture --masking zero_augmented) (images: sumpooling; "
+                        "linear-gaussian: poe)")
     g.add_argument("--aggregator-width", type=positive_int, default=None, metavar="W",
                    help="hidden and pooling width of the learnable aggregators, and the "
                         "encoders' feature size for them on images/text (64; linear: 128)")
@@ -195,7 +225,20 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    + " (default: %(default)s)")
     g.add_argument("--masking", choices=sorted(MASKINGS), default=None,
                    help="masking distribution rho over modality subsets (default: the bound's "
-                        "own default)")
+                        "own default; multisource, recursive and jmvae score fixed subsets and "
+                        "take none)")
+    g.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="multisource only: ind (independent beliefs, eq. 1), moe (mixture of "
+                        "beliefs), poe (their product, eqs. 3-4) or hybrid (ind and poe, "
+                        "halves; eq. 5) (default: ind)")
+    g.add_argument("--alpha", type=non_negative_float, default=None,
+                   help="recursive and jmvae only: weight of the KL terms pulling "
+                        "q(z | x_S minus one modality) towards q(z | x_S) (default: 0.01, the "
+                        "M2VAE paper's)")
+    g.add_argument("--beta-norm", type=positive_float, default=None,
+                   help="recursive and jmvae only: a beta per subset, beta_S = BETA_NORM * D_S "
+                        "/ D_z, D_S the input size of the subset's modalities (the M2VAE's "
+                        "normalised beta; instead of --beta; default: off, --beta everywhere)")
     g.add_argument("--mixture-form", choices=("stratified", "average", "sampled"),
                    default="stratified",
                    help="mixture bound only: stratified (one draw per mixture component, "
@@ -213,8 +256,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--likelihood-weights", choices=("none", "dimension"), default="none",
                    help="per-modality likelihood weights: dimension = MoPoE's D_max / D_m "
                         "(default: %(default)s)")
-    g.add_argument("--num-particles", type=positive_int, default=1,
-                   help="samples per data point in the bound (default: %(default)s)")
+    g.add_argument("--num-particles", type=positive_int, default=None,
+                   help="samples per data point in the bound (default: the bound's, 16 for "
+                        "multisource as the MSNVI paper's K, else 1)")
     g.add_argument("--iwae", action="store_true",
                    help="importance-weighted version of the bound (DReG gradients); "
                         "use with --num-particles > 1")
@@ -361,9 +405,22 @@ def resumed_args(args, parser) -> argparse.Namespace:
     return saved
 
 
+def apply_bound_defaults(args) -> argparse.Namespace:
+    """Check the bound-specific options against ``--bound`` and ``--aggregator`` and fill those
+    left at None with the bound's defaults (:func:`~pyro_mmvae.runs.bound_options`), so that
+    ``config.json`` records the values used. ``ValueError`` naming the option otherwise."""
+    for key, value in bound_options(args).items():
+        setattr(args, key, value)
+    return args
+
+
 def run_train(args, parser: argparse.ArgumentParser) -> int:
     """``pyro-mmvae train``: load data, build model/guide/bound, fit, evaluate, summarise."""
     args = resumed_args(args, parser) if args.resume else apply_dataset_defaults(args)
+    try:
+        apply_bound_defaults(args)
+    except ValueError as err:
+        parser.error(str(err))
     device = _device(args, parser)
     if args.iwae and args.num_particles == 1:
         print("note: --iwae with --num-particles 1 is the ordinary bound", file=sys.stderr)

@@ -16,6 +16,11 @@ model and guide and loads the checkpoint.
   the bound named by ``--bound`` (with ``--beta-warmup STEPS``, ``beta`` is the schedule
   ``linear_warmup(STEPS, start=0, end=--beta)``); ``--expert-scale`` is the ``scale=`` of the
   aggregator's Gaussian heads.
+- The bound-specific options ``--objective`` (``multisource``), ``--alpha`` and
+  ``--beta-norm`` (``recursive``, ``jmvae``) and the bound-dependent default of
+  ``--num-particles`` are validated and resolved by :func:`bound_options`
+  (:data:`BOUND_DEFAULTS`): a ``ValueError`` naming the option for a combination that means
+  nothing, before any data is loaded.
 """
 
 from __future__ import annotations
@@ -30,17 +35,19 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_mmvae.guides import (ConvImageEncoder, MLPEncoder, MoE, MoPoE, MultimodalGuide, PoE,
-                               SelfAttention, SelfAttentionMixture, SumPooling, SumPoolingMixture,
-                               TextEncoder)
+from pyro_mmvae.guides import (ConvImageEncoder, JointEncoder, MLPEncoder, MoE, MoPoE,
+                               MultimodalGuide, PoE, SelfAttention, SelfAttentionMixture,
+                               SubsetEncoders, SumPooling, SumPoolingMixture, TextEncoder)
 from pyro_mmvae.models import (GaussianMixturePrior, LinearGaussianModel, MultimodalModel,
                                StandardNormalPrior, dimension_likelihood_weights)
 from pyro_mmvae.models.decoders import (BernoulliDecoder, CategoricalDecoder, GaussianDecoder,
                                         LaplaceDecoder)
 from pyro_mmvae.models.networks import ConvImageDecoder, TextDecoder
 from pyro_mmvae.data import load_digits_svhn_text, load_poly_digits, shared_latent_study
-from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
-                              SubsampledMultimodalELBO, linear_warmup)
+from pyro_mmvae.infer import (JointMultimodalELBO, MaskedMultimodalELBO, MixtureMultimodalELBO,
+                              MultiSourceELBO, RecursiveMultimodalELBO, SubsampledMultimodalELBO,
+                              linear_warmup)
+from pyro_mmvae.infer.multisource import OBJECTIVES
 from pyro_mmvae.train import CHECKPOINT, CONFIG, load_checkpoint
 
 # --- data ---------------------------------------------------------------------------------------
@@ -171,12 +178,96 @@ DEFAULT_DATASET = "polydigits"
 
 # --- guide, model, bound ------------------------------------------------------------------------
 
-FIXED_AGGREGATORS = ("poe", "moe", "mopoe")
-AGGREGATORS = ("poe", "moe", "mopoe", "sumpooling", "selfattention", "sumpooling-mixture",
-               "selfattention-mixture")
+FIXED_AGGREGATORS = ("poe", "poe-divide", "moe", "mopoe")
+AGGREGATORS = ("poe", "poe-divide", "moe", "mopoe", "sumpooling", "selfattention",
+               "sumpooling-mixture", "selfattention-mixture", "subset-encoders", "joint")
+# aggregators whose q(z | x_S) is one diagonal Gaussian, Normal(...).to_event(1), for every
+# subset S (the others give mixtures)
+GAUSSIAN_AGGREGATORS = ("poe", "poe-divide", "sumpooling", "selfattention", "subset-encoders",
+                        "joint")
+MAX_SUBSET_MODALITIES = 10  # SubsetEncoders builds 2^M - 1 networks
 BOUNDS = {"masked": MaskedMultimodalELBO, "mixture": MixtureMultimodalELBO,
-          "subsampled": SubsampledMultimodalELBO}
+          "subsampled": SubsampledMultimodalELBO, "multisource": MultiSourceELBO,
+          "recursive": RecursiveMultimodalELBO, "jmvae": JointMultimodalELBO}
+# the defaults of the options left at None (num_particles: every bound; the others: the bounds
+# that take them): MSNVI's K = 16 importance samples and objective L_ind; the M2VAE's
+# alpha = 1e-2 (its study: alpha <= 1e-2 works, alpha = 1 over-constrains), also for JMVAE-kl
+DEFAULT_NUM_PARTICLES = 1
+BOUND_DEFAULTS: Dict[str, Dict[str, object]] = {
+    "multisource": {"num_particles": 16, "objective": "ind"},
+    "recursive": {"alpha": 0.01},
+    "jmvae": {"alpha": 0.01},
+}
+# option -> the bounds that take it
+BOUND_OPTIONS = {"objective": ("multisource",), "alpha": ("recursive", "jmvae"),
+                 "beta_norm": ("recursive", "jmvae")}
+FIXED_SUBSET_BOUNDS = ("multisource", "recursive", "jmvae")  # no masking distribution
 PRIORS = ("normal", "gmm")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def bound_options(args) -> Dict[str, object]:
+    """The bound-specific options of ``args``, validated and with the bound's defaults for
+    those left at None: ``{"num_particles", "objective", "alpha", "beta_norm"}`` (the last
+    three None where the bound takes no such option).
+
+    ``ValueError`` naming the option when it does not apply to ``--bound``: ``--objective``
+    without ``multisource``; ``--alpha`` / ``--beta-norm`` without ``recursive`` or ``jmvae``;
+    ``--masking`` with the bounds that score fixed subsets (``multisource``, ``recursive``,
+    ``jmvae``); ``--iwae`` with ``multisource`` (always importance-weighted); an
+    ``--aggregator`` that gives mixtures with ``recursive`` / ``jmvae`` (their KL pulls
+    between subsets are closed-form Gaussian KLs); ``--beta-norm`` with ``--beta``,
+    ``--beta-warmup`` or ``--iwae``. Configurations saved before these options resolve to the
+    old behaviour (``num_particles`` as saved, no bound-specific option).
+    """
+    bound = args.bound
+    if bound not in BOUNDS:
+        raise ValueError(f"--bound must be one of {sorted(BOUNDS)}, got {bound!r}")
+    defaults = BOUND_DEFAULTS.get(bound, {})
+    out: Dict[str, object] = {}
+    for key, takers in BOUND_OPTIONS.items():
+        value = getattr(args, key, None)
+        if value is not None and bound not in takers:
+            raise ValueError(f"{_flag(key)} is an option of --bound "
+                             f"{' / '.join(takers)} only, not of --bound {bound}")
+        out[key] = defaults.get(key) if value is None else value
+    particles = getattr(args, "num_particles", None)
+    if particles is None:
+        particles = defaults.get("num_particles", DEFAULT_NUM_PARTICLES)
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+        raise ValueError(f"--num-particles must be a positive integer, got {particles!r}")
+    out["num_particles"] = particles
+    if out["objective"] is not None and out["objective"] not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {OBJECTIVES}, got {out['objective']!r}")
+    if out["alpha"] is not None and not (isinstance(out["alpha"], (int, float))
+                                         and 0 <= out["alpha"] < float("inf")):
+        raise ValueError(f"--alpha must be a finite number >= 0, got {out['alpha']!r}")
+    if bound in FIXED_SUBSET_BOUNDS and getattr(args, "masking", None) is not None:
+        raise ValueError(f"--masking does not apply to --bound {bound}, which scores a fixed "
+                         "set of subsets (no masking distribution); drop --masking")
+    if bound == "multisource" and getattr(args, "iwae", False):
+        raise ValueError("--iwae does not apply to --bound multisource: its objectives are "
+                         "always importance-weighted, with K = --num-particles samples")
+    aggregator = getattr(args, "aggregator", None)
+    if bound in ("recursive", "jmvae") and aggregator is not None \
+            and aggregator not in GAUSSIAN_AGGREGATORS:
+        raise ValueError(f"--bound {bound} needs a diagonal-Gaussian q(z | x_S) for every "
+                         f"subset S (its KL terms between subsets are closed-form), but "
+                         f"--aggregator {aggregator} gives mixtures; use one of "
+                         f"{', '.join(GAUSSIAN_AGGREGATORS)}")
+    if out["beta_norm"] is not None:
+        if getattr(args, "beta_warmup", 0):
+            raise ValueError("--beta-norm sets a constant beta per subset; it cannot be "
+                             "combined with --beta-warmup")
+        if getattr(args, "beta", 1.0) != 1.0:
+            raise ValueError("--beta-norm sets beta per subset (beta_norm * D_S / D_z); drop "
+                             "--beta")
+        if getattr(args, "iwae", False):
+            raise ValueError("--beta-norm (a beta per subset) is not supported with --iwae")
+    return out
 
 
 def feature_dim(args) -> int:
@@ -188,26 +279,48 @@ def feature_dim(args) -> int:
     return args.aggregator_width
 
 
-def make_aggregator(args, features: int) -> nn.Module:
+def make_aggregator(args, features: int, num_modalities: Optional[int] = None) -> nn.Module:
     """The aggregator named by ``--aggregator``, its Gaussian heads parameterised by
-    ``--expert-scale`` (``scale=``; configurations saved before the option: softplus)."""
+    ``--expert-scale`` (``scale=``; configurations saved before the option: softplus).
+
+    ``poe-divide`` is MSNVI's fusion ``PoE(prior_expert="divide")`` (positivity ``"floor"``);
+    ``subset-encoders`` is :class:`~pyro_mmvae.guides.SubsetEncoders` (one network per
+    non-empty subset of the ``num_modalities`` modalities on the modality encoders' features,
+    branches and hidden layer of width ``--aggregator-width``; the M2VAE's) and ``joint``
+    :class:`~pyro_mmvae.guides.JointEncoder` (one network on all features concatenated, the
+    unobserved zeroed; JMVAE's joint encoder, JMVAE-Zero's only one); these two need
+    ``num_modalities``."""
     d, w = args.latent_dim, args.aggregator_width
     scale = getattr(args, "expert_scale", "softplus")
     pooled = dict(hidden_dim=w, pooling_dim=w, scale=scale)
     mixture = dict(pooled, num_components=args.num_components)
+    if args.aggregator in ("subset-encoders", "joint"):
+        if num_modalities is None:
+            raise ValueError(f"--aggregator {args.aggregator} needs the number of modalities")
+        if args.aggregator == "subset-encoders" and num_modalities > MAX_SUBSET_MODALITIES:
+            raise ValueError(f"--aggregator subset-encoders builds 2^M - 1 networks: "
+                             f"{2 ** num_modalities - 1} for the {num_modalities} modalities "
+                             f"of this dataset (at most {MAX_SUBSET_MODALITIES} modalities); "
+                             "lower --num-modalities or choose another --aggregator")
     return {
         "poe": lambda: PoE(scale=scale),
+        "poe-divide": lambda: PoE(prior_expert="divide", scale=scale),
         "moe": lambda: MoE(scale=scale),
         "mopoe": lambda: MoPoE(scale=scale),
         "sumpooling": lambda: SumPooling(features, d, **pooled),
         "selfattention": lambda: SelfAttention(features, d, **pooled),
         "sumpooling-mixture": lambda: SumPoolingMixture(features, d, **mixture),
         "selfattention-mixture": lambda: SelfAttentionMixture(features, d, **mixture),
+        "subset-encoders": lambda: SubsetEncoders(features, d, num_modalities, branch_dim=w,
+                                                  hidden=(w,), scale=scale),
+        "joint": lambda: JointEncoder(features, d, num_modalities, hidden=(w,), scale=scale),
     }[args.aggregator]()
 
 
 def build_guide(args, data: PreparedData) -> MultimodalGuide:
-    """``MultimodalGuide`` with one encoder per modality (by kind) and the aggregator."""
+    """``MultimodalGuide`` with one encoder per modality (by kind) and the aggregator (for
+    ``subset-encoders`` and ``joint`` the per-modality encoders give the features that every
+    subset's network, or the joint one, reads)."""
     e = feature_dim(args)
     encoders = {}
     for m, kind in data.kinds.items():
@@ -218,7 +331,7 @@ def build_guide(args, data: PreparedData) -> MultimodalGuide:
             encoders[m] = TextEncoder(shape[0], e, alphabet_size=shape[1])
         else:
             encoders[m] = MLPEncoder(shape[0], e, hidden=tuple(args.hidden))
-    return MultimodalGuide(encoders, make_aggregator(args, e))
+    return MultimodalGuide(encoders, make_aggregator(args, e, len(encoders)))
 
 
 def build_prior(args) -> nn.Module:
@@ -276,14 +389,30 @@ def beta_option(args):
 
 
 def build_loss(args, data: PreparedData):
-    """The bound named by ``--bound`` with its options (``beta`` from :func:`beta_option`)."""
-    kwargs = {"beta": beta_option(args), "iwae": args.iwae,
-              "likelihood_weights": likelihood_weights(args, data)}
+    """The bound named by ``--bound`` with its options (``beta`` from :func:`beta_option`,
+    the bound-specific ones from :func:`bound_options`):
+
+    - ``multisource``: ``MultiSourceELBO(K, objective=--objective)``, ``K`` = 16 unless
+      ``--num-particles`` says otherwise;
+    - ``recursive``: ``RecursiveMultimodalELBO(alpha=--alpha)``, with ``--beta-norm`` also
+      ``beta_norm`` and ``input_dims=data.modality_dims``;
+    - ``jmvae``: ``JointMultimodalELBO(alpha=--alpha)`` (and ``--beta-norm`` likewise).
+    """
+    opts = bound_options(args)
+    kwargs = {"beta": beta_option(args), "likelihood_weights": likelihood_weights(args, data)}
+    if args.bound == "multisource":
+        return MultiSourceELBO(opts["num_particles"], objective=opts["objective"], **kwargs)
+    kwargs["iwae"] = args.iwae
+    if args.bound in ("recursive", "jmvae"):
+        kwargs["alpha"] = opts["alpha"]
+        if opts["beta_norm"] is not None:
+            kwargs.update(beta_norm=opts["beta_norm"], input_dims=data.modality_dims)
+        return BOUNDS[args.bound](opts["num_particles"], **kwargs)
     if args.masking is not None:
         kwargs["masking"] = args.masking
     if args.bound == "mixture":
         kwargs["form"] = getattr(args, "mixture_form", "stratified")
-    return BOUNDS[args.bound](args.num_particles, **kwargs)
+    return BOUNDS[args.bound](opts["num_particles"], **kwargs)
 
 
 # --- restoring a run ----------------------------------------------------------------------------

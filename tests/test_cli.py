@@ -164,7 +164,8 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("aggregator", ["moe", "mopoe", "sumpooling", "selfattention",
-                                        "sumpooling-mixture", "selfattention-mixture"])
+                                        "sumpooling-mixture", "selfattention-mixture",
+                                        "poe-divide", "subset-encoders", "joint"])
 def test_every_aggregator_trains_from_the_command_line(tmp_path, aggregator):
     run = tmp_path / aggregator
     assert cli.main(["train", *LINEAR, "--aggregator", aggregator, "--epochs", "1",
@@ -275,6 +276,10 @@ def test_corrupted_checkpoint_is_a_clear_error(polydigits_run, tmp_path, capsys)
 @pytest.mark.parametrize("extra", [
     ["--dataset", "digits-svhn-text", "--aggregator", "mopoe", "--bound", "mixture"],
     ["--aggregator", "poe", "--prior", "gmm", "--num-components", "3", "--bound", "subsampled"],
+    ["--dataset", "digits-svhn-text", "--aggregator", "subset-encoders", "--bound", "recursive",
+     "--beta-norm", "0.01"],
+    ["--dataset", "digits-svhn-text", "--aggregator", "poe-divide", "--bound", "multisource",
+     "--objective", "hybrid", "--num-particles", "2"],
 ])
 def test_other_image_configurations(data_root, tmp_path, extra):
     assert cli.main(["train", *tiny_images(data_root, *extra), "--output-dir",
@@ -372,7 +377,8 @@ def test_beta_option_from_a_saved_configuration():
 
 
 @pytest.mark.parametrize("aggregator", ["poe", "moe", "mopoe", "sumpooling", "selfattention",
-                                        "sumpooling-mixture", "selfattention-mixture"])
+                                        "sumpooling-mixture", "selfattention-mixture",
+                                        "poe-divide", "subset-encoders", "joint"])
 @pytest.mark.parametrize("scale", ["softplus", "logvar"])
 def test_expert_scale_reaches_every_aggregator(aggregator, scale):
     from pyro_mmvae.runs import DATASETS, build_guide
