@@ -28,6 +28,15 @@ restored) registers the parameters, and the optimiser is built from them; the fi
 ``torch.optim`` construction in a process costs about a second (importing ``torch._dynamo``),
 which no longer lands in the first epoch's time.
 
+Frozen parameters: a parameter of the model or guide with ``requires_grad=False`` when
+:func:`fit` is called stays as it is — not optimised, not turned back on. (``pyro.module``
+leaves such parameters of plain ``nn.Module`` children out of the param store, with a warning
+that :func:`fit` silences; ``pyro.param``, which a ``PyroModule`` sends for its own
+``nn.Parameter`` attributes, re-enables ``requires_grad`` when it first stores one, so
+:func:`fit` switches it off again after the registration pass, before any step.)
+:func:`fit_two_stage` uses this to train a model and guide in two stages, the second with the
+model frozen (the tVAE of Vedantam et al. 2018).
+
 A ``beta`` schedule (:mod:`pyro_mmvae.infer.schedules`): before every step :func:`fit` calls
 ``loss.set_step(k)`` with ``k`` the number of steps taken so far over the whole run (if the loss
 has ``set_step``), checks the schedule's values for every step it will run before the first
@@ -44,13 +53,15 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyro
@@ -328,8 +339,13 @@ class SVIStep:
     for each of their parameters at every evaluation so that it can. ``SVIStep`` does exactly
     that at its first call and at any call after the param store changed (a parameter
     created, the store cleared, loaded or a value replaced) and records the parameters; the
-    other calls run the loss with the registration of the top-level library modules skipped
-    (:func:`~pyro_mmvae.params.registration_skipped`) and step the recorded parameters. A
+    other calls run the loss without that trace and step the recorded parameters; under the
+    library's bounds (:class:`~pyro_mmvae.infer.MultimodalELBO`) they also skip the
+    registration of the top-level library modules
+    (:func:`~pyro_mmvae.params.registration_skipped`). (Not under other losses: Pyro's own
+    ``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceEnum_ELBO`` and ``RenyiELBO`` call
+    ``backward`` only when their traces hold a ``param`` site, so with a library model and
+    guide and the registration skipped they would compute no gradient at all.) A
     non-finite loss or gradient raises :class:`NonFiniteStep` before the update. This is the
     step of :func:`fit`; use it in a loop of your own as ``step = SVIStep(model, guide, loss,
     optim)``, ``value = step(data, mask)``.
@@ -345,7 +361,11 @@ class SVIStep:
     """
 
     def __init__(self, model, guide, loss, optim):
+        from pyro_mmvae.infer.base import MultimodalELBO
+
         self.model, self.guide, self.loss, self.optim = model, guide, loss, optim
+        # the library's bounds backpropagate whether or not their traces hold param sites
+        self.skip_registration = isinstance(loss, MultimodalELBO)
         self.params: Optional[list] = None
         self.entries: tuple = ()
         self.store_size = -1
@@ -357,9 +377,12 @@ class SVIStep:
 
     def __call__(self, *args) -> float:
         """One step on ``args`` (the model's and guide's arguments); returns the loss."""
-        if self._known():
+        known = self._known()
+        if known and self.skip_registration:
             with registration_skipped(self.model, self.guide):
                 loss = self.loss.loss_and_grads(self.model, self.guide, *args)
+        elif known:
+            loss = self.loss.loss_and_grads(self.model, self.guide, *args)
         else:
             with poutine.trace(param_only=True) as capture:
                 loss = self.loss.loss_and_grads(self.model, self.guide, *args)
@@ -435,6 +458,20 @@ def _zero_param_grads():
 
 VALIDATE = ("first", "always", "never")
 
+# pyro.module's warning for a parameter with requires_grad=False: under fit such a parameter is
+# frozen on purpose (module docstring), so the warning is noise there
+_FROZEN_WARNING = r".* was not registered in the param store because requires_grad=False"
+
+
+def _frozen_warning_silenced(fn):
+    """``fn`` with pyro.module's warning about frozen parameters silenced while it runs."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_FROZEN_WARNING, category=UserWarning)
+            return fn(*args, **kwargs)
+    return wrapper
+
 
 def _build_optimizer_state(model, guide, loss, optim, batch, mask) -> None:
     """Register the parameters with one forward pass of ``loss`` and build ``optim``'s
@@ -444,7 +481,13 @@ def _build_optimizer_state(model, guide, loss, optim, batch, mask) -> None:
     A :class:`pyro.optim.PyroOptim` creates (and loads resumed state into) an optimiser for a
     parameter the first time it is called with it; called here with gradient-free parameters
     it only does that (``torch.optim`` skips parameters without a gradient).
+
+    Parameters with ``requires_grad=False`` stay frozen: ``pyro.param``, storing a
+    ``PyroModule``'s own ``nn.Parameter`` for the first time, turns ``requires_grad`` on, and
+    this turns it off again.
     """
+    frozen = [p for module in (model, guide) for p in module.parameters()
+              if not p.requires_grad]
     state = rng_state()
     modes = (model.training, guide.training)
     model.eval()
@@ -456,12 +499,15 @@ def _build_optimizer_state(model, guide, loss, optim, batch, mask) -> None:
         set_rng_state(state)
         model.train(modes[0])
         guide.train(modes[1])
+        for p in frozen:
+            p.requires_grad_(False)
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     for p in params:
         p.grad = None
     optim(params)
 
 
+@_frozen_warning_silenced
 def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         mask: Optional[Mapping[str, torch.Tensor]] = None, epochs: int, batch_size: int,
         lr: float = 1e-3, clip_norm: Optional[float] = None,
@@ -510,7 +556,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     :raises TrainingDiverged: on a non-finite loss or gradient (see the module docstring).
     :raises ValueError: bad arguments or data (before any step).
 
-    The global Pyro param store is cleared at the start.
+    The global Pyro param store is cleared at the start. Parameters with
+    ``requires_grad=False`` are held fixed (module docstring).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -649,3 +696,93 @@ def _diverged(err: NonFiniteStep, epoch, step, steps_per_epoch, history, run_dir
         _write_metrics(run_dir, history)
     raise TrainingDiverged(message, epoch=epoch, step=step, global_step=global_step,
                            loss=err.loss, checkpoint=ckpt_path, history=history) from None
+
+
+# --- two-stage training (tVAE) -------------------------------------------------------------
+
+def fit_two_stage(model, guide, train_data: Mapping[str, torch.Tensor], *,
+                  epochs: Tuple[int, int], batch_size: int, losses: Optional[Sequence] = None,
+                  beta: float = 1.0, frozen: Iterable = (), run_dir: Optional[PathLike] = None,
+                  **kwargs) -> Tuple[dict, dict]:
+    r"""Train in two stages with :func:`fit`, the model frozen in the second: the tVAE.
+
+    The triplet-ELBO VAE of Vedantam, Fischer, Huang and Murphy (*Generative Models of
+    Visually Grounded Imagination*, ICLR 2018, arXiv:1705.10762) as the M2VAE paper (ICLR 2019
+    submission, §5) trains its baseline:
+
+    1. **Joint stage** (``epochs[0]`` epochs of ``losses[0]``; default
+       ``JointMultimodalELBO(alpha=0, beta=beta)``): the joint encoder and the decoders by the
+       joint ELBO of the observed set :math:`O` (M2VAE eq. 2),
+
+       .. math:: \mathcal L_J = \mathbb E_{q(z\mid x_O)}\sum_{m\in O}\log p(x_m\mid z)
+           - \beta\,\mathrm{KL}\big(q(z\mid x_O)\,\|\,p(z)\big).
+
+    2. **Unimodal stage** (``epochs[1]`` epochs of ``losses[1]``; default
+       ``RecursiveMultimodalELBO(alpha=0, beta=beta, subsets="unimodal")``): every parameter
+       of ``model`` (decoders, a learnable prior) and of ``frozen`` held fixed, the unimodal
+       encoders trained by their own ELBOs, each reconstructing its own modality only,
+
+       .. math:: \sum_{m\in O}\mathbb E_{q(z\mid x_m)}\log p(x_m\mid z)
+           - \beta\,\mathrm{KL}\big(q(z\mid x_m)\,\|\,p(z)\big).
+
+    With :class:`~pyro_mmvae.guides.SubsetEncoders` one guide serves both stages: its full-set
+    network is the joint encoder, its singleton networks the unimodal ones. The joint stage
+    gives the singletons no gradient and the unimodal stage none to the full set, and each
+    :func:`fit` builds a fresh Adam, so each stage moves only its own networks (shared
+    modality feature encoders, e.g. MLP ``encoders`` of the guide, would move in both: pass
+    them in ``frozen`` to keep the joint encoder fixed in stage 2).
+
+    Freezing is ``requires_grad=False`` on those parameters for the second :func:`fit` (which
+    keeps such parameters fixed; see the module docstring); the previous flags are restored
+    afterwards.
+
+    :param model, guide: as for :func:`fit`.
+    :param train_data: ``{modality: (N, ...)}``, fully observed for the tVAE (or give
+        ``mask=``).
+    :param epochs: ``(joint epochs, unimodal epochs)``; 0 skips a stage.
+    :param batch_size: as for :func:`fit`, both stages.
+    :param losses: ``(stage-1 loss, stage-2 loss)``, any bounds (default above).
+    :param beta: the rates' weight of the default losses (not with ``losses``).
+    :param frozen: further modules or parameters to hold fixed in stage 2.
+    :param run_dir: each stage's files go to ``run_dir/stage1`` and ``run_dir/stage2``.
+    :param kwargs: the other arguments of :func:`fit` (``mask``, ``lr``, ``seed``, ``device``,
+        ``progress``, ``eval_fn``, ...), the same for both stages; ``resume_from`` is not
+        supported (call :func:`fit` per stage for that).
+    :returns: ``(history of stage 1, history of stage 2)``, each as :func:`fit` returns it.
+    """
+    if "resume_from" in kwargs:
+        raise TypeError("fit_two_stage takes no 'resume_from'; resume a stage with fit()")
+    if (not isinstance(epochs, (tuple, list)) or len(epochs) != 2
+            or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs)):
+        raise ValueError(f"epochs must be a pair of integers >= 0 (joint stage, unimodal "
+                         f"stage), got {epochs!r}")
+    if losses is None:
+        from pyro_mmvae.infer.recursive_elbo import JointMultimodalELBO, RecursiveMultimodalELBO
+
+        losses = (JointMultimodalELBO(alpha=0.0, beta=beta),
+                  RecursiveMultimodalELBO(alpha=0.0, beta=beta, subsets="unimodal"))
+    elif beta != 1.0:
+        raise ValueError("beta sets the default losses; with losses= give beta to them")
+    if len(losses) != 2:
+        raise ValueError(f"losses must be a pair (stage 1, stage 2), got {len(losses)}")
+    held = list(model.parameters())
+    for item in frozen:
+        held.extend(item.parameters() if isinstance(item, torch.nn.Module) else [item])
+    if not all(isinstance(p, torch.Tensor) for p in held):
+        raise TypeError("frozen must hold nn.Modules or parameters (tensors)")
+
+    def stage_dir(k):
+        return None if run_dir is None else Path(run_dir) / f"stage{k}"
+
+    first = fit(model, guide, losses[0], train_data, epochs=epochs[0], batch_size=batch_size,
+                run_dir=stage_dir(1), **kwargs)
+    flags = [p.requires_grad for p in held]
+    try:
+        for p in held:
+            p.requires_grad_(False)
+        second = fit(model, guide, losses[1], train_data, epochs=epochs[1],
+                     batch_size=batch_size, run_dir=stage_dir(2), **kwargs)
+    finally:
+        for p, flag in zip(held, flags):
+            p.requires_grad_(flag)
+    return first, second

@@ -1,17 +1,24 @@
 """The SVI training loop: loss decrease, checkpoints, resuming and divergence handling."""
 
+import copy
 import json
 import math
 
+import pyro
+import pyro.distributions as dist
+import pyro.nn
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
 
-from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.guides import MultimodalGuide, PoE, SubsetEncoders, expert_encoder
 from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae.data import shared_latent_study
-from pyro_mmvae.infer import MaskedMultimodalELBO
+from pyro_mmvae.infer import JointMultimodalELBO, MaskedMultimodalELBO
 from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, TrainingDiverged, fit,
-                              iterate_minibatches, load_checkpoint, resolve_device)
+                              fit_two_stage, iterate_minibatches, load_checkpoint,
+                              resolve_device)
+from tests.helpers import linear_problem
 
 LATENT = 2
 
@@ -482,3 +489,157 @@ def test_a_batch_transform_is_applied_and_resumes_exactly(data, tmp_path):
     assert resumed["loss"] == pytest.approx(full["loss"], rel=1e-6)
     for k, v in state(model).items():
         assert torch.allclose(v, expected[k], rtol=1e-5, atol=1e-6), k
+
+
+# --- frozen parameters and two-stage training (tVAE) -------------------------------------------
+
+class _OwnParameterModel(pyro.nn.PyroModule):
+    """A PyroModule with an ``nn.Parameter`` of its own (``pyro.param`` stores it, turning
+    ``requires_grad`` on) and a plain ``nn.Linear`` child (``pyro.module`` registers it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(3))
+        self.dec = torch.nn.Linear(1, 3)
+
+    def forward(self, data, mask=None):
+        x = data["x"]
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
+            pyro.sample("x_x", dist.Normal(self.dec(z) * self.gain, 1.0).to_event(1), obs=x)
+
+
+class _LinearGuide(pyro.nn.PyroModule):
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Linear(3, 2)
+
+    def forward(self, data, mask=None):
+        loc, raw = self.enc(data["x"]).chunk(2, -1)
+        with pyro.plate("data", data["x"].shape[0]):
+            pyro.sample("z", dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-3)
+                        .to_event(1))
+
+
+@pytest.mark.parametrize("frozen", ["own", "child", "both"])
+def test_parameters_with_requires_grad_false_stay_frozen(frozen):
+    """Under fit a frozen parameter is neither optimised nor turned back on — a PyroModule's
+    own nn.Parameter (which pyro.param re-enables when it stores it) included — the others
+    train, and pyro.module's warning about the frozen ones (an error under this suite's
+    filterwarnings) is not raised."""
+    torch.manual_seed(0)
+    model, guide = _OwnParameterModel(), _LinearGuide()
+    held = {"own": [model.gain], "child": list(model.dec.parameters()),
+            "both": list(model.parameters())}[frozen]
+    for p in held:
+        p.requires_grad_(False)
+    before = state(model), state(guide)
+    x = {"x": torch.randn(32, 3) + 2.0}
+    history = fit(model, guide, Trace_ELBO(), x, epochs=3, batch_size=8, lr=0.1, progress=False)
+    assert history["status"] == "completed"
+    after = state(model)
+    for name, p in model.named_parameters():
+        changed = not torch.equal(after[name], before[0][name])
+        assert changed is (not any(p is q for q in held)), name
+    assert all(not p.requires_grad for p in held)
+    assert any(not torch.equal(v, before[1][k]) for k, v in state(guide).items())
+
+
+def tvae_problem(n=64):
+    model, data = linear_problem(n=n, dims={"a": 4, "b": 3})
+    guide = MultimodalGuide({m: torch.nn.Identity() for m in ("a", "b")},
+                            SubsetEncoders(4, 2, 2, branch_dim=8, hidden=(8,)))
+    data["b"] = torch.cat([data["b"], torch.zeros(n, 1)], -1)  # equal widths for Identity
+    model.decoders["b"].net = torch.nn.Linear(2, 4)
+    return model, guide, data
+
+
+def test_two_stage_training_freezes_the_model_and_moves_each_stage_s_encoders():
+    """After stage 2 the model is bit for bit what stage 1 left (a plain fit of the joint
+    stage from the same initial state), the singleton encoders moved in stage 2 only and the
+    full-set encoder in stage 1 only; requires_grad is restored."""
+    model, guide, data = tvae_problem()
+    ref_model, ref_guide = copy.deepcopy(model), copy.deepcopy(guide)
+    init = state(guide)
+    kwargs = dict(batch_size=16, lr=1e-2, progress=False, seed=3)
+    h1, h2 = fit_two_stage(model, guide, data, epochs=(3, 4), **kwargs)
+    assert len(h1["loss"]) == 3 and len(h2["loss"]) == 4
+    fit(ref_model, ref_guide, JointMultimodalELBO(alpha=0.0), data, epochs=3, **kwargs)
+    assert_same_state(state(model), state(ref_model))  # frozen through stage 2
+    stage1, final = state(ref_guide), state(guide)
+    full = 2  # subset index of {a, b}; 0 and 1 are {a} and {b}
+    for name in init:
+        assert torch.equal(final[name][full], stage1[name][full]), name  # not in stage 2
+        assert not torch.equal(stage1[name][full], init[name][full]), name  # but in stage 1
+        for k in (0, 1):
+            assert torch.equal(stage1[name][k], init[name][k]), name  # not in stage 1
+            assert not torch.equal(final[name][k], stage1[name][k]), name  # but in stage 2
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_stage_two_loss_is_the_sum_of_the_unimodal_elbos(monkeypatch):
+    """One full-batch stage-2 step reports -sum_n sum_m [E_q(z|x_m) log p(x_m|z) -
+    KL(q(z|x_m) || N(0, I))], computed here directly from the guide's unimodal posteriors and
+    the decoders with the same (fixed) noise."""
+    model, guide, data = tvae_problem(n=16)
+    eps = torch.tensor([0.3, -1.1])
+    monkeypatch.setattr(torch.distributions.normal, "_standard_normal",
+                        lambda shape, dtype, device: eps.to(dtype).expand(shape).clone())
+    n = 16
+    direct = 0.0
+    with torch.no_grad():
+        for m in ("a", "b"):
+            q = guide.distribution(data, {k: torch.full((n,), k == m) for k in ("a", "b")})
+            z = q.base_dist.loc + q.base_dist.scale * eps
+            prior = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+            direct += (model.decoders[m](z).log_prob(data[m])
+                       - torch.distributions.kl_divergence(q, prior)).sum()
+    h1, h2 = fit_two_stage(model, guide, data, epochs=(0, 1), batch_size=n, lr=1e-2,
+                           progress=False)
+    assert h1["step_loss"] == []
+    assert h2["step_loss"][0] * n == pytest.approx(-float(direct), rel=1e-10)
+
+
+def test_two_stage_arguments_and_run_dirs(tmp_path):
+    model, guide, data = tvae_problem(n=32)
+    with pytest.raises(ValueError, match="pair of integers"):
+        fit_two_stage(model, guide, data, epochs=3, batch_size=8)
+    with pytest.raises(ValueError, match="beta sets the default losses"):
+        fit_two_stage(model, guide, data, epochs=(1, 1), batch_size=8, beta=2.0,
+                      losses=(Trace_ELBO(), Trace_ELBO()))
+    with pytest.raises(TypeError, match="resume_from"):
+        fit_two_stage(model, guide, data, epochs=(1, 1), batch_size=8, resume_from="x")
+    fit_two_stage(model, guide, data, epochs=(1, 1), batch_size=8, progress=False,
+                  run_dir=tmp_path, frozen=[guide.encoders])
+    assert (tmp_path / "stage1" / CHECKPOINT).is_file()
+    assert (tmp_path / "stage2" / CHECKPOINT).is_file()
+
+
+@pytest.mark.parametrize("elbo", ["Trace_ELBO", "TraceMeanField_ELBO"])
+def test_library_programs_train_under_pyro_s_own_elbos_as_under_svi(data, elbo):
+    """A library model and guide under Pyro's Trace_ELBO / TraceMeanField_ELBO: fit's steps are
+    SVI's, bit for bit. (Those ELBOs call backward only when their traces hold a param site,
+    so skipping the library modules' registration there left every step after the first
+    without gradients.)"""
+    from pyro.infer import SVI, TraceMeanField_ELBO
+
+    from pyro_mmvae.train import make_optimizer
+
+    make_loss = {"Trace_ELBO": Trace_ELBO, "TraceMeanField_ELBO": TraceMeanField_ELBO}[elbo]
+    model, guide = build(data)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    svi = SVI(model, guide, make_optimizer(1e-2), loss=make_loss())
+    rng = torch.get_rng_state()
+    make_loss().loss(model, guide, {m: x[:32] for m, x in data.items()}, None)  # registration
+    torch.set_rng_state(rng)
+    reference = [svi.step(batch, mask) / 32 for epoch in (1, 2) for batch, mask in
+                 iterate_minibatches(data, None, batch_size=32, generator=generator)]
+    expected = state(model), state(guide)
+    model, guide = build(data)
+    history = fit(model, guide, make_loss(), data, epochs=2, batch_size=32, lr=1e-2,
+                  progress=False)
+    assert history["step_loss"] == reference
+    assert_same_state(state(model), expected[0])
+    assert_same_state(state(guide), expected[1])

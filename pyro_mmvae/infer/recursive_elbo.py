@@ -33,6 +33,21 @@ JMVAE-kl (Suzuki, Nakayama and Matsuo 2017, arXiv:1611.01891; M2VAE eq. 3) is th
 alone, :math:`\mathcal L^{VI}_O`: the joint ELBO of the observed set with the encoders of
 one modality fewer pulled towards it.
 
+Which subsets are scored is the ``subsets`` option (per data point, :math:`O` its observed
+set; each term as above):
+
+- ``"all"`` (default): the recursion, :math:`\sum_{\emptyset\ne S\subseteq O} w_S(|O|)\,
+  \mathcal L_S` with :math:`\mathcal L_S = \mathcal L^{VI}_S` for :math:`|S|\ge2` and
+  :math:`\mathcal L_{\{m\}}=\mathcal L_m`;
+- ``"top"``: :math:`\mathcal L^{VI}_O` alone, weight 1 (JMVAE-kl; with ``alpha=0`` the joint
+  ELBO :math:`\mathcal L_J(O)` of M2VAE eq. 2, the first stage of the tVAE);
+- ``"unimodal"``: :math:`\sum_{m\in O}\mathcal L_m`, weight 1 each, every unimodal
+  :math:`\beta`-ELBO reconstructing its own modality only — the second stage of the tVAE
+  (Vedantam, Fischer, Huang and Murphy, *Generative Models of Visually Grounded Imagination*,
+  ICLR 2018, arXiv:1705.10762, as the M2VAE paper's §5 uses it: the unimodal encoders
+  trained by their own ELBOs against frozen decoders, :func:`pyro_mmvae.train.fit_two_stage`).
+  ``alpha`` plays no part (singletons have no pull).
+
 Both need a guide that gives :math:`q(z\mid x_S)` for every subset — subset-specific encoders
 (:class:`~pyro_mmvae.guides.SubsetEncoders`, the paper's), or a PoE — as a diagonal Gaussian
 (the KL divergences are closed-form). All subsets run in one guide and one model call, stacked
@@ -89,17 +104,23 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         every bound), unless ``beta_norm`` is given.
     :param beta_norm: with ``input_dims`` ``{modality: D_m}``, per subset
         :math:`\beta_S=\beta_{\rm norm}\sum_{m\in S}D_m/D_z` (:func:`beta_normalized`).
-    :param top_only: keep only :math:`\mathcal L^{VI}_O` (:class:`JointMultimodalELBO`).
+    :param subsets: which subset terms the bound sums (module docstring): ``"all"`` (the
+        recursion, default), ``"top"`` (:math:`\mathcal L^{VI}_O` alone,
+        :class:`JointMultimodalELBO`) or ``"unimodal"`` (:math:`\sum_{m\in O}\mathcal L_m`,
+        the tVAE's second stage).
+    :param top_only: the same as ``subsets="top"`` (kept for existing code).
 
     ``terms()`` gives per-datapoint ``elbo`` and, ``(2^M - 1, B)`` in subset-index order,
     ``subset_terms`` (each :math:`\mathcal L^{VI}_S` or :math:`\mathcal L_m`, zero for subsets
-    not observed) and ``subset_weights``.
+    not scored) and ``subset_weights``; ``elbo`` is ``(subset_weights * subset_terms).sum(0)``.
     """
+
+    SUBSETS = ("all", "top", "unimodal")
 
     def __init__(self, num_particles: int = 1, *, alpha: float = 1.0,
                  beta_norm: Optional[float] = None,
-                 input_dims: Optional[Mapping[str, int]] = None, top_only: bool = False,
-                 **kwargs):
+                 input_dims: Optional[Mapping[str, int]] = None, subsets: Optional[str] = None,
+                 top_only: bool = False, **kwargs):
         for key in ("masking",):
             if key in kwargs:
                 raise TypeError(f"{type(self).__name__} takes no {key!r}: it scores fixed "
@@ -107,6 +128,12 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         super().__init__(num_particles, masking="all", **kwargs)
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {alpha!r}")
+        if subsets is None:
+            subsets = "top" if top_only else "all"
+        elif subsets not in self.SUBSETS:
+            raise ValueError(f"subsets must be one of {self.SUBSETS}, got {subsets!r}")
+        elif top_only and subsets != "top":
+            raise ValueError(f"top_only=True means subsets='top', but subsets={subsets!r}")
         if (beta_norm is None) != (input_dims is None):
             raise ValueError("beta_norm and input_dims go together")
         if beta_norm is not None and self.iwae:
@@ -115,7 +142,12 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         self.beta_norm = beta_norm
         self._cache = {}
         self.input_dims = None if input_dims is None else check_weights(input_dims, "input_dims")
-        self.top_only = top_only
+        self.subsets = subsets
+
+    @property
+    def top_only(self) -> bool:
+        """Whether only the top term is scored (``subsets == "top"``)."""
+        return self.subsets == "top"
 
     def _terms(self, model, guide, data, observed, modalities):
         b, m = observed.shape
@@ -124,8 +156,10 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         sizes = members.sum(-1)  # (K,)
         present = ~(members.unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)  # (K, B): S <= O
         n_obs = observed.sum(-1)  # (B,)
-        if self.top_only:
+        if self.subsets == "top":
             weights = present & (sizes.unsqueeze(1) == n_obs)
+        elif self.subsets == "unimodal":
+            weights = present & (sizes.unsqueeze(1) == 1)
         else:
             weights = present * table[:, n_obs]  # (K, B): w_S(|O|) per data point
         weights = weights.to(torch.get_default_dtype())
@@ -206,4 +240,7 @@ class JointMultimodalELBO(RecursiveMultimodalELBO):
     """
 
     def __init__(self, num_particles: int = 1, *, alpha: float = 1.0, **kwargs):
-        super().__init__(num_particles, alpha=alpha, top_only=True, **kwargs)
+        for key in ("subsets", "top_only"):
+            if key in kwargs:
+                raise TypeError(f"JointMultimodalELBO takes no {key!r}: it is subsets='top'")
+        super().__init__(num_particles, alpha=alpha, subsets="top", **kwargs)

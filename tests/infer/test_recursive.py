@@ -144,3 +144,52 @@ def test_beta_norm_sets_a_beta_per_subset(monkeypatch):
     for k, beta in enumerate((0.75, 0.5, 1.25)):
         b = RecursiveMultimodalELBO(alpha=0.0, beta=beta).terms(model, guide, data)
         assert torch.allclose(a[k], b["subset_terms"][k], atol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_subsets_option_scores_exactly_the_stated_terms(monkeypatch, alpha):
+    """Two modalities: subsets="unimodal" is L_a + L_b and "top" is L^VI_ab (with alpha = 0
+    the joint ELBO L_J(ab)), each term that of the full recursion's subset_terms; top_only is
+    "top"; with c missing on a point the unimodal sum runs over its observed set."""
+    dims = {"a": 3, "b": 2}
+    model, data = linear_problem(n=5, dims=dims)
+    guide = make_guide(dims=dims)
+    fixed_noise(monkeypatch, torch.tensor([0.4, -0.7]))
+    full = RecursiveMultimodalELBO(alpha=alpha).terms(model, guide, data)
+    s = full["subset_terms"]  # rows: {a}, {b}, {a, b}
+    uni = RecursiveMultimodalELBO(alpha=alpha, subsets="unimodal").terms(model, guide, data)
+    top = RecursiveMultimodalELBO(alpha=alpha, subsets="top").terms(model, guide, data)
+    assert torch.allclose(uni["elbo"], s[0] + s[1], atol=1e-10)
+    assert torch.allclose(top["elbo"], s[2], atol=1e-10)
+    assert torch.equal(uni["subset_weights"], torch.tensor([[1.0], [1.0], [0.0]]).expand(3, 5))
+    assert torch.equal(top["subset_weights"], torch.tensor([[0.0], [0.0], [1.0]]).expand(3, 5))
+    assert torch.allclose(full["elbo"], (s[0] + s[1] + s[2]) / 2, atol=1e-10)
+    legacy = RecursiveMultimodalELBO(alpha=alpha, top_only=True)
+    assert legacy.subsets == "top" and legacy.top_only
+    assert torch.allclose(legacy.terms(model, guide, data)["elbo"], s[2], atol=1e-10)
+    # the unimodal term is its own modality's beta-ELBO alone: no pull, whatever alpha
+    if alpha:
+        plain = RecursiveMultimodalELBO(alpha=0.0, subsets="unimodal").terms(model, guide, data)
+        assert torch.allclose(plain["elbo"], uni["elbo"], atol=1e-10)
+    # three modalities, c missing on the first point: L_a + L_b there, L_a + L_b + L_c else
+    model3, data3 = linear_problem(n=3)
+    guide3 = make_guide()
+    mask = full_mask(data3)
+    mask["c"] = torch.tensor([False, True, True])
+    all3 = RecursiveMultimodalELBO(alpha=alpha).terms(model3, guide3, data3, mask)
+    unimodal = RecursiveMultimodalELBO(alpha=alpha, subsets="unimodal")
+    uni3 = unimodal.terms(model3, guide3, data3, mask)
+    singles = all3["subset_terms"][[0, 1, 3]]  # {a}, {b}, {c}
+    assert torch.allclose(uni3["elbo"], singles.sum(0), atol=1e-10)
+    assert uni3["subset_weights"][3, 0] == 0 and uni3["subset_weights"][3, 1] == 1
+
+
+def test_subsets_option_bad_values():
+    with pytest.raises(ValueError, match="subsets must be one of"):
+        RecursiveMultimodalELBO(subsets="pairs")
+    with pytest.raises(ValueError, match="top_only=True means subsets='top'"):
+        RecursiveMultimodalELBO(subsets="unimodal", top_only=True)
+    with pytest.raises(TypeError, match="takes no 'subsets'"):
+        JointMultimodalELBO(subsets="all")
+    assert JointMultimodalELBO().subsets == "top"
+    assert RecursiveMultimodalELBO().subsets == "all"
