@@ -409,7 +409,7 @@ def test_m2vae_mog_smoke(tmp_path):
         assert 0 <= r["reencoding_kept"] <= 1 and 0 <= r["joint_accuracy"] <= 1
         assert "embeddings" not in r  # per-point arrays stay out of results.json
     assert set(payload["sweep"]) == {"0.01,0.0", "0.01,0.01"}
-    for name in ("README.md", "results.json", "comparison.png", "sweep.png",
+    for name in ("README.md", "results.json", "data.png", "comparison.png", "sweep.png",
                  "reencoding.png"):
         assert (tmp_path / name).is_file()
 
