@@ -48,6 +48,7 @@ from pyro_mmvae.infer import (JointMultimodalELBO, MaskedMultimodalELBO, Mixture
                               MultiSourceELBO, RecursiveMultimodalELBO, SubsampledMultimodalELBO,
                               linear_warmup)
 from pyro_mmvae.infer.multisource import OBJECTIVES
+from pyro_mmvae.infer.recursive_elbo import DEFAULT_ALPHA
 from pyro_mmvae.train import CHECKPOINT, CONFIG, load_checkpoint
 
 # --- data ---------------------------------------------------------------------------------------
@@ -195,8 +196,8 @@ BOUNDS = {"masked": MaskedMultimodalELBO, "mixture": MixtureMultimodalELBO,
 DEFAULT_NUM_PARTICLES = 1
 BOUND_DEFAULTS: Dict[str, Dict[str, object]] = {
     "multisource": {"num_particles": 16, "objective": "ind"},
-    "recursive": {"alpha": 0.01},
-    "jmvae": {"alpha": 0.01},
+    "recursive": {"alpha": DEFAULT_ALPHA},
+    "jmvae": {"alpha": DEFAULT_ALPHA},
 }
 # option -> the bounds that take it
 BOUND_OPTIONS = {"objective": ("multisource",), "alpha": ("recursive", "jmvae"),

@@ -3,8 +3,8 @@ markdown tables with a header that names the command, seeds, budget and wall tim
 results files that carry no machine paths.
 
 Every experiment script writes ``experiments/results/<name>/`` with ``README.md`` (the table),
-``results.json`` (the raw numbers) and figures; these helpers are the one place where cells are
-formatted, so that every table in the repository reads the same way::
+``results.json`` (the raw numbers) and figures; the MSNVI and M2VAE scripts format their cells
+with these helpers (``mean ± std``, and ``ours (paper)`` beside a paper's number)::
 
     >>> mean_std([1.0, 2.0, 3.0])
     (2.0, 1.0)
@@ -16,13 +16,14 @@ formatted, so that every table in the repository reads the same way::
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from pyro_mmvae.io import atomic_write
 
 Number = Optional[float]
 MISSING = "–"
@@ -65,12 +66,13 @@ def command_line(script: str, argv: Optional[Sequence[str]]) -> str:
     return " ".join(["python", script, *map(shlex.quote, argv or [])])
 
 
-def header(title: str, *, command: str, budget: str, seeds: Sequence[int],
-           wall_s: float) -> list:
-    """A results README's first lines: title, command, budget, seeds and wall time."""
+def header(title: str, *, command: str, budget: str, seeds: Sequence[int], wall_s: float,
+           machine: str = "2 CPU cores, one torch thread") -> list:
+    """A results README's first lines: title, command, budget, seeds and wall time on
+    ``machine``."""
     return [f"# {title}", "", f"- Command: `{command}`", f"- Budget: {budget}",
             f"- Seeds: {', '.join(map(str, seeds))}",
-            f"- Wall time: {wall_s:.0f} s on this machine (2 CPU cores unless stated)", ""]
+            f"- Wall time: {wall_s:.0f} s ({machine})", ""]
 
 
 def repository_relative(path: Union[str, Path], root: Union[str, Path]) -> str:
@@ -83,9 +85,12 @@ def repository_relative(path: Union[str, Path], root: Union[str, Path]) -> str:
 
 
 def write_results(out: Union[str, Path], payload: Mapping, readme: Sequence[str]) -> None:
-    """Write ``results.json`` (``payload``, JSON) and ``README.md`` (the ``readme`` lines) in
-    ``out``."""
+    """Write ``results.json`` (``payload`` as strict JSON: non-finite numbers become
+    ``null``) and ``README.md`` (the ``readme`` lines) in ``out``, each atomically."""
+    from pyro_mmvae.train import write_json
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / "README.md").write_text("\n".join(readme) + "\n")
+    write_json(out / "results.json", payload)
+    text = "\n".join(readme) + "\n"
+    atomic_write(out / "README.md", lambda f: f.write(text), mode="w")

@@ -737,8 +737,10 @@ def fit_two_stage(model, guide, train_data: Mapping[str, torch.Tensor], *,
     afterwards.
 
     :param model, guide: as for :func:`fit`.
-    :param train_data: ``{modality: (N, ...)}``, fully observed for the tVAE (or give
-        ``mask=``).
+    :param train_data: ``{modality: (N, ...)}``, fully observed for the tVAE. With a
+        ``mask=`` (in ``kwargs``) the joint stage trains each point's observed set's network
+        (for a point observing one modality, that singleton's), so the singletons then move
+        in both stages.
     :param epochs: ``(joint epochs, unimodal epochs)``; 0 skips a stage.
     :param batch_size: as for :func:`fit`, both stages.
     :param losses: ``(stage-1 loss, stage-2 loss)``, any bounds (default above).

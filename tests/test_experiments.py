@@ -367,7 +367,8 @@ def test_msnvi_digits_smoke(tmp_path):
             assert set(table[name]) == {"ind", "moe", "poe"}
             assert all(math.isfinite(v) and v > 0 for v in table[name].values())
     # one-shot imputation: one number; the chain: one per step
-    assert len(payload["imputation"]["tb"]["chain"]) == 5
+    chains = payload["imputation"]["tb"]
+    assert len(chains["chain"]) == len(chains["chain_iwae"]) == 5
     assert payload["imputation"]["tb"]["one_shot"] < 0
     for name in ("README.md", "results.json", "samples.png", "imputation.png"):
         assert (tmp_path / name).is_file()
@@ -438,7 +439,7 @@ def test_m2vae_scripts_train_what_they_name(script, monkeypatch):
     monkeypatch.setattr(mod, "fit", lambda model, guide, loss, data, **kw: calls.append(
         (guide.aggregator, loss, kw)))
     monkeypatch.setattr(mod, "fit_two_stage", lambda model, guide, data, **kw: calls.append(
-        (guide.aggregator, "two stages", kw)))
+        (guide.aggregator, kw.pop("losses", "default losses"), kw)))
 
     class Args:
         width, branch, joint, scale, batch_size, lr, epochs = 8, 8, 4, 0.1, 16, 1e-3, 3
@@ -454,12 +455,18 @@ def test_m2vae_scripts_train_what_they_name(script, monkeypatch):
     assert isinstance(m2, SubsetEncoders) and isinstance(m2loss, RecursiveMultimodalELBO)
     assert m2loss.alpha == 0.25 and not isinstance(m2loss, JointMultimodalELBO)
     assert kw["seed"] == 7 and kw["epochs"] == 3
-    assert isinstance(tv, SubsetEncoders) and tvloss == "two stages"
-    assert tvkw["epochs"] == (3, 3)
+    assert isinstance(tv, SubsetEncoders) and tvkw["epochs"] == (3, 3)
     assert isinstance(jz, JointEncoder) and isinstance(jzloss, MixtureMultimodalELBO)
     assert jzloss.masking_name == "zero_augmented"
-    if script == "m2vae_digits":
+    if script == "m2vae_digits":  # beta_S = beta_norm * D_S / D_z for every model
         assert m2loss.beta_norm == 0.01 and m2loss.input_dims == {"a": 64, "b": 64}
+        joint, unimodal = tvloss
+        assert isinstance(joint, JointMultimodalELBO) and joint.alpha == 0
+        assert unimodal.subsets == "unimodal" and unimodal.alpha == 0
+        assert joint.beta_norm == unimodal.beta_norm == 0.01
+        assert jzloss.beta == pytest.approx(0.64)
         assert isinstance(calls[3][1], JointMultimodalELBO) and calls[3][1].alpha == 0.25
-    else:
-        assert m2loss.beta == 0.5
+        assert calls[3][1].beta_norm == 0.01
+    else:  # one beta everywhere
+        assert m2loss.beta == jzloss.beta == 0.5 and tvloss == "default losses"
+        assert tvkw["beta"] == 0.5

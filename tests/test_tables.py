@@ -26,8 +26,9 @@ def test_markdown_table_and_header():
     assert lines == ["| a | b |", "|---|---|", "| 1 | x |", "| 2 | y |"]
     assert command_line("experiments/x.py", ["--out", "a b"]) == (
         "python experiments/x.py --out 'a b'")
-    head = header("T", command="python x.py", budget="3 epochs", seeds=[0, 1], wall_s=12.4)
-    assert head[0] == "# T" and "- Seeds: 0, 1" in head and any("12 s" in h for h in head)
+    head = header("T", command="python x.py", budget="3 epochs", seeds=[0, 1], wall_s=12.4,
+                  machine="one GPU")
+    assert head[0] == "# T" and "- Seeds: 0, 1" in head and "- Wall time: 12 s (one GPU)" in head
 
 
 def test_results_record_no_machine_paths(tmp_path):
@@ -35,6 +36,8 @@ def test_results_record_no_machine_paths(tmp_path):
     (root / "experiments").mkdir(parents=True)
     assert repository_relative(root / "experiments", root) == "experiments"
     assert repository_relative(tmp_path / "elsewhere" / "out", root) == "out"
-    write_results(root / "out", {"x": 1}, ["# T", "body"])
-    assert json.loads((root / "out" / "results.json").read_text()) == {"x": 1}
+    write_results(root / "out", {"x": 1, "y": float("nan")}, ["# T", "body"])
+    # strict JSON: NaN becomes null
+    assert json.loads((root / "out" / "results.json").read_text(),
+                      parse_constant=lambda c: 1 / 0) == {"x": 1, "y": None}
     assert (root / "out" / "README.md").read_text() == "# T\nbody\n"

@@ -643,3 +643,32 @@ def test_library_programs_train_under_pyro_s_own_elbos_as_under_svi(data, elbo):
     assert history["step_loss"] == reference
     assert_same_state(state(model), expected[0])
     assert_same_state(state(guide), expected[1])
+
+
+def test_two_stage_frozen_holds_shared_feature_encoders_fixed_in_stage_two():
+    """``frozen=`` modules (here the guide's shared MLP feature encoders, which the joint
+    encoder also reads) move in stage 1, stay bit for bit in stage 2, and get their
+    requires_grad back; without ``frozen`` they move in stage 2 too."""
+    def problem():
+        model, data = linear_problem(n=48, dims={"a": 4, "b": 3})
+        torch.manual_seed(1)
+        guide = MultimodalGuide({"a": torch.nn.Linear(4, 5), "b": torch.nn.Linear(3, 5)},
+                                SubsetEncoders(5, 2, 2, branch_dim=8, hidden=(8,)))
+        return model, guide, data
+
+    kwargs = dict(batch_size=16, lr=1e-2, progress=False, seed=2)
+    model, guide, data = problem()
+    init = {k: v.clone() for k, v in guide.encoders.state_dict().items()}
+    fit_two_stage(model, guide, data, epochs=(2, 0), **kwargs)
+    after_joint = {k: v.clone() for k, v in guide.encoders.state_dict().items()}
+    assert any(not torch.equal(init[k], after_joint[k]) for k in init)  # stage 1 moves them
+
+    model, guide, data = problem()
+    fit_two_stage(model, guide, data, epochs=(2, 2), frozen=[guide.encoders], **kwargs)
+    assert_same_state(guide.encoders.state_dict(), after_joint)
+    assert all(p.requires_grad for p in guide.encoders.parameters())
+
+    model, guide, data = problem()
+    fit_two_stage(model, guide, data, epochs=(2, 2), **kwargs)
+    moved = guide.encoders.state_dict()
+    assert any(not torch.equal(moved[k], after_joint[k]) for k in moved)

@@ -69,6 +69,11 @@ from .base import MultimodalELBO
 from .traces import latent_sites, latent_values, local_latents, log_likelihood, rate
 
 
+# the M2VAE's working value (its (beta, alpha) study: alpha <= 1e-2 works, alpha = 1
+# over-constrains, the multimodal classes collapsing onto the unimodal means)
+DEFAULT_ALPHA = 0.01
+
+
 def beta_normalized(beta_norm: float, input_dim: int, latent_dim: int) -> float:
     r""":math:`\beta_* = \beta_{\rm norm}\,D_*/D_z` (Higgins et al. 2017's normalisation, as
     the M2VAE applies it per encoder, :math:`D_*` the input size that encoder sees):
@@ -99,7 +104,8 @@ class RecursiveMultimodalELBO(MultimodalELBO):
     r"""The M2VAE objective :math:`\mathcal L^{M2}` (module docstring), summed over the batch.
 
     :param alpha: weight of the KL terms pulling :math:`q(z\mid x_{S\setminus m})` towards
-        :math:`q(z\mid x_S)`.
+        :math:`q(z\mid x_S)` (default :data:`DEFAULT_ALPHA` = 0.01, the paper's working
+        value).
     :param beta: the rates' weight :math:`\beta_S` for every subset (a number or schedule, as
         every bound), unless ``beta_norm`` is given.
     :param beta_norm: with ``input_dims`` ``{modality: D_m}``, per subset
@@ -117,7 +123,7 @@ class RecursiveMultimodalELBO(MultimodalELBO):
 
     SUBSETS = ("all", "top", "unimodal")
 
-    def __init__(self, num_particles: int = 1, *, alpha: float = 1.0,
+    def __init__(self, num_particles: int = 1, *, alpha: float = DEFAULT_ALPHA,
                  beta_norm: Optional[float] = None,
                  input_dims: Optional[Mapping[str, int]] = None, subsets: Optional[str] = None,
                  top_only: bool = False, **kwargs):
@@ -239,7 +245,7 @@ class JointMultimodalELBO(RecursiveMultimodalELBO):
     encoders are fitted to the joint one, with no reconstruction or prior term of their own.
     """
 
-    def __init__(self, num_particles: int = 1, *, alpha: float = 1.0, **kwargs):
+    def __init__(self, num_particles: int = 1, *, alpha: float = DEFAULT_ALPHA, **kwargs):
         for key in ("subsets", "top_only"):
             if key in kwargs:
                 raise TypeError(f"JointMultimodalELBO takes no {key!r}: it is subsets='top'")
