@@ -22,14 +22,34 @@ is an error naming it, before any data is loaded (:func:`~pyro_mmvae.runs.bound_
 
 Datasets, models, guides and bounds are built from the configuration by :mod:`pyro_mmvae.runs`,
 which is how a saved run is restored.
+
+Safe runs. ``train`` never writes into a directory that already holds a run (``config.json``,
+``checkpoint.pt`` or ``metrics.json``) unless told to: ``--resume RUN_DIR`` continues it,
+``--overwrite`` deletes the files a run writes there (not others) and trains afresh. Checkpoints
+carry a SHA-256 checksum per entry and the configuration they were written with; a resume, an
+``evaluate`` or a ``generate`` verifies both (a flipped bit, or the checkpoint of another
+configuration, is an error naming the file and the differing keys). Every file is written
+atomically (a temporary file, flushed to disk, then renamed; ``SIGTERM`` is handled like
+``Ctrl-C``, so an interrupted write removes its temporary file), and ``train`` deletes the
+temporary files that a killed earlier write left in the run directory. An option that does not
+apply to ``--dataset`` is an error, and ``config.json`` records only the options that apply,
+without paths: the run directory is where it lies, and the datasets' cache directory
+(``--data-root``) belongs to the machine (``evaluate``, ``generate`` and ``train --resume`` take
+``--data-root`` again, else use ``$PYRO_MMVAE_DATA`` or ``~/.cache/pyro_mmvae``, where the
+datasets are rebuilt identically if missing). A user error — an option, a path, a run
+directory, a checkpoint — is one line ``pyro-mmvae COMMAND: error: ...`` with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import re
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -43,12 +63,13 @@ from pyro_mmvae.diagnostics.plots import save_generation_grid
 from pyro_mmvae.guides.aggregators import SCALES
 from pyro_mmvae.infer import MASKINGS
 from pyro_mmvae.infer.multisource import OBJECTIVES
-from pyro_mmvae.report import EVALUATION, evaluate_run, headline
-from pyro_mmvae.runs import (AGGREGATORS, BOUNDS, DATASETS, DEFAULT_DATASET, PRIORS,
-                             bound_options, build_guide, build_loss, build_model,
-                             config_namespace, load_run, read_config)
+from pyro_mmvae.io import remove_stale_temp_files
+from pyro_mmvae.report import CLASSIFIERS, EVALUATION, evaluate_run, headline
+from pyro_mmvae.runs import (AGGREGATORS, BOUNDS, DATASET_OPTIONS, DATASETS, DEFAULT_DATASET,
+                             PRIORS, RUNTIME_KEYS, bound_options, build_guide, build_loss,
+                             build_model, config_namespace, load_run, read_config)
 from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, CheckpointError,
-                              TrainingDiverged, fit, resolve_device, write_json)
+                              TrainingDiverged, fit, load_checkpoint, resolve_device, write_json)
 
 BOUND_HELP = {"masked": "the masked bound of Hirt et al. (default masking iid_half)",
               "mixture": "the mixture-based bound, MMVAE/MoPoE (default masking all)",
@@ -115,8 +136,28 @@ def modality_list(text: str) -> list:
 
 # --- parsers ---------------------------------------------------------------------------------
 
+def one_line(message: str) -> str:
+    """``message`` on one line (multi-line messages, e.g. of ``load_state_dict``, joined)."""
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE``, exit status 2
+    (no usage dump: ``--help`` has it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
 DATASET_DEPENDENT = ("latent_dim", "epochs", "batch_size", "lr", "aggregator",
                      "aggregator_width", "hidden", "channels", "is_samples", "eval_points")
+
+
+def add_data_root_arg(g) -> None:
+    g.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                   help="cache directory of the built-in image datasets, built there on first "
+                        "use; not recorded in the run (default: $PYRO_MMVAE_DATA or "
+                        "~/.cache/pyro_mmvae)")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -124,14 +165,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", choices=list(DATASETS), default=DEFAULT_DATASET,
                    help="; ".join(f"{k}: {v.help}" for k, v in DATASETS.items())
                    + " (default: %(default)s)")
-    g.add_argument("--data-root", type=Path, default=None, metavar="DIR",
-                   help="cache directory of the built-in datasets (default: $PYRO_MMVAE_DATA or "
-                        "~/.cache/pyro_mmvae)")
+    add_data_root_arg(g)
     g.add_argument("--image-size", type=positive_int, default=16,
                    help="image side of PolyDigits / DigitsSVHNText (default: %(default)s)")
     g.add_argument("--train-points", type=positive_int, default=None, metavar="N",
                    help="train on the first N training points only (polydigits, "
-                        "digits-svhn-text; default: all)")
+                        "digits-svhn-text; for linear-gaussian set --num-points and "
+                        "--test-fraction; default: all)")
     g.add_argument("--num-modalities", type=positive_int, default=5,
                    help="number of modalities M (linear-gaussian; default: %(default)s)")
     g.add_argument("--num-points", type=positive_int, default=5000,
@@ -274,11 +314,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="clip gradient norms at this value (ClippedAdam; default: no clipping)")
     g = p.add_argument_group("output and evaluation")
     g.add_argument("--output-dir", type=Path, default=None,
-                   help="run directory (default: runs/<dataset>-<aggregator>-<bound>-<timestamp>)")
+                   help="run directory (default: runs/<dataset>-<aggregator>-<bound>-<timestamp>); "
+                        "one that already holds a run is an error unless --overwrite")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train afresh in an --output-dir that holds a run: the files a run "
+                        "writes there (checkpoint, configuration, metrics, evaluation, "
+                        "pictures) are deleted first, other files are left alone")
     g.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its checkpoint with its saved configuration "
-                        "(only --epochs, --device, --num-threads, --no-progress and "
-                        "--no-evaluate apply)")
+                        "(only --epochs, --device, --num-threads, --no-progress, "
+                        "--no-evaluate, --data-root and the evaluation options apply; the "
+                        "checkpoint must pass its checksums and match config.json)")
     g.add_argument("--no-evaluate", action="store_true",
                    help="skip the evaluation after training (run `pyro-mmvae evaluate` later)")
     add_eval_args(g)
@@ -297,6 +343,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                     "classifiers.pt), and pictures. Writes evaluation.json into RUN_DIR.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     add_eval_args(p)
+    add_data_root_arg(p)
     add_runtime_args(p)
     p.set_defaults(func=functools.partial(run_evaluate, parser=p))
     return p
@@ -317,6 +364,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
                    help="draw from the likelihood instead of showing its mean")
     p.add_argument("--output", type=Path, default=None,
                    help="PNG path (default: RUN_DIR/generate_<given>.png)")
+    add_data_root_arg(p)
     add_runtime_args(p)
     p.set_defaults(func=functools.partial(run_generate, parser=p))
     return p
@@ -324,7 +372,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pyro-mmvae", description="Multimodal variational autoencoders for Pyro.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -343,7 +391,75 @@ def apply_dataset_defaults(args) -> argparse.Namespace:
     return args
 
 
-# --- commands --------------------------------------------------------------------------------
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_dataset_options(args, parser: argparse.ArgumentParser) -> None:
+    """A parser error naming the first option of :data:`~pyro_mmvae.runs.DATASET_OPTIONS` set
+    to other than its default that does not apply to ``--dataset`` (e.g. ``--train-points``
+    with the linear-Gaussian simulation, whose size ``--num-points`` sets). Call it before
+    :func:`apply_dataset_defaults`."""
+    spec = DATASETS[args.dataset]
+    for key in DATASET_OPTIONS:
+        if key in spec.options or getattr(args, key, None) == parser.get_default(key):
+            continue
+        takers = " / ".join(name for name, other in DATASETS.items() if key in other.options)
+        hint = ("; its size is set by --num-points and --test-fraction"
+                if key == "train_points" else "")
+        parser.error(f"{_flag(key)} does not apply to --dataset {args.dataset} (it is an option "
+                     f"of --dataset {takers}){hint}")
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+# the files whose presence makes a directory a run
+RUN_MARKERS = (CONFIG, CHECKPOINT, METRICS)
+# every file pyro-mmvae train and evaluate write into a run directory (what --overwrite deletes)
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOSS_CURVE, EVALUATION, CLASSIFIERS, "coherence.png",
+             "rate_distortion.png", "samples.png")
+RUN_FILE_PATTERNS = ("generation_*.png", "generate_*.png")
+
+
+def run_files(run_dir: Path) -> list:
+    """The files of :data:`RUN_FILES` and :data:`RUN_FILE_PATTERNS` in ``run_dir``."""
+    found = [run_dir / name for name in RUN_FILES]
+    found += [p for pattern in RUN_FILE_PATTERNS for p in sorted(run_dir.glob(pattern))]
+    return [p for p in found if p.is_file() or p.is_symlink()]
+
+
+def check_output_dir(args, parser: argparse.ArgumentParser) -> None:
+    """A parser error when ``--output-dir`` is a file, or already holds a run and neither
+    ``--overwrite`` nor ``--resume`` was given."""
+    out = args.output_dir
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        parser.error(f"--output-dir {out} is a file, not a directory")
+    held = [name for name in RUN_MARKERS if (out / name).exists()]
+    if held and not args.overwrite:
+        parser.error(f"--output-dir {out} already holds a run ({', '.join(held)}); continue it "
+                     f"with --resume {out}, or train afresh there with --overwrite")
+
+
+def open_run_dir(run_dir: Path, parser: argparse.ArgumentParser, option: str,
+                 overwrite: bool = False) -> None:
+    """Create ``run_dir``; with ``overwrite`` delete the files an earlier run wrote there
+    (:func:`run_files`); remove the temporary files of writes that were killed
+    (:func:`~pyro_mmvae.io.remove_stale_temp_files`)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a component is a file, no permission, ...
+        parser.error(f"{option} {run_dir}: cannot create the run directory "
+                     f"({err.strerror or err})")
+    if overwrite:
+        for path in run_files(run_dir):
+            path.unlink()
+    removed = remove_stale_temp_files(run_dir)
+    if removed:
+        print(f"note: removed {len(removed)} temporary file(s) of an interrupted earlier write "
+              f"from {run_dir}: {', '.join(p.name for p in removed)}", file=sys.stderr)
+
 
 def default_run_dir(args) -> Path:
     """``runs/<dataset>-<aggregator>-<bound>-<timestamp>`` (a suffix avoids collisions)."""
@@ -356,9 +472,19 @@ def default_run_dir(args) -> Path:
     return path
 
 
+# keys of the namespace that are not part of a run's configuration: how this command was
+# invoked, and paths (the run directory is where config.json lies; the cache directory belongs
+# to the machine)
+NOT_RECORDED = ("func", "resume", "overwrite", "output_dir", "data_root")
+
+
 def _config(args, data) -> dict:
+    """``config.json``: the options that apply to the dataset (not :data:`NOT_RECORDED`), and
+    what the data gave (modality sizes, test points, dataset info)."""
+    options = DATASETS[args.dataset].options
+    skip = set(NOT_RECORDED) | {k for k in DATASET_OPTIONS if k not in options}
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-           if k not in ("func", "resume")}
+           if k not in skip}
     cfg["modality_dims"] = data.modality_dims
     cfg["num_test"] = data.num_test
     cfg["dataset_info"] = data.info
@@ -387,21 +513,43 @@ def _device(args, parser):
         parser.error(str(err))
 
 
+# what a resume may set anew (everything else comes from the run's config.json)
+RESUME_OPTIONS = ("epochs", "device", "num_threads", "no_progress", "no_evaluate", "data_root",
+                  "is_samples", "eval_points", "classifier_epochs")
+
+
 def resumed_args(args, parser) -> argparse.Namespace:
-    """The saved configuration of ``args.resume`` with the options that apply to a resume."""
+    """The saved configuration of ``args.resume`` with the options that apply to a resume
+    (:data:`RESUME_OPTIONS`; any other option given is an error), after checking that the
+    checkpoint passes its checksums and was written by that configuration."""
+    for key, value in vars(args).items():
+        if key not in RESUME_OPTIONS + ("resume", "func", "command") \
+                and value != parser.get_default(key):
+            parser.error(f"{_flag(key)} does not apply with --resume, which continues the run "
+                         f"with its saved configuration (only "
+                         f"{', '.join(_flag(k) for k in RESUME_OPTIONS)} apply)")
+    run_dir = Path(args.resume)
     try:
-        config = read_config(args.resume)
+        config = read_config(run_dir)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    if not (Path(args.resume) / CHECKPOINT).is_file():
-        parser.error(f"--resume {args.resume}: no checkpoint.pt there to continue from")
+    if not (run_dir / CHECKPOINT).is_file():
+        parser.error(f"--resume {run_dir}: no checkpoint.pt there to continue from")
+    try:
+        load_checkpoint(run_dir / CHECKPOINT, config=config, ignore=RUNTIME_KEYS)
+    except CheckpointError as err:
+        parser.error(str(err))
     saved = config_namespace(config)
     for key in ("device", "num_threads", "no_progress", "no_evaluate"):
         setattr(saved, key, getattr(args, key))
-    if args.epochs is not None:
-        saved.epochs = args.epochs
-    saved.output_dir = Path(args.resume)
-    saved.resume = Path(args.resume)
+    for key in ("epochs", "data_root", "is_samples", "eval_points", "classifier_epochs"):
+        if getattr(args, key) != parser.get_default(key):
+            setattr(saved, key, getattr(args, key))
+    if not hasattr(saved, "data_root"):
+        saved.data_root = None
+    saved.output_dir = run_dir
+    saved.resume = run_dir
+    saved.overwrite = False
     return saved
 
 
@@ -416,7 +564,12 @@ def apply_bound_defaults(args) -> argparse.Namespace:
 
 def run_train(args, parser: argparse.ArgumentParser) -> int:
     """``pyro-mmvae train``: load data, build model/guide/bound, fit, evaluate, summarise."""
-    args = resumed_args(args, parser) if args.resume else apply_dataset_defaults(args)
+    if args.resume:
+        args = resumed_args(args, parser)
+    else:
+        check_dataset_options(args, parser)
+        check_output_dir(args, parser)
+        args = apply_dataset_defaults(args)
     try:
         apply_bound_defaults(args)
     except ValueError as err:
@@ -431,7 +584,10 @@ def run_train(args, parser: argparse.ArgumentParser) -> int:
 def _train(args, parser, device) -> int:
     """The body of ``train`` (threads already set): returns 0, or 1 if training diverged."""
     spec = DATASETS[args.dataset]
-    data = spec.load(args)
+    try:
+        data = spec.load(args)
+    except ValueError as err:  # e.g. an unreadable dataset cache
+        parser.error(str(err))
     if args.batch_size > data.num_train:
         parser.error(f"--batch-size {args.batch_size} exceeds the {data.num_train} training "
                      "points; lower --batch-size or raise --num-points")
@@ -446,6 +602,8 @@ def _train(args, parser, device) -> int:
         parser.error(str(err))
 
     resume = getattr(args, "resume", None)
+    open_run_dir(run_dir, parser, "--resume" if resume else "--output-dir",
+                 overwrite=getattr(args, "overwrite", False))
     print(f"{'resuming' if resume else 'training'} {args.aggregator} guide, {args.bound} bound "
           f"on {args.dataset} ({data.num_train} train points, {len(data.modality_dims)} "
           f"modalities) to epoch {args.epochs} on {device}; run directory: {run_dir}")
@@ -458,7 +616,10 @@ def _train(args, parser, device) -> int:
                       resume_from=Path(resume) / CHECKPOINT if resume else None)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        write_json(run_dir / METRICS, {"status": "diverged", "error": str(err),
+        message = str(err)
+        if err.checkpoint is not None:  # no paths in run files
+            message = message.replace(str(err.checkpoint), Path(err.checkpoint).name)
+        write_json(run_dir / METRICS, {"status": "diverged", "error": message,
                                        "train_loss": err.history["loss"],
                                        "history": err.history})
         return 1
@@ -477,7 +638,7 @@ def _train(args, parser, device) -> int:
     metrics["wall_time_s"] = time.perf_counter() - t0
     metrics["history"] = history
     write_json(run_dir / METRICS, metrics)
-    print(summary(metrics, run_dir))
+    print(summary(metrics, run_dir, evaluated=not args.no_evaluate))
     return 0
 
 
@@ -486,7 +647,8 @@ def run_evaluate(args, parser: argparse.ArgumentParser) -> int:
     device = _device(args, parser)
     with _Threads(args.num_threads):
         try:
-            saved, data, model, guide, _ = load_run(args.run_dir, device)
+            saved, data, model, guide, _ = load_run(args.run_dir, device,
+                                                    data_root=args.data_root)
         except (FileNotFoundError, ValueError) as err:
             parser.error(str(err))
         for key in ("is_samples", "eval_points", "classifier_epochs"):
@@ -505,24 +667,31 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
     device = _device(args, parser)
     with _Threads(args.num_threads):
         try:
-            saved, data, model, guide, _ = load_run(args.run_dir, device)
+            saved, data, model, guide, _ = load_run(args.run_dir, device,
+                                                    data_root=args.data_root)
         except (FileNotFoundError, ValueError) as err:
             parser.error(str(err))
         unknown = [m for m in args.given if m not in data.test]
         if unknown:
             parser.error(f"--given names unknown modality '{unknown[0]}': the run's modalities "
                          f"are {','.join(data.test)}")
+        out = args.output or Path(args.run_dir) / f"generate_{'+'.join(args.given)}.png"
+        if out.is_dir():
+            parser.error(f"--output {out} is a directory; name the PNG file to write")
+        blocking = next((d for d in out.parents if d.exists() and not d.is_dir()), None)
+        if blocking is not None:
+            parser.error(f"--output {out}: {blocking} is a file, not a directory")
         test = {m: x[:args.num_columns].to(device) for m, x in data.test.items()}
         pyro.set_rng_seed(args.seed)
-        out = args.output or Path(args.run_dir) / f"generate_{'+'.join(args.given)}.png"
         save_generation_grid(out, model, guide, test, args.given, args.num_columns,
                              use_mean=not args.sample)
     print(f"wrote {out}")
     return 0
 
 
-def summary(metrics: Mapping, run_dir: Path) -> str:
-    """A few lines for the terminal (log-likelihoods are means per data point, in nats)."""
+def summary(metrics: Mapping, run_dir: Path, evaluated: bool = True) -> str:
+    """A few lines for the terminal (log-likelihoods are means per data point, in nats);
+    ``evaluated``: whether the evaluation ran (and wrote ``evaluation.json``)."""
     lines = [f"done in {metrics['wall_time_s']:.1f} s ({metrics['epochs']} epochs); "
              f"final train loss {metrics['final_train_loss']:.4f} per data point"]
     if "train_exact_log_likelihood" in metrics:
@@ -544,17 +713,57 @@ def summary(metrics: Mapping, run_dir: Path) -> str:
                   "latent_accuracy_all_inputs": "latent linear accuracy, all inputs"}
         lines += [f"  {label:<38} {metrics[key]:.4f}" for key, label in labels.items()
                   if metrics.get(key) is not None]
-    files = [CONFIG, METRICS, CHECKPOINT, LOSS_CURVE] + (
-        [] if "no_evaluate" in metrics else [EVALUATION])
-    lines.append(f"wrote {', '.join(files)} (and pictures) to {run_dir}")
+    if evaluated:
+        lines.append(f"wrote {', '.join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE, EVALUATION))} "
+                     f"(and pictures) to {run_dir}")
+    else:
+        lines.append(f"wrote {', '.join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE))} to {run_dir} "
+                     f"(not evaluated: run `pyro-mmvae evaluate {run_dir}`)")
     return "\n".join(lines)
 
 
+# errors that reach main and are the user's: a path that cannot be used (a file where a
+# directory is expected, a missing file, no permission) or a checkpoint that fails its checks.
+# Anything else is a bug and keeps its traceback.
+USER_ERRORS = (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError,
+               NotADirectoryError, PermissionError)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    return one_line(err)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """While the command runs, ``SIGTERM`` raises ``SystemExit(143)`` in the main thread, as
+    ``Ctrl-C`` raises ``KeyboardInterrupt``: a write in progress removes its temporary file and
+    the previous file stays intact. The previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``pyro-mmvae``; returns the exit status (0 on success)."""
+    """Entry point of ``pyro-mmvae``; returns the exit status (0 on success, 1 when training
+    diverged). A user error exits with status 2 and a one-line message."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    with sigterm_as_exit():
+        try:
+            return args.func(args)
+        except USER_ERRORS as err:
+            parser.exit(2, f"{parser.prog} {args.command}: error: {_describe(err)}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

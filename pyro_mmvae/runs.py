@@ -49,7 +49,7 @@ from pyro_mmvae.infer import (JointMultimodalELBO, MaskedMultimodalELBO, Mixture
                               linear_warmup)
 from pyro_mmvae.infer.multisource import OBJECTIVES
 from pyro_mmvae.infer.recursive_elbo import DEFAULT_ALPHA
-from pyro_mmvae.train import CHECKPOINT, CONFIG, load_checkpoint
+from pyro_mmvae.train import CHECKPOINT, CONFIG, load_checkpoint, restore_checkpoint
 
 # --- data ---------------------------------------------------------------------------------------
 
@@ -101,6 +101,9 @@ class DatasetSpec:
     defaults: Dict[str, object]
     help: str = ""
     build_model: Optional[Callable[[argparse.Namespace, PreparedData], nn.Module]] = None
+    #: the options of :data:`DATASET_OPTIONS` that apply to this dataset (the others are an
+    #: error on the command line and are not recorded in ``config.json``)
+    options: Tuple[str, ...] = ()
 
 
 def split(data: Mapping[str, torch.Tensor], test_fraction: float):
@@ -133,7 +136,7 @@ def load_polydigits(args) -> PreparedData:
     train, test = load_poly_digits(args.data_root, image_size=args.image_size,
                                    seed=args.data_seed)
     return _from_datasets(train, test, {"dataset": "PolyDigits", "image_size": args.image_size,
-                                        "data_seed": args.data_seed, "cache": str(train.path)},
+                                        "data_seed": args.data_seed, "cache": train.path.name},
                           getattr(args, "train_points", None))
 
 
@@ -144,7 +147,7 @@ def load_digits_svhn_text_data(args) -> PreparedData:
                                         seed=args.data_seed)
     return _from_datasets(train, test, {"dataset": "DigitsSVHNText",
                                         "image_size": args.image_size,
-                                        "data_seed": args.data_seed, "cache": str(train.path)},
+                                        "data_seed": args.data_seed, "cache": train.path.name},
                           getattr(args, "train_points", None))
 
 
@@ -152,6 +155,15 @@ def build_linear_gaussian_model(args, data: PreparedData):
     """``LinearGaussianModel`` with one linear decoder per modality and unit noise."""
     return LinearGaussianModel(data.modality_dims, args.latent_dim)
 
+
+# options that apply to some datasets only (DatasetSpec.options says which): the image datasets'
+# cache, size and training subset, the convolution channels, the image likelihood and the
+# classifiers of the labelled evaluation; the simulation's size and split and the MLP encoders
+# of vector modalities
+IMAGE_OPTIONS = ("data_root", "image_size", "train_points", "channels", "likelihood",
+                 "classifier_epochs", "eval_points")
+SIMULATION_OPTIONS = ("num_modalities", "num_points", "test_fraction", "hidden")
+DATASET_OPTIONS = IMAGE_OPTIONS + SIMULATION_OPTIONS
 
 IMAGE_DEFAULTS = dict(latent_dim=16, epochs=30, batch_size=128, lr=1e-3, aggregator="sumpooling",
                       aggregator_width=64, hidden=[64], channels=[32, 64], is_samples=16,
@@ -161,11 +173,13 @@ DATASETS: Dict[str, DatasetSpec] = {
     "polydigits": DatasetSpec(
         load_polydigits, IMAGE_DEFAULTS,
         help="PolyDigits: the PolyMNIST recipe on scikit-learn's bundled digits, 5 image "
-             "modalities (3x16x16), 10000 train / 2000 test tuples (default)"),
+             "modalities (3x16x16), 10000 train / 2000 test tuples (default)",
+        options=IMAGE_OPTIONS),
     "digits-svhn-text": DatasetSpec(
         load_digits_svhn_text_data, IMAGE_DEFAULTS,
         help="DigitsSVHNText: the MNIST-SVHN-Text recipe on the bundled digits (grey digit "
-             "1x16x16, SVHN-like colour digit 3x16x16, the class word as 8x71 one-hot text)"),
+             "1x16x16, SVHN-like colour digit 3x16x16, the class word as 8x71 one-hot text)",
+        options=IMAGE_OPTIONS),
     "linear-gaussian": DatasetSpec(
         load_linear_gaussian,
         dict(latent_dim=5, epochs=50, batch_size=128, lr=1e-2, aggregator="poe",
@@ -173,7 +187,7 @@ DATASETS: Dict[str, DatasetSpec] = {
              eval_points=None),
         help="linear-Gaussian shared-latent simulation (seed 004 §5.1): Gaussian modalities "
              "x_m = W_m z + b_m + noise, D_m in 30..59; exact log-likelihoods",
-        build_model=build_linear_gaussian_model),
+        build_model=build_linear_gaussian_model, options=SIMULATION_OPTIONS),
 }
 DEFAULT_DATASET = "polydigits"
 
@@ -430,9 +444,17 @@ def read_config(run_dir) -> dict:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); the run cannot be restored") from err
-    if "dataset" not in config:
+    if not isinstance(config, dict) or "dataset" not in config:
         raise ValueError(f"{path} has no 'dataset' entry; was it written by pyro-mmvae train?")
     return config
+
+
+# configuration keys that do not change what a run trains: what a resume or an evaluation may set
+# anew (the epochs to reach, where to run, the evaluation's sizes) and informational entries;
+# a checkpoint must agree with its run's config.json on every other key they both have
+RUNTIME_KEYS = ("epochs", "device", "num_threads", "no_progress", "no_evaluate", "output_dir",
+                "data_root", "is_samples", "eval_points", "classifier_epochs", "command",
+                "dataset_info", "pyro_mmvae_version")
 
 
 def config_namespace(config: Mapping) -> argparse.Namespace:
@@ -442,17 +464,32 @@ def config_namespace(config: Mapping) -> argparse.Namespace:
         "steps_per_epoch", "loss")})
 
 
-def load_run(run_dir, device="cpu"):
+def load_run(run_dir, device="cpu", data_root=None):
     """``(args, data, model, guide, checkpoint)`` of a trained run, model and guide in eval
-    mode on ``device`` with the checkpoint's parameters."""
+    mode on ``device`` with the checkpoint's parameters.
+
+    The built-in image datasets are read from (or rebuilt into) ``data_root``, else the
+    ``data_root`` saved in the configuration (runs of older versions, experiments), else the
+    default cache (:func:`~pyro_mmvae.data.digits.default_root`): ``pyro-mmvae train`` does not
+    record the cache directory, which belongs to the machine, not to the run. The checkpoint
+    must pass its checksums and agree with ``config.json`` (outside :data:`RUNTIME_KEYS`);
+    :class:`~pyro_mmvae.train.CheckpointError` otherwise."""
     run_dir = Path(run_dir)
-    args = config_namespace(read_config(run_dir))
+    config = read_config(run_dir)
+    args = config_namespace(config)
+    if data_root is not None or not hasattr(args, "data_root"):
+        args.data_root = data_root
+    if args.dataset not in DATASETS:
+        raise ValueError(f"{run_dir / CONFIG} names the dataset {args.dataset!r}, which this "
+                         f"version does not know (it knows {', '.join(DATASETS)})")
+    path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(path, config=config, ignore=RUNTIME_KEYS)  # checked before the data
     data = DATASETS[args.dataset].load(args)
     pyro.set_rng_seed(args.seed)
     model, guide = build_model(args, data), build_guide(args, data)
     model.to(data.dtype)
     guide.to(data.dtype)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT, model, guide)
+    restore_checkpoint(ckpt, model, guide, path=path)
     model.to(device).eval()
     guide.to(device).eval()
     return args, data, model, guide, ckpt

@@ -7,10 +7,12 @@ with one optimiser step instead of one per parameter), or :class:`pyro.optim.Cli
 on shuffled mini-batches of a dict-of-tensors dataset.
 
 With a ``run_dir`` it writes, after every epoch, an atomically replaced ``checkpoint.pt``
-(model and guide ``state_dict``, optimiser state, epoch, RNG states, history) plus
+(model and guide ``state_dict``, optimiser state, epoch, RNG states, history, configuration,
+and a SHA-256 checksum of each, verified by :func:`load_checkpoint`) plus
 ``config.json``, ``metrics.json`` and ``loss_curve.png``. Every file is first written to a
-temporary file in the same directory and then moved into place with :func:`os.replace`, so a
-crash mid-write never leaves a truncated file.
+temporary file in the same directory, flushed to disk, and then moved into place with
+:func:`os.replace` (:func:`pyro_mmvae.io.atomic_write`), so a crash mid-write never leaves a
+truncated file.
 
 Divergence: a non-finite loss (or gradient) stops training *before* the optimiser applies the
 step, so the in-memory parameters are those of the last finite step. :func:`fit` then raises
@@ -54,6 +56,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -81,6 +84,9 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 LOSS_CURVE = "loss_curve.png"
+
+
+CHECKSUMS = "sha256"  # the checkpoint entry holding the SHA-256 digest of every other entry
 
 
 class CheckpointError(ValueError):
@@ -251,7 +257,9 @@ def set_rng_state(state: Mapping, generator: Optional[torch.Generator] = None) -
 def save_checkpoint(path: PathLike, model, guide, optim, *, epoch: int, history: Mapping,
                     generator: Optional[torch.Generator] = None,
                     config: Optional[Mapping] = None, step: Optional[int] = None) -> None:
-    """Atomically save model/guide ``state_dict``, optimiser state, epoch, RNG states, history.
+    """Atomically save model/guide ``state_dict``, optimiser state, epoch, RNG states, history
+    and ``config``, with the SHA-256 digest of each entry (:func:`state_digest`) under
+    ``"sha256"``, which :func:`load_checkpoint` verifies.
 
     :param optim: a :class:`pyro.optim.PyroOptim` (its ``get_state()`` is stored) or None.
     :param step: optimisation steps taken over the run (stored as ``"step"``, what a ``beta``
@@ -268,6 +276,7 @@ def save_checkpoint(path: PathLike, model, guide, optim, *, epoch: int, history:
     }
     if step is not None:
         ckpt["step"] = int(step)
+    ckpt[CHECKSUMS] = {key: state_digest(value) for key, value in ckpt.items()}
     _atomic_write(Path(path), lambda f: torch.save(ckpt, f))
 
 
@@ -275,15 +284,90 @@ def _cpu_state(state_dict):
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state_dict.items()}
 
 
+def state_digest(obj) -> str:
+    """SHA-256 hex digest of a checkpoint entry: tensors by dtype, shape and bytes, mappings
+    in sorted key order, sequences in order, plain values by type and ``repr``. It depends only
+    on the values, not on how ``torch.save`` laid them out, so it is the same after a round
+    trip through the file and differs after any change of a stored value."""
+    h = hashlib.sha256()
+    _digest(obj, h)
+    return h.hexdigest()
+
+
+def _digest(obj, h) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+        h.update(f"tensor:{t.dtype}:{tuple(obj.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy())  # the raw bytes, without a copy
+    elif isinstance(obj, Mapping):
+        items = sorted(obj.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0])))
+        h.update(f"map:{len(items)}:".encode())
+        for key, value in items:
+            _digest(key, h)
+            _digest(value, h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"seq:{len(obj)}:".encode())
+        for value in obj:
+            _digest(value, h)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        raise TypeError(f"cannot checksum a {type(obj).__name__} in a checkpoint")
+
+
+def _verify_checksums(ckpt: Mapping, path: Path) -> None:
+    sums = ckpt.get(CHECKSUMS)
+    if sums is None:
+        warnings.warn(f"the checkpoint {path} was written without checksums (by an older "
+                      "pyro_mmvae); it is loaded unverified", stacklevel=3)
+        return
+    if not isinstance(sums, Mapping):
+        raise CheckpointError(f"the checkpoint {path} is corrupted: its {CHECKSUMS!r} entry is "
+                              "not a table of checksums")
+    for key, value in ckpt.items():
+        if key == CHECKSUMS:
+            continue
+        if key not in sums:
+            raise CheckpointError(f"the checkpoint {path} is corrupted: its entry {key!r} has "
+                                  "no checksum")
+        if state_digest(value) != sums[key]:
+            raise CheckpointError(f"the checkpoint {path} is corrupted: its {key!r} entry does "
+                                  "not match the SHA-256 checksum written with it (a changed "
+                                  "bit on disk, or a file edited since); restore the file or "
+                                  "train again")
+
+
+def _short(value, width: int = 40) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def config_differences(saved: Mapping, config: Mapping, ignore: Iterable[str] = ()) -> list:
+    """The keys present in both configurations, outside ``ignore``, whose values differ (as
+    JSON), sorted."""
+    ignore = set(ignore)
+    saved, config = _json_safe(dict(saved)), _json_safe(dict(config))
+    return sorted(k for k in set(saved) & set(config)
+                  if k not in ignore and json.dumps(saved[k], sort_keys=True)
+                  != json.dumps(config[k], sort_keys=True))
+
+
 def load_checkpoint(path: PathLike, model=None, guide=None, optim=None, *,
-                    map_location: Union[str, torch.device, None] = "cpu") -> dict:
+                    map_location: Union[str, torch.device, None] = "cpu",
+                    config: Optional[Mapping] = None, ignore: Iterable[str] = ()) -> dict:
     """Load a checkpoint written by :func:`fit` / :func:`save_checkpoint`.
 
-    Restores ``model`` and ``guide`` parameters (``load_state_dict``, strict) and, if given, the
-    optimiser state of a :class:`pyro.optim.PyroOptim` (applied when each parameter is next
-    seen). RNG states are *not* restored here (see :func:`set_rng_state`). Returns the
-    checkpoint dict (keys ``epoch``, ``model``, ``guide``, ``optimizer``, ``rng``, ``history``,
-    ``config``, and ``step`` in checkpoints written by :func:`fit`).
+    Verifies the SHA-256 checksum of every entry (:class:`CheckpointError` naming the file and
+    the entry on a mismatch: a flipped bit or an edited file; checkpoints written before
+    checksums load with a warning). With ``config``, the configuration the checkpoint was
+    written with (its ``"config"``) must agree with it on every key that both have, outside
+    ``ignore``: :class:`CheckpointError` naming the differing keys otherwise (a checkpoint of
+    another run). Then restores ``model`` and ``guide`` parameters (``load_state_dict``,
+    strict) and, if given, the optimiser state of a :class:`pyro.optim.PyroOptim` (applied when
+    each parameter is next seen). RNG states are *not* restored here (see
+    :func:`set_rng_state`). Returns the checkpoint dict (keys ``epoch``, ``model``, ``guide``,
+    ``optimizer``, ``rng``, ``history``, ``config``, ``sha256``, and ``step`` in checkpoints
+    written by :func:`fit`).
     """
     path = Path(path)
     if not path.is_file():
@@ -299,6 +383,24 @@ def load_checkpoint(path: PathLike, model=None, guide=None, optim=None, *,
     if missing:
         raise CheckpointError(f"the checkpoint {path} lacks {missing}; it is not a complete "
                               "pyro_mmvae checkpoint")
+    _verify_checksums(ckpt, path)
+    if config is not None and isinstance(ckpt.get("config"), Mapping):
+        differ = config_differences(ckpt["config"], config, ignore)
+        if differ:
+            shown = "; ".join(f"{k}: {_short(ckpt['config'][k])} in the checkpoint, "
+                              f"{_short(config[k])} here" for k in differ[:5])
+            more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+            raise CheckpointError(f"the checkpoint {path} was written by another "
+                                  f"configuration: {shown}{more}")
+    return restore_checkpoint(ckpt, model, guide, optim, path=path)
+
+
+def restore_checkpoint(ckpt: Mapping, model=None, guide=None, optim=None, *,
+                       path: PathLike = "the checkpoint") -> Mapping:
+    """Put a loaded checkpoint's parameters into ``model`` and ``guide`` (``load_state_dict``,
+    strict; :class:`CheckpointError` naming ``path`` when they do not fit) and its optimiser
+    state into ``optim``; returns ``ckpt``. :func:`load_checkpoint` does this after its checks
+    (call it first, with no model, to check a checkpoint before building anything)."""
     try:
         if model is not None:
             model.load_state_dict(ckpt["model"])

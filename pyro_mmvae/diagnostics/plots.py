@@ -12,7 +12,11 @@ r"""Pictures of a trained multimodal VAE: reconstructions, cross-generations, sa
 - :func:`plot_coherence` (coherence vs number of inputs, MoPoE's PolyMNIST figure) and
   :func:`plot_rate_distortion`.
 
-Every ``save_*`` function writes atomically (temporary file, then :func:`os.replace`).
+Every ``save_*`` function writes atomically (temporary file, then :func:`os.replace`). Figures
+are built with matplotlib's object API (:class:`matplotlib.figure.Figure` on an Agg canvas), not
+with ``pyplot``: nothing here changes the backend or registers figures with ``pyplot``, so a
+notebook's backend and open figures are left as they are. :func:`generation_grid` returns such a
+``Figure`` (Jupyter displays it; ``fig.savefig`` writes it).
 """
 
 from __future__ import annotations
@@ -30,18 +34,18 @@ from pyro_mmvae.io import atomic_write
 from pyro_mmvae.protocol import batch_size as data_size, validate_batch
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(**kwargs):
+    """A ``matplotlib.figure.Figure`` with its own Agg canvas (no pyplot, no backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig, path) -> None:
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), mode=None)
-    finally:
-        _pyplot().close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), mode=None)
 
 
 def _finish_axes(fig, ax, path, title: str) -> Path:
@@ -134,14 +138,14 @@ def _vector_row(ax, x: torch.Tensor):
 
 
 def generation_grid(rows: Sequence[tuple], title: Optional[str] = None):
-    """A figure with one row per ``(label, tensor (n, ...))`` entry (same ``n`` for all)."""
-    plt = _pyplot()
+    """A ``matplotlib.figure.Figure`` with one row per ``(label, tensor (n, ...))`` entry (same
+    ``n`` for all)."""
     n = rows[0][1].shape[0]
     width = max(4.0, 0.7 * n + 1.5)
     image_height = (width - 1.5) / n + 0.15  # one square image per column
     heights = [image_height if _kind(x) == "image" else 0.4 for _, x in rows]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(width, sum(heights) + 0.5),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig = _figure(figsize=(width, sum(heights) + 0.5))
+    axes = fig.subplots(len(rows), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (label, x) in zip(axes[:, 0], rows):
         {"image": _image_row, "text": _text_row, "vector": _vector_row}[_kind(x)](ax, x)
         ax.set_xticks([])
@@ -181,8 +185,8 @@ def save_samples_grid(path, model, num_samples: int = 8, use_mean: bool = True,
 def plot_coherence(path, by_num_inputs: Mapping[str, Mapping], title: str = "") -> Path:
     """Line plot of coherence (or accuracy) against the number of input modalities:
     ``by_num_inputs = {curve label: {num inputs: value}}``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    fig = _figure(figsize=(4.2, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
     for label, curve in by_num_inputs.items():
         pts = sorted((int(k), v) for k, v in curve.items() if v is not None)
         if pts:
@@ -197,8 +201,8 @@ def plot_rate_distortion(path, points: Mapping[str, tuple], title: str = "",
                          ylabel: str = "distortion (nats)") -> Path:
     """Scatter of (rate, distortion) pairs: ``points = {label: (rate, distortion)}``, with
     distortion = −reconstruction log-likelihood, both in nats per data point."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    fig = _figure(figsize=(4.2, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
     for label, (rate, distortion) in points.items():
         ax.scatter([rate], [distortion], label=label)
     ax.set_xlabel("rate (nats)")
