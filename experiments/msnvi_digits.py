@@ -29,6 +29,7 @@ MNIST numbers, results.json, samples.png, imputation.png).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -218,7 +219,12 @@ def main(argv=None) -> dict:
     p.add_argument("--output-dir", default=str(ROOT / "experiments" / "results" / "msnvi_digits"))
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 epochs, 5 chain steps, small networks")
+    p.add_argument("--render", metavar="RESULTS_JSON",
+                   help="only rewrite the README beside RESULTS_JSON from its numbers")
     args = p.parse_args(argv)
+    if args.render:
+        render(args.render)
+        return json.loads(Path(args.render).read_text())
     if args.quick:
         args.epochs, args.chain_steps, args.hidden, args.eval_particles = 2, 5, [16], 4
     torch.set_num_threads(args.threads)
@@ -242,7 +248,7 @@ def main(argv=None) -> dict:
     wall = time.time() - t0
     payload = {"args": dict(vars(args), output_dir=repository_relative(out, ROOT)),
                "negative_bounds": tables, "imputation": imputations, "train_loss": curves,
-               "wall_s": wall}
+               "wall_s": wall, "argv": list(argv or [])}
     _figures(out, fused, generated, imputations)
     write_results(out, payload, _readme(payload, argv))
     return payload
@@ -344,14 +350,28 @@ def _readme(payload, argv):
                 for v, r in payload["imputation"].items()]
         lines += markdown_table(["variant", "missing", "one shot (MSNVI)",
                                  "chain, same model", "chain, IWAE"], rows)
-        better = all(r["one_shot"] > max(r["chain"] + r["chain_iwae"])
-                     for r in payload["imputation"].values())
-        lines += ["", "Against the paper: " + (
-            "as in Fig. 4, the one-shot imputation beats every step of the chain."
-            if better else "unlike Fig. 4, some step of the chain beats the one-shot "
-            "imputation at this budget."), "", "![imputation](imputation.png)", ""]
+        lines += ["", "Against the paper (Fig. 4: the one-shot imputation beats the chain by a "
+                  "large margin):"]
+        for name, chain in (("IWAE", "chain_iwae"), ("same model", "chain")):
+            beaten = [v.upper() for v, r in payload["imputation"].items()
+                      if r["one_shot"] > max(r[chain])]
+            lost = [v.upper() for v, r in payload["imputation"].items()
+                    if r["one_shot"] <= max(r[chain])]
+            lines.append(f"- the chain with the {name}: " + (
+                f"beaten at every step on {', '.join(beaten)}" if beaten else "") +
+                ("; " if beaten and lost else "") +
+                (f"its best step beats the one-shot imputation on {', '.join(lost)}"
+                 if lost else "") + ".")
+        lines += ["", "![imputation](imputation.png)", ""]
     lines += ["![samples](samples.png)", ""]
     return lines
+
+
+def render(path):
+    """Rewrite the README beside ``path`` (a results.json) from its numbers."""
+    path = Path(path)
+    payload = json.loads(path.read_text())
+    write_results(path.parent, payload, _readme(payload, payload.get("argv")))
 
 
 def _verdict(variant, table):

@@ -374,6 +374,10 @@ def test_msnvi_digits_smoke(tmp_path):
         assert (tmp_path / name).is_file()
     text = (tmp_path / "README.md").read_text()
     assert "| L(PoE) |" in text and "(87.59)" in text  # the paper's TB cell beside ours
+    # --render rewrites the same README from results.json
+    (tmp_path / "README.md").write_text("stale")
+    digits.main(["--render", str(tmp_path / "results.json")])
+    assert (tmp_path / "README.md").read_text() == text
 
 
 def test_msnvi_digits_builds_the_named_sources_and_observations():
