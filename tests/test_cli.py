@@ -84,10 +84,20 @@ def test_default_run_directory(tmp_path, monkeypatch):
 
 
 def test_main_restores_thread_count(tmp_path):
+    """--num-threads 1 holds during the run only (the suite pins one thread, so the test first
+    sets two, which the run must restore)."""
     before = torch.get_num_threads()
-    cli.main(["train", *TINY, "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8",
-              "--is-samples", "4", "--num-threads", "1", "--output-dir", str(tmp_path)])
-    assert torch.get_num_threads() == before
+    seen = []
+    real_fit = cli.fit
+    try:
+        torch.set_num_threads(2)
+        cli.fit = lambda *a, **k: (seen.append(torch.get_num_threads()), real_fit(*a, **k))[1]
+        cli.main(["train", *TINY, "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8",
+                  "--is-samples", "4", "--num-threads", "1", "--output-dir", str(tmp_path)])
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        cli.fit = real_fit
+        torch.set_num_threads(before)
 
 
 def test_diverged_run_exits_1(tmp_path, monkeypatch, capsys):
