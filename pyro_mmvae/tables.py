@@ -17,6 +17,7 @@ with these helpers (``mean ± std``, and ``ours (paper)`` beside a paper's numbe
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
@@ -66,10 +67,19 @@ def command_line(script: str, argv: Optional[Sequence[str]]) -> str:
     return " ".join(["python", script, *map(shlex.quote, argv or [])])
 
 
+def machine_summary() -> str:
+    """``"<n> CPU cores, <k> torch thread(s)"`` of this process (no host names or paths)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    return f"{os.cpu_count()} CPU cores, {threads} torch thread{'s' if threads > 1 else ''}"
+
+
 def header(title: str, *, command: str, budget: str, seeds: Sequence[int], wall_s: float,
-           machine: str = "2 CPU cores, one torch thread") -> list:
+           machine: Optional[str] = None) -> list:
     """A results README's first lines: title, command, budget, seeds and wall time on
-    ``machine``."""
+    ``machine`` (default :func:`machine_summary`)."""
+    machine = machine_summary() if machine is None else machine
     return [f"# {title}", "", f"- Command: `{command}`", f"- Budget: {budget}",
             f"- Seeds: {', '.join(map(str, seeds))}",
             f"- Wall time: {wall_s:.0f} s ({machine})", ""]

@@ -1,8 +1,10 @@
 import json
 import math
 
-from pyro_mmvae.tables import (beside, command_line, fmt, header, markdown_table, mean_std,
-                               repository_relative, write_results)
+import torch
+
+from pyro_mmvae.tables import (beside, command_line, fmt, header, machine_summary,
+                               markdown_table, mean_std, repository_relative, write_results)
 
 
 def test_mean_std_is_the_sample_std_of_the_finite_values():
@@ -29,6 +31,10 @@ def test_markdown_table_and_header():
     head = header("T", command="python x.py", budget="3 epochs", seeds=[0, 1], wall_s=12.4,
                   machine="one GPU")
     assert head[0] == "# T" and "- Seeds: 0, 1" in head and "- Wall time: 12 s (one GPU)" in head
+    torch.set_num_threads(1)  # the suite's setting
+    assert machine_summary().endswith("CPU cores, 1 torch thread")
+    assert header("T", command="c", budget="b", seeds=[0], wall_s=1)[-2].endswith(
+        f"({machine_summary()})")
 
 
 def test_results_record_no_machine_paths(tmp_path):
