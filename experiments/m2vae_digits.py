@@ -42,8 +42,8 @@ from pyro_mmvae.guides import JointEncoder, MultimodalGuide, SubsetEncoders
 from pyro_mmvae.infer import beta_normalized
 from pyro_mmvae.models import BernoulliDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.tables import (beside, command_line, fmt, header, markdown_table, mean_std,
-                               repository_relative, write_results)
+from pyro_mmvae.tables import (beside, command_line, fmt, header, machine_summary,
+                               markdown_table, mean_std, repository_relative, write_results)
 from pyro_mmvae.train import fit, fit_two_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +217,8 @@ def _readme(payload, argv):
                 f"joint layer {a['joint']}, D_z = 2, alpha = {a['alpha']}, beta_norm = "
                 f"{a['beta_norm']}; evaluation ELBOs (eq. 12) with {a['eval_particles']} draws "
                 f"on {a['test_points']} test tuples; generator seed {a['data_seed']}"),
-        seeds=a["seeds"], wall_s=payload["wall_s"])
+        seeds=a["seeds"], wall_s=payload["wall_s"],
+        machine=machine_summary(a["threads"]))
     v = {k: mean_std(x) for k, x in payload["validation_joint_elbo"].items()}
     lines += ["Mean ± std over the seeds, nats per tuple (higher is better); in parentheses the "
               "paper's e-MNIST numbers (2 x 784 pixels against 2 x 64 here: compare the "

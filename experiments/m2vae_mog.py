@@ -52,8 +52,8 @@ from pyro_mmvae.eval import auto_reencode, decode_means, encode_means, subset_el
 from pyro_mmvae.guides import JointEncoder, MultimodalGuide, SubsetEncoders
 from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.tables import (command_line, fmt, header, markdown_table, mean_std,
-                               repository_relative, write_results)
+from pyro_mmvae.tables import (command_line, fmt, header, machine_summary, markdown_table,
+                               mean_std, repository_relative, write_results)
 from pyro_mmvae.train import fit, fit_two_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,7 +313,8 @@ def _readme(payload, argv):
                 f"{1 / (2 * a['scale'] ** 2):.0f} per squared unit, so its beta is not on the "
                 f"paper's scale); comparison at beta = {a['beta']}, "
                 f"alpha = {a['alpha']}; evaluation ELBOs with {a['eval_particles']} draws"),
-        seeds=a["seeds"], wall_s=payload["wall_s"])
+        seeds=a["seeds"], wall_s=payload["wall_s"],
+        machine=machine_summary(a["threads"]))
     lines += ["The paper shows these experiments as figures only. Evaluation ELBOs of eq. 12 "
               "(encode the subset, decode both; higher is better; comparable only within a "
               "model, as the paper warns), coherence of the unimodal encoders (the nearest "

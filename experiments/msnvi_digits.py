@@ -45,7 +45,7 @@ from pyro_mmvae.eval import (decode_means, markov_chain_imputation, multisource_
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import BernoulliDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.tables import (beside, command_line, header, markdown_table,
+from pyro_mmvae.tables import (beside, command_line, header, machine_summary, markdown_table,
                                repository_relative, write_results)
 from pyro_mmvae.train import fit
 
@@ -321,7 +321,8 @@ def _readme(payload, argv):
                 f"batch {a['batch_size']}, Adam {a['lr']}, latent {a['latent']}, MLPs "
                 f"{a['hidden']}; evaluation K = {a['eval_particles']} on one binarisation of "
                 f"the 359 test digits"),
-        seeds=[a["seed"]], wall_s=payload["wall_s"])
+        seeds=[a["seed"]], wall_s=payload["wall_s"],
+        machine=machine_summary(a["threads"]))
     lines += ["Negative bounds in nats per digit (lower is better). Rows: the objective of the "
               "evaluation; columns: the objective of training. In parentheses the paper's "
               "28x28 MNIST numbers: a digit here has 64 pixels against 784, so compare the "

@@ -67,11 +67,12 @@ def command_line(script: str, argv: Optional[Sequence[str]]) -> str:
     return " ".join(["python", script, *map(shlex.quote, argv or [])])
 
 
-def machine_summary() -> str:
-    """``"<n> CPU cores, <k> torch thread(s)"`` of this process (no host names or paths)."""
+def machine_summary(threads: Optional[int] = None) -> str:
+    """``"<n> CPU cores, <k> torch thread(s)"``: this machine's cores and ``threads`` (default
+    this process's torch threads) — no host names or paths."""
     import torch
 
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if threads is None else int(threads)
     return f"{os.cpu_count()} CPU cores, {threads} torch thread{'s' if threads > 1 else ''}"
 
 
