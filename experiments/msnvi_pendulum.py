@@ -20,7 +20,6 @@ shows figures only.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ from pyro_mmvae.eval import conflict_matrix, decode_means
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.tables import repository_relative
+from pyro_mmvae.tables import (command_line, fmt, header, markdown_table, repository_relative,
+                               write_results)
 from pyro_mmvae.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,10 +117,9 @@ def main(argv=None) -> dict:
     recorded = dict(vars(args), output_dir=repository_relative(out, ROOT))
     payload = {"args": recorded, "rows": rows, "conflict": conflict,
                "final_loss": history["loss"][-1], "wall_s": time.time() - t0}
-    (out / "results.json").write_text(json.dumps({**payload, "curves": curves,
-                                                  "conflict_curve": c0.tolist()}, indent=2))
     _figure(out / "sweep.png", sweep, curves, c0, split)
-    _readme(out / "README.md", payload, argv)
+    write_results(out, {**payload, "curves": curves, "conflict_curve": c0.tolist()},
+                  _readme(payload, argv))
     return payload
 
 
@@ -151,31 +150,30 @@ def _figure(path, sweep, curves, c0, split):
     fig.savefig(path, dpi=100)
 
 
-def _readme(path, payload, argv):
+def _readme(payload, argv):
     a = payload["args"]
-    lines = ["# MSNVI pendulum: fusion and conflict (Kurle et al. 2019, §5.3, Fig. 5)", "",
-             "- Command: `" + " ".join(["python experiments/msnvi_pendulum.py", *(argv or [])])
-             + "`",
-             f"- Budget: {a['epochs']} epochs of {a['points']} renders "
-             f"({a['image_size']}x{a['image_size']} px; the paper's are 32x32), batch 128, "
-             f"Adam 1e-3, L(ind) with K = {a['particles']}, latent {a['latent_dim']}, "
-             f"encoders {a['hidden']} wide; seed {a['seed']}; wall time "
-             f"{payload['wall_s']:.0f} s on this machine",
-             f"- Sweep: 3 rotations of {a['steps_per_rotation']} steps, camera 0 pure noise "
-             f"after two; {a['samples']} latent samples per angle", "",
-             "| belief | error before | error after | spread before | spread after |",
-             "|---|---|---|---|---|"]
-    for name, r in payload["rows"].items():
-        lines.append(f"| {name} | {r['error before']:.3f} | {r['error after']:.3f} | "
-                     f"{r['spread before']:.3f} | {r['spread after']:.3f} |")
+    lines = header(
+        "MSNVI pendulum: fusion and conflict (Kurle et al. 2019, §5.3, Fig. 5)",
+        command=command_line("experiments/msnvi_pendulum.py", argv),
+        budget=(f"{a['epochs']} epochs of {a['points']} renders ({a['image_size']}x"
+                f"{a['image_size']} px; the paper's are 32x32), batch 128, Adam 1e-3, L(ind) "
+                f"with K = {a['particles']}, latent {a['latent_dim']}, encoders {a['hidden']} "
+                f"wide; sweep: 3 rotations of {a['steps_per_rotation']} steps, camera 0 pure "
+                f"noise after two; {a['samples']} latent samples per angle"),
+        seeds=[a["seed"]], wall_s=payload["wall_s"])
+    columns = ("error before", "error after", "spread before", "spread after")
+    lines += markdown_table(["belief", *columns],
+                            [[name, *(fmt(r[k], 3) for k in columns)]
+                             for name, r in payload["rows"].items()])
     c = payload["conflict"]
     lines += ["", "Error: distance of the predictive mean of (x, y) from the bob (radius 1); "
-              "spread: the predictive standard deviation, averaged over x and y.", "",
-              "| conflict (mean c) | before the failure | after |", "|---|---|---|",
-              f"| camera 0 vs cameras 1, 2 | {c['camera 0 vs others, before']:.2f} | "
-              f"{c['camera 0 vs others, after']:.2f} |",
-              f"| camera 1 vs camera 2 | {c['camera 1 vs 2, before']:.2f} | "
-              f"{c['camera 1 vs 2, after']:.2f} |", ""]
+              "spread: the predictive standard deviation, averaged over x and y.", ""]
+    lines += markdown_table(
+        ["conflict (mean c)", "before the failure", "after"],
+        [["camera 0 vs cameras 1, 2", fmt(c["camera 0 vs others, before"]),
+          fmt(c["camera 0 vs others, after"])],
+         ["camera 1 vs camera 2", fmt(c["camera 1 vs 2, before"]),
+          fmt(c["camera 1 vs 2, after"])]]) + [""]
     r = payload["rows"]
     rises = c["camera 0 vs others, after"] > c["camera 0 vs others, before"]
     poe_hurt = r["PoE(0, 1, 2)"]["error after"] > r["PoE(1, 2)"]["error after"]
@@ -187,8 +185,8 @@ def _readme(path, payload, argv):
               + ". Fusing redundant cameras narrows the predictive spread before the failure: "
               f"{r['PoE(0, 1, 2)']['spread before']:.3f} for the PoE against "
               f"{min(r[f'camera {k}']['spread before'] for k in range(3)):.3f} for the best "
-              "single camera.", "", "![sweep](sweep.png)", ""]
-    path.write_text("\n".join(lines))
+              "single camera.", "", "![sweep](sweep.png)"]
+    return lines
 
 
 if __name__ == "__main__":

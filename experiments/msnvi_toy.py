@@ -22,7 +22,6 @@ beliefs.png). The paper reports figures only; the table lists what they show.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,8 @@ from pyro_mmvae.eval import (conflict_matrix, decode_means, importance_resample,
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.tables import repository_relative
+from pyro_mmvae.tables import (command_line, fmt, header, markdown_table, repository_relative,
+                               write_results)
 from pyro_mmvae.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,9 +119,8 @@ def main(argv=None) -> dict:
     payload = {"args": recorded, "rows": rows, "bounds_nelbo": bounds,
                "conflict_mean": float(conflict[:, 0, 1].mean()),
                "final_loss": history["loss"][-1], "wall_s": wall}
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
     _figure(out / "beliefs.png", model, guide, test, truth, args.samples)
-    _readme(out / "README.md", payload, argv)
+    write_results(out, payload, _readme(payload, argv))
     return payload
 
 
@@ -163,26 +162,25 @@ def _figure(path, model, guide, test, truth, n):
     fig.savefig(path, dpi=100)
 
 
-def _readme(path, payload, argv):
+def _readme(payload, argv):
     a = payload["args"]
-    lines = [
-        "# MSNVI toy: complementary sources (Kurle et al. 2019, §5.1, Fig. 2)", "",
-        "- Command: `" + " ".join(["python experiments/msnvi_toy.py", *(argv or [])]) + "`",
-        f"- Budget: {a['epochs']} epochs of {a['points']} points, batch 128, Adam 3e-3, "
-        f"L(ind) with K = {a['particles']}, MLPs 2 x {a['hidden']}; seed {a['seed']}; "
-        f"wall time {payload['wall_s']:.0f} s on this machine", "",
-        "The paper shows this experiment as figures only (no numbers). What they show, "
-        "measured at the eight rotated test means: the fraction of decoded samples within 0.3 "
-        "of the true point and their mean distance from it.", "",
-        "| belief | near the true point | mean distance | the paper's figure |",
-        "|---|---|---|---|"]
+    lines = header(
+        "MSNVI toy: complementary sources (Kurle et al. 2019, §5.1, Fig. 2)",
+        command=command_line("experiments/msnvi_toy.py", argv),
+        budget=(f"{a['epochs']} epochs of {a['points']} points, batch 128, Adam 3e-3, L(ind) "
+                f"with K = {a['particles']}, MLPs 2 x {a['hidden']}"),
+        seeds=[a["seed"]], wall_s=payload["wall_s"])
+    lines += ["The paper shows this experiment as figures only (no numbers). What they show, "
+              "measured at the eight rotated test means: the fraction of decoded samples "
+              "within 0.3 of the true point and their mean distance from it.", ""]
     expect = {"belief x1": "ambiguous: samples at the point and its mirror image",
               "belief x2": "ambiguous: samples at the point and its mirror image",
               "PoE(x1, x2)": "resolved: samples at the point",
               "SIR of belief x1 (both likelihoods)": "resolved (supplement)"}
-    for name, r in payload["rows"].items():
-        lines.append(f"| {name} | {r['near true point']:.2f} | {r['mean distance']:.2f} | "
-                     f"{expect[name]} |")
+    lines += markdown_table(
+        ["belief", "near the true point", "mean distance", "the paper's figure"],
+        [[name, fmt(r["near true point"]), fmt(r["mean distance"]), expect[name]]
+         for name, r in payload["rows"].items()])
     r = payload["rows"]
     single = max(r["belief x1"]["near true point"], r["belief x2"]["near true point"])
     fused = r["PoE(x1, x2)"]["near true point"]
@@ -199,8 +197,8 @@ def _readme(path, payload, argv):
               f"{a['particles']}; lower is better): L(ind) {b['ind']:.3f}, L(MoE) "
               f"{b['moe']:.3f}, L(PoE) {b['poe']:.3f}. Mean conflict c(x1 || x2) at the test "
               f"points: {payload['conflict_mean']:.2f} (complementary sources; the measure is "
-              "meant for redundant ones).", "", "![beliefs](beliefs.png)", ""]
-    path.write_text("\n".join(lines))
+              "meant for redundant ones).", "", "![beliefs](beliefs.png)"]
+    return lines
 
 
 if __name__ == "__main__":
