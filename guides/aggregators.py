@@ -87,7 +87,7 @@ class PoE(nn.Module):
     r"""Gaussian product of experts, in precision form, with the prior :math:`p(z)=\mathcal
     N(0, I)` in one of three roles (``prior_expert``):
 
-    - ``True`` (default; MVAE, Wu & Goodman 2018, eq. 5; seed 004 §3):
+    - ``True`` (default; MVAE, Wu & Goodman 2018, eq. 5; Hirt et al. §3):
       :math:`q(z\mid x_S) \propto p(z)\prod_{s\in S} q_s(z\mid x_s)`, the experts being
       factors of the posterior that the prior completes;
     - ``False``: :math:`q(z\mid x_S) \propto \prod_{s\in S} q_s(z\mid x_s)`;

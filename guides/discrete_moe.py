@@ -7,8 +7,8 @@ a learned, data-dependent :class:`ExpertGate`), and the unimodal Gaussian expert
 :math:`q_m(z\mid x_m)`:
 
 .. math::
-    c \sim \mathrm{Categorical}(\pi(x)) \ \text{at site ``"expert"``},\qquad
-    z \mid c \sim q_c(z\mid x_c)\ \text{(reparameterised) at site ``"z"``},
+    c \sim \mathrm{Categorical}(\pi(x)) \ \text{at site "expert"},\qquad
+    z \mid c \sim q_c(z\mid x_c)\ \text{(reparameterised) at site "z"},
 
 so that the marginal of :math:`z` is :math:`q_{\rm MoE}(z\mid x)=\sum_{m\in O}\pi_m
 q_m(z\mid x_m)`. Masked-out modalities have weight exactly zero and are never drawn (with

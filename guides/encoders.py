@@ -1,4 +1,4 @@
-"""Modality encoders: ``nn.Module``s mapping one modality ``(B, ...)`` to features ``(B, E)``."""
+"""Modality encoders: modules mapping one modality ``(B, ...)`` to features ``(B, E)``."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ class MultimodalGuide(NamedPyroModule):
     **Private latents.** With a ``private`` head (:class:`~pyro_mmvae.guides.IndependentPrivate`,
     :class:`~pyro_mmvae.guides.PooledPrivate`, :class:`~pyro_mmvae.guides.AttentionPrivate`) the
     guide then samples ``"w_<m>"`` for every modality from ``q(w_m | z, x_S)`` when ``m`` is in S
-    and from the prior :math:`\mathcal N(0, I)` otherwise (seed 004 eq. 10). ``shared_features``
+    and from the prior :math:`\mathcal N(0, I)` otherwise (Hirt et al. eq. 10). ``shared_features``
     feeds only the first that many features to the aggregator (PE-PoE: the shared expert, the rest
     being the private expert). Each private site records in its ``infer`` dict (key
     :data:`~pyro_mmvae.protocol.STL_FN`) how to rebuild ``q(w_m | z, x_S)`` with detached parameters
@@ -212,7 +212,7 @@ _DTYPE_FIX = {torch.float32: ".float()", torch.float64: ".double()", torch.float
 
 
 def _first_layer(encoder: nn.Module) -> nn.Module:
-    """The module that reads the input: the first entry of (nested) plain ``nn.Sequential``s."""
+    """The module reading the input: the first entry of (nested) plain ``nn.Sequential`` modules."""
     layer = encoder
     while isinstance(layer, nn.Sequential) and len(layer) and \
             type(layer).forward is nn.Sequential.forward:

@@ -5,7 +5,7 @@ For the Gaussian experts of :class:`~pyro_mmvae.guides.PoE`, :class:`~pyro_mmvae
 the learnable aggregators (:class:`~pyro_mmvae.guides.SumPooling`,
 :class:`~pyro_mmvae.guides.SelfAttention`) any feature size ``E``.
 
-The architectures follow MoPoE (Sutter et al. 2021, App. C–D; notes A3.2–A3.3), generalised to
+The architectures follow MoPoE (Sutter et al. 2021, App. C–D), generalised to
 any size; the matching decoders are in :mod:`pyro_mmvae.models.networks`:
 
 - :class:`ConvImageEncoder` is the PolyMNIST CNN (kernel 3, stride 2, padding 1 convolutions,

@@ -1,4 +1,4 @@
-r"""Learnable permutation-invariant aggregators (seed 004 §3, Examples 1–2, App. D).
+r"""Learnable permutation-invariant aggregators (Hirt et al. §3, Examples 1–2, App. D).
 
 Both compute :math:`(\mu, r) = \rho_\vartheta\big(\sum_{s\in S} g_s\big)` from the
 modality features :math:`h_s`, with :math:`g` permutation *equivariant* in the slots and only
@@ -131,7 +131,7 @@ def _masked_sum(g, mask):
 
 
 class SumPooling(PooledAggregator):
-    r"""DeepSets aggregator :math:`\rho\big(\sum_{s\in S}\chi(h_s)\big)` (seed 004 Example 1).
+    r"""DeepSets aggregator :math:`\rho\big(\sum_{s\in S}\chi(h_s)\big)` (Hirt et al. Example 1).
 
     :param feature_dim: ``E``, the modality encoders' output size.
     :param latent_dim: ``D``.
@@ -204,10 +204,11 @@ class MaskedSelfAttentionBlock(nn.Module):
 
 
 class SelfAttention(PooledAggregator):
-    r"""Masked self-attention aggregator (seed 004 Example 2, App. D):
+    r"""Masked self-attention aggregator (Hirt et al. Example 2, App. D):
     :math:`\rho\big(\sum_{s\in S}\mathrm{LN}(T^L(\chi(h)))_s\big)`.
 
-    :param feature_dim: ``E``; :param latent_dim: ``D``.
+    :param feature_dim: ``E``.
+    :param latent_dim: ``D``.
     :param hidden_dim: width of χ's hidden layer and of ρ.
     :param pooling_dim: slot width ``P`` inside the attention blocks.
     :param num_heads, attention_dim, mlp_dim, depth: attention settings (4, 256, 256, 1).

@@ -1,4 +1,4 @@
-r"""Permutation-equivariant heads for private latents (seed 004 §3.2, Examples 3–5, App. E).
+r"""Permutation-equivariant heads for private latents (Hirt et al. §3.2, Examples 3–5, App. E).
 
 With shared :math:`z` and private :math:`w_s` per modality the guide factorises as :math:`q(z\mid
 x_S)\prod_{s\in S} q(w_s\mid z, x_S)` with the second factor *equivariant*: permuting the modalities
@@ -65,7 +65,7 @@ class IndependentPrivate(nn.Module):
 
 
 class PooledPrivate(nn.Module):
-    r"""PE-SumPooling private head (seed 004 Example 4):
+    r"""PE-SumPooling private head (Hirt et al. Example 4):
     :math:`(\tilde\mu_s, r_s)=\psi\big(\sum_{t\in S}\chi_0(h_t)+\chi_1(h_s)
     +\chi_2(z)\big)`; χ's have two hidden layers, ψ one, as in the authors' module.
 
@@ -93,7 +93,7 @@ class PooledPrivate(nn.Module):
 
 
 class AttentionPrivate(nn.Module):
-    r"""PE-SelfAttention private head (seed 004 Example 5): slots
+    r"""PE-SelfAttention private head (Hirt et al. Example 5): slots
     :math:`g^0_s=\chi_1(h_s)+\chi_2(z)` go through masked pre-LN attention blocks and a final
     LayerNorm, then a per-slot dense layer gives :math:`(\tilde\mu_s, r_s)`.
 

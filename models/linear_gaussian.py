@@ -1,4 +1,4 @@
-r"""The linear-Gaussian multimodal model and its closed forms (seed 004, §5.1 and App. J).
+r"""The linear-Gaussian multimodal model and its closed forms (Hirt et al., §5.1, App. J).
 
 .. math:: z\sim\mathcal N(0, I_D),\qquad x_m = W_m z + b_m + \sigma_m\epsilon_m .
 
@@ -33,7 +33,7 @@ from .priors import StandardNormalPrior
 class LinearGaussianModel(MultimodalModel):
     r"""Linear decoders with Gaussian noise and a standard-normal prior.
 
-    With ``private_dim`` each modality also has a private latent ``w_m`` (seed 004 eq. 8):
+    With ``private_dim`` each modality also has a private latent ``w_m`` (Hirt et al. eq. 8):
     :math:`x_m = W_m z + V_m w_m + b_m + \sigma_m\epsilon_m`, i.e. a linear-Gaussian model in
     the stacked latent :math:`u=(z, w_1, \dots, w_M)` with block-sparse loadings, so the
     closed forms below apply to ``u``.
@@ -129,7 +129,7 @@ def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tens
 
 
 def pca_maximum_likelihood(x: torch.Tensor, latent_dim: int):
-    r"""Maximum-likelihood probabilistic PCA (Tipping & Bishop 1999), seed 004 App. J.
+    r"""Maximum-likelihood probabilistic PCA (Tipping & Bishop 1999); Hirt et al. App. J.
 
     :math:`\hat b=\bar x`; with the eigen-decomposition of the sample covariance,
     :math:`\hat\sigma^2` is the mean of the discarded eigenvalues and
@@ -151,7 +151,7 @@ def pca_maximum_likelihood(x: torch.Tensor, latent_dim: int):
 
 
 def relative_llh_gap(mle_log_likelihood: float, model_log_likelihood: float) -> float:
-    r"""Seed 004's relative LLH gap :math:`(\ell_{\rm MLE}-\ell)/|\ell_{\rm MLE}|`."""
+    r"""The relative LLH gap of Hirt et al. :math:`(\ell_{\rm MLE}-\ell)/|\ell_{\rm MLE}|`."""
     mle, ours = (float(torch.as_tensor(v).detach()) for v in (mle_log_likelihood,
                                                               model_log_likelihood))
     return (mle - ours) / abs(mle)

@@ -40,7 +40,7 @@ class MultimodalModel(NamedPyroModule):
     joint samples: without a mask, ``num_samples`` observes what ``data`` holds and generates
     the rest.
 
-    With ``private_dim`` the model has private latents (seed 004 eq. 8):
+    With ``private_dim`` the model has private latents (Hirt et al. eq. 8):
     :math:`p(z)\prod_m p(w_m)\,p(x_m\mid z, w_m)` with :math:`w_m\sim\mathcal N(0, I)` at
     site ``"w_<m>"`` and each decoder fed the concatenation ``[z, w_m]``.
 

@@ -4,7 +4,7 @@ The networks map ``z (..., B, D)`` to the parameters of the modality's likelihoo
 ``(..., B, C, H, W)`` or ``(..., B, L, A)``, broadcasting over any leading (particle, subset)
 dims, and are wrapped by the decoders of :mod:`pyro_mmvae.models.decoders`
 (:class:`~pyro_mmvae.models.decoders.LaplaceDecoder` etc.). They mirror the encoders of
-:mod:`pyro_mmvae.guides.networks` and follow MoPoE (Sutter et al. 2021, App. C–D; notes A3.2–A3.3):
+:mod:`pyro_mmvae.guides.networks` and follow MoPoE (Sutter et al. 2021, App. C–D):
 
 - :class:`ConvImageDecoder`: ``Linear`` then transposed convolutions (kernel 3, stride 2,
   padding 1, ``output_padding`` chosen per stage) that reach exactly ``(C, H, W)``, odd sizes
@@ -139,7 +139,7 @@ def dimension_likelihood_weights(shapes: Mapping[str, Sequence[int]],
                                  one_hot: Sequence[str] = ()) -> dict:
     r"""MoPoE's per-modality likelihood weights :math:`\lambda_m = D_{\mathrm{ref}} / D_m`.
 
-    Sutter et al. (2021, App. B; notes A2.8) weight :math:`\log p(x_m\mid z)` so that "the most
+    Sutter et al. (2021, App. B) weight :math:`\log p(x_m\mid z)` so that "the most
     dominant modality is set to 1.0" and "the remaining ones are scaled up by the ratio of their
     data dimensions": :math:`D_m` is the number of entries of one data point and
     :math:`D_{\mathrm{ref}} = \max_m D_m`. On MNIST-SVHN-Text SVHN gets 1 and MNIST

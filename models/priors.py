@@ -25,7 +25,8 @@ class StandardNormalPrior(nn.Module):
 
 
 class GaussianMixturePrior(nn.Module):
-    r"""Learnable Gaussian-mixture prior with the optimal cluster factor (seed 004 §4.2, App. G).
+    r"""Learnable Gaussian-mixture prior with the optimal cluster factor (Hirt et al. §4.2,
+    App. G).
 
     .. math:: p(c) = \mathrm{Cat}(\operatorname{softmax}(a)),\qquad
         p(z\mid c) = \mathcal N(\mu_c, \operatorname{diag} e^{2\ell_c}).
@@ -38,7 +39,8 @@ class GaussianMixturePrior(nn.Module):
     (``MixtureSameFamily``; KLs against it are sampled, the prior receiving full gradients).
     The conditional term of the masked bound does not involve ``c`` at all.
 
-    :param num_components: ``K``; :param latent_dim: ``D``.
+    :param num_components: ``K``.
+    :param latent_dim: ``D``.
     :param init_scale: standard deviation of the initial means and log-scales (the authors'
         Flax ``Embed`` table is small at initialisation).
     """

@@ -52,10 +52,10 @@ def lecun_normal_(module: nn.Module) -> nn.Module:
     from a normal truncated at two standard deviations and rescaled to standard deviation
     :math:`1/\sqrt{\text{fan\_in}}` (``lecun_normal``), biases zero. Returns ``module``.
 
-    The learnable aggregators use it because the authors' (JAX/Flax) code does (seed 004 spec
-    §"Initialisation"): PyTorch's default ``Linear`` init has a third of that variance, which
-    through the five dense layers of χ and ρ shrinks the input's effect on q(z | x_S) about
-    twentyfold at initialisation, and training then starts from a collapsed posterior.
+    The learnable aggregators use it because the JAX/Flax code of Hirt et al. does: PyTorch's
+    default ``Linear`` init has a third of that variance, which through the five dense layers
+    of χ and ρ shrinks the input's effect on q(z | x_S) about twentyfold at initialisation, and
+    training then starts from a collapsed posterior.
     """
     for layer in module.modules():
         if isinstance(layer, nn.Linear):

@@ -13,14 +13,14 @@ run directory
   inputs, leave-one-out), joint (unconditional) coherence; linear latent classification from
   every subset;
 - ``rate_distortion.png``: rate against distortion per modality for the full posterior and
-  for q(z | x_S) by number of inputs |S| (the distortion of the modalities it did not see:
-  seed 004's cross distortion), from ``rate_distortion_by_subset_size`` in evaluation.json;
+  for q(z | x_S) by number of inputs :math:`|S|` (the distortion of the modalities it did not see:
+  the cross distortion of Hirt et al.), from ``rate_distortion_by_subset_size`` in evaluation.json;
 - ``coherence.png`` (coherence and latent accuracy vs number of inputs, MoPoE's PolyMNIST
   figure), ``generation_all.png`` (reconstructions), ``generation_<m>.png`` (cross-generation
   from each single modality), ``samples.png`` (unconditional samples).
 
 For the linear-Gaussian dataset it reports exact, PCA-optimal and importance-sampled
-log-likelihoods and the relative LLH gap (seed 004 §5.1).
+log-likelihoods and the relative LLH gap (Hirt et al., arXiv:2309.00380, §5.1).
 
 Log-likelihoods and rates are means per data point in nats (over the points that have
 something to score: :func:`~pyro_mmvae.eval.log_likelihood` is NaN for the others).

@@ -115,7 +115,7 @@ def split(data: Mapping[str, torch.Tensor], test_fraction: float):
 
 
 def load_linear_gaussian(args) -> PreparedData:
-    """``shared_latent_study`` (seed 004 Table 2 data), split into train and test."""
+    """``shared_latent_study`` (the Table 2 data of Hirt et al.), split into train and test."""
     sim = shared_latent_study(num_points=args.num_points, num_modalities=args.num_modalities,
                               latent_dim=args.latent_dim, seed=args.data_seed)
     train, test = split(sim.data, args.test_fraction)
@@ -185,7 +185,7 @@ DATASETS: Dict[str, DatasetSpec] = {
         dict(latent_dim=5, epochs=50, batch_size=128, lr=1e-2, aggregator="poe",
              aggregator_width=128, hidden=[128, 128], channels=[32, 64], is_samples=100,
              eval_points=None),
-        help="linear-Gaussian shared-latent simulation (seed 004 §5.1): Gaussian modalities "
+        help="linear-Gaussian shared-latent simulation (Hirt et al. §5.1): Gaussian modalities "
              "x_m = W_m z + b_m + noise, D_m in 30..59; exact log-likelihoods",
         build_model=build_linear_gaussian_model, options=SIMULATION_OPTIONS),
 }

@@ -5,7 +5,7 @@ inside scikit-learn, so they need no download:
 
 - :func:`poly_digits` -- **PolyDigits**, the PolyMNIST recipe of Sutter, Daunhawer & Vogt,
   "Generalized Multimodal ELBO", ICLR 2021 (App. D.1; code ``mmnist/MMNISTDataset.py``).
-  Five image modalities ``"m0"``..``"m4"``; a tuple holds five digits of the *same* class,
+  Five image modalities ``"m0"`` to ``"m4"``; a tuple holds five digits of the *same* class,
   drawn independently per modality (so almost always five different images), each composited
   on a random crop of that modality's own background with the background colours inverted
   where the (binarised) digit is on.
@@ -195,7 +195,7 @@ def poly_digits(root: Optional[PathLike] = None, split: str = "train", *, image_
        ``x = 1 - crop`` on the digit, ``x = crop`` elsewhere.
 
     The five fixed backgrounds (:func:`poly_backgrounds`; PolyMNIST uses five photographs) are,
-    for ``m0``..``m4``: ``china.jpg``; ``flower.jpg``; ``china.jpg`` mirrored with its channels
+    for ``m0`` to ``m4``: ``china.jpg``; ``flower.jpg``; ``china.jpg`` mirrored with its channels
     permuted (BRG); ``flower.jpg`` upside down with its hue rotated by 180 degrees; a procedural
     texture of two coloured sinusoidal gratings plus smooth noise. The photographs are
     downscaled by ``64 / image_size`` (4 at 16 px) so that a crop contains texture.
@@ -206,7 +206,7 @@ def poly_digits(root: Optional[PathLike] = None, split: str = "train", *, image_
     :param num_tuples: number of tuples (default 10000 for train, 2000 for test).
     :param seed: seeds the pairing and the crops (not the digit split or the backgrounds).
     :returns: a :class:`MultimodalDataset` with ``data[m]`` of shape ``(N, 3, H, W)`` in
-        ``[0, 1]`` for ``m`` in ``"m0"``..``"m4"``, ``labels`` ``(N,)`` and ``source_index[m]``.
+        ``[0, 1]`` for ``m`` in ``"m0"`` to ``"m4"``, ``labels`` ``(N,)`` and ``source_index[m]``.
     """
     split = _check_split(split)
     image_size = _check_int("image_size", image_size, 8)

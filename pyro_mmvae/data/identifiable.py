@@ -1,4 +1,5 @@
-r"""Non-linear identifiable data generators (seed 004 §5.2; Khemakhem et al. 2020 style).
+r"""Non-linear identifiable data generators (Hirt et al., arXiv:2309.00380, §5.2; after
+Khemakhem et al. 2020).
 
 Both draw a label :math:`u` uniformly, a latent :math:`z\mid u\sim\mathcal N(m_u,
 \operatorname{diag}L_u^2)` with :math:`m_u\sim\mathcal U(-5,5)^d`, :math:`L_u\sim\mathcal

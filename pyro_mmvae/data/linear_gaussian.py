@@ -1,4 +1,4 @@
-r"""Linear-Gaussian multimodal data (seed 004 §5.1, App. J).
+r"""Linear-Gaussian multimodal data (Hirt et al., arXiv:2309.00380, §5.1 and App. J).
 
 :math:`z\sim\mathcal N(0, I_D)`, :math:`x_m = W_m z + b_m + \sigma_m\epsilon_m`.
 """
@@ -62,7 +62,8 @@ def private_latent_study(num_points: int = 5000, num_modalities: int = 5, shared
                          private_dim: int = 5, dim_range=(30, 60), noise_scale: float = 1.0,
                          seed: int = 0, dtype: Optional[torch.dtype] = None
                          ) -> LinearGaussianData:
-    r"""Table 2 "equivariant" data: sparse loadings with private latents (seed 004 §9.2).
+    r"""Table 2 "equivariant" data of Hirt et al. (§5.1, App. J): sparse loadings with private
+    latents.
 
     Per modality the Q factor of a reduced QR of a ``D_m x (private + shared)`` uniform(-1, 1)
     matrix gives :math:`[V_m \mid W_m]`; :math:`x_m = W_m z + V_m w_m + b_m + \epsilon_m`, so
@@ -88,10 +89,11 @@ def private_latent_study(num_points: int = 5000, num_modalities: int = 5, shared
 def illustrative_bimodal(num_points: int = 5000, noise_scales=(0.1, 10.0), latent_dim: int = 1,
                          seed: int = 0, dtype: Optional[torch.dtype] = None
                          ) -> LinearGaussianData:
-    """Table 1 data: a less noisy and a more noisy modality, ``x_m = z + sigma_m eps``.
+    """Table 1 data of Hirt et al. (§5.1): a less noisy and a more noisy modality,
+    ``x_m = z + sigma_m eps``.
 
     The paper's exact setting is lost; ``D = 1`` with ``sigma = (0.1, 10)`` reproduces its
-    full reconstruction of ``-(log 2 pi + 1)`` (see the research notes, §9.1).
+    full reconstruction of ``-(log 2 pi + 1)``.
     """
     gen = torch.Generator().manual_seed(seed)
     names = ("less_noisy", "more_noisy")

@@ -5,15 +5,15 @@ and raises :class:`DatasetNotFoundError` (a :class:`FileNotFoundError`) whose me
 the full expected path and how to obtain the files, or :class:`DatasetFormatError` (a
 :class:`ValueError`) naming the file that is truncated or malformed.
 
-=====================  ===============================================  ====================
-loader                 modalities (shape of one data point)              labels
-=====================  ===============================================  ====================
-:func:`mnist`          ``mnist`` (1, 28, 28)                             digit (N,)
-:func:`svhn`           ``svhn`` (3, 32, 32)                              digit (N,), 10 -> 0
-:func:`mnist_svhn`     ``mnist``, ``svhn`` [, ``text`` (8, 71) one-hot]  digit (N,)
-:func:`polymnist`      ``m0`` ... ``m{M-1}`` (3, 28, 28)                 digit (N,)
-:func:`celeba`         ``image`` (3, S, S), ``attributes`` (A,) {0, 1}   attributes (N, A)
-=====================  ===============================================  ====================
+=====================  ==================================================  ====================
+loader                 modalities (shape of one data point)                labels
+=====================  ==================================================  ====================
+:func:`mnist`          ``mnist`` (1, 28, 28)                               digit (N,)
+:func:`svhn`           ``svhn`` (3, 32, 32)                                digit (N,), 10 -> 0
+:func:`mnist_svhn`     ``mnist``, ``svhn`` [, ``text`` (8, 71) one-hot]    digit (N,)
+:func:`polymnist`      ``m0`` ... ``m{M-1}`` (3, 28, 28)                   digit (N,)
+:func:`celeba`         ``image`` (3, S, S), ``attributes`` (A,) {0, 1}     attributes (N, A)
+=====================  ==================================================  ====================
 
 Every loader returns a :class:`RealDataset`: ``data`` (float images in [0, 1], channels
 first), an all-True ``mask``, ``labels``, and ``info`` (the files read, attribute names, the

@@ -1,4 +1,4 @@
-r"""Per-modality label classifiers for coherence evaluation (MoPoE App. B; seed 004 App. I).
+r"""Per-modality label classifiers for coherence evaluation (MoPoE App. B; Hirt et al. App. I).
 
 Coherence (:mod:`pyro_mmvae.eval.coherence`) labels *generated* modalities with a classifier
 trained beforehand on the *real* training data of that modality. MoPoE ships pretrained

@@ -1,8 +1,7 @@
 r"""Generation coherence and linear latent classification, for every subset of modalities.
 
-Definitions (Shi et al. 2019, MMVAE §4; Sutter et al. 2021, MoPoE App. B; seed 004 App. I;
-notes: ``research/papers-002-003-mopoe-mvae.md`` A4.2, ``research/paper-004-masked-bound-spec.md``
-§8.4–8.5). Each data point carries a label ``y`` shared by all its modalities, and every
+Definitions (Shi et al. 2019, MMVAE §4; Sutter et al. 2021, MoPoE App. B; Hirt et al. App. I).
+Each data point carries a label ``y`` shared by all its modalities, and every
 modality ``m`` has a classifier :math:`\mathrm{clf}_m` trained on real data
 (:mod:`pyro_mmvae.eval.classifiers`).
 
@@ -428,7 +427,7 @@ def latent_classification(guide, train_data: Mapping[str, torch.Tensor], train_l
 
     For each subset ``S`` (default: all :math:`2^M-1`): a scikit-learn ``LogisticRegression``
     (lbfgs, ``max_iter``) fitted on the posterior means of :math:`q(z\mid x_S)`
-    (``use_mean=False``: one sample, as seed 004's text says) of ``num_train`` random training
+    (``use_mean=False``: one sample, as Hirt et al. write) of ``num_train`` random training
     points (default all; MoPoE uses 500; drawn with ``seed``), scored on all test points. With
     masks, only points where all of ``S`` is observed are used for ``S``.
 

@@ -1,4 +1,4 @@
-r"""Rates and distortions of a multimodal VAE (seed 004 §2.2, App. C; Alemi et al. 2018).
+r"""Rates and distortions of a multimodal VAE (Hirt et al. §2.2, App. C; Alemi et al. 2018).
 
 For the observed set :math:`O` and a subset :math:`S\sim\rho`, per data point:
 
@@ -12,7 +12,7 @@ For the observed set :math:`O` and a subset :math:`S\sim\rho`, per data point:
 - conditional reconstruction :math:`\mathbb E_{q(z\mid x_O)}\log p(x_{O\setminus S}\mid z)`
   (:math:`-D_{\setminus S}`, what the masked bound optimises).
 
-These are the Table 1 columns of seed 004. KLs are analytic where registered, else estimated
+These are the Table 1 columns of Hirt et al. KLs are analytic where registered, else estimated
 with ``num_samples`` draws.
 """
 

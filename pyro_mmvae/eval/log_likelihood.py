@@ -1,4 +1,4 @@
-r"""Importance-sampled log-likelihoods (seed 004 App. I; Burda et al. 2016).
+r"""Importance-sampled log-likelihoods (Hirt et al. App. I; Burda et al. 2016).
 
 .. math:: \log p(x_A) \approx \log\frac1K\sum_{k=1}^K
     \frac{p(x_A\mid z_k)\,p(z_k)}{q(z_k\mid x_A)},\qquad z_k\sim q(z\mid x_A),

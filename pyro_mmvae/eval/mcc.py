@@ -8,7 +8,7 @@ r"""Mean correlation coefficient between true and inferred latents (Khemakhem et
   affine map of the inferred latents. ``"out"`` evaluates on the held-out half, ``"in"`` on
   the half used for fitting.
 
-Seed 004 reports the weak, out-of-sample version (spec §8.3); all four are returned.
+Hirt et al. report the weak, out-of-sample version; all four are returned.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class CCA:
 def mcc(true, inferred, num_components=None, seed: int = 0) -> dict:
     """Strong and weak (CCA-aligned) MCC, in and out of sample.
 
-    :param true: ``(N, D)`` true latents; :param inferred: ``(N, D')`` inferred latents.
+    :param true: ``(N, D)`` true latents.
+    :param inferred: ``(N, D')`` inferred latents.
     :param num_components: CCA components (default ``min(D, D')``).
     :returns: ``{"weak_out", "weak_in", "strong_out", "strong_in"}``; the data are split in
         two random halves (``seed``): "in" uses the fitting half, "out" the other.

@@ -143,7 +143,7 @@ def one_shot_imputation(model, guide, data: Mapping[str, torch.Tensor],
     :returns: ``{"log_likelihood": (N,)`` the mean over ``num_samples`` draws
         :math:`z\sim q(z\mid x_S)` of :math:`\log p(x_T\mid z)` at the true targets (the
         figure's imputation log-likelihood), ``"samples": {target: (num_samples, N, ...)}``
-        decoder draws, ``"mean": {target: (num_samples, N, ...)}`` decoder means``}``.
+        decoder draws, ``"mean": {target: (num_samples, N, ...)}`` decoder means ``}``.
     """
     num_samples = check_positive_int(num_samples, "num_samples")
     mask = validate_batch(data, mask)
@@ -172,7 +172,7 @@ def markov_chain_imputation(model, guide, data: Mapping[str, torch.Tensor],
     :math:`\log p(x_T\mid z)` of the true targets at every step.
 
     :returns: ``{"log_likelihood": (steps, N)`` the trace, ``"imputed": {target: (N, ...)}``
-        the last imputation``}``.
+        the last imputation ``}``.
     """
     steps = check_positive_int(steps, "steps")
     mask = validate_batch(data, mask)

@@ -1,4 +1,4 @@
-r"""The masked multimodal bound of Hirt et al. (seed 004, eqs. 3–4).
+r"""The masked multimodal bound of Hirt et al. (eqs. 3–4).
 
 For a subset :math:`S\sim\rho` of the observed modalities :math:`O`,
 
@@ -12,6 +12,10 @@ For a subset :math:`S\sim\rho` of the observed modalities :math:`O`,
 The partial encoder :math:`q(z\mid x_S)` acts as a learned conditional prior in the second
 term. With :math:`S=O` the bound is the ordinary ELBO; with exact posteriors it equals
 :math:`\log p(x)` (Corollary 2), unlike the mixture bound, whose gap persists.
+
+Reference: Marcel Hirt, Domenico Campolo, Victoria Leong and Juan-Pablo Ortega, *Learning
+multi-modal generative models with permutation-invariant encoders and tighter variational
+bounds*, arXiv:2309.00380, 2023 (TMLR 2024, as *... tighter variational objectives*).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def conditional_priors(guide, data, guide_tr, latents, s_mask, plates, vectorize
     r"""``{site: (fn, log_prob)}`` of the conditional prior, rows aligned with ``guide_tr``.
 
     With one latent site :math:`q(z\mid x_S)` does not depend on samples: it is row 0 of the
-    pair, swapped into row 1. With several (private latents, seed 004 Algorithm 2), the
+    pair, swapped into row 1. With several (private latents, Algorithm 2 of Hirt et al.), the
     conditional prior of a later site depends on the shared sample, and must be evaluated at
     the full-path one, :math:`q(w\mid z_O, x_S)`: the guide runs once more on ``S``, replaying
     the full-path samples in both rows.
@@ -94,8 +98,9 @@ def conditional_priors(guide, data, guide_tr, latents, s_mask, plates, vectorize
 
 
 class MaskedMultimodalELBO(MultimodalELBO):
-    r"""Seed 004's tighter masked bound :math:`\mathbb E_\rho[\mathcal L_S+\mathcal L_{\setminus
-    S}]` (equations in the module docstring).
+    r"""The tighter masked bound of Hirt et al.,
+    :math:`\mathbb E_\rho[\mathcal L_S+\mathcal L_{\setminus S}]` (equations in the module
+    docstring).
 
     Each step draws one subset per data point from ``masking`` (default ``"iid_half"``, the
     authors' code; ``"hierarchical"`` is the paper's text), intersected with that data point's

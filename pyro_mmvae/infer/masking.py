@@ -1,4 +1,4 @@
-r"""Masking distributions :math:`\rho(S)` over modality subsets (seed 004, Remark 6).
+r"""Masking distributions :math:`\rho(S)` over modality subsets (Hirt et al., Remark 6).
 
 A masking distribution is a callable ``rho(observed) -> subset`` on bool tensors ``(B, M)``
 that returns, per data point, a subset S of the observed set O (``subset <= observed``).

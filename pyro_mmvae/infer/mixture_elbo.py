@@ -1,4 +1,4 @@
-r"""The mixture-based multimodal bound (seed 004 eq. 1; MMVAE; MoPoE).
+r"""The mixture-based multimodal bound (Hirt et al. eq. 1; MMVAE; MoPoE).
 
 For a subset :math:`S\sim\rho` of the observed modalities :math:`O`,
 
@@ -17,7 +17,7 @@ every observed modality is reconstructed from the subset's encoding. When
 - ``form="average"``: :math:`\sum_k\pi_k\big[\mathbb E_{q_k}\log p(x_O\mid z) - \beta\,
   \mathrm{KL}(q_k\,\|\,p)\big]`, the average of subset ELBOs that the MoPoE code optimises
   (Sutter et al. 2021, eq. 12; a looser bound than eq. 6);
-- ``form="sampled"``: one draw from the mixture with the mixture density (seed 004's code).
+- ``form="sampled"``: one draw from the mixture with the mixture density (the code of Hirt et al.).
 
 ``form="average"`` decodes every component for every data point (:math:`2^M-1` subset PoEs
 for MoPoE). ``num_subsets=k`` estimates it at the cost of ``k`` components (MultiVae's cost
@@ -51,6 +51,14 @@ treats each stratum's own component as the proposal density; see
 unbiased stratified DReG estimator, ``mixture_dreg="mmvae"`` reproduces theirs exactly. With
 ``masking="singletons"`` and a MoE guide one gets the same MMVAE objective in its
 subset-average form.
+
+References: Yuge Shi, N. Siddharth, Brooks Paige and Philip H. S. Torr, *Variational
+Mixture-of-Experts Autoencoders for Multi-Modal Deep Generative Models*, NeurIPS 2019,
+arXiv:1911.03393 (MMVAE); Thomas M. Sutter, Imant Daunhawer and Julia E. Vogt, *Generalized
+Multimodal ELBO*, ICLR 2021, arXiv:2105.02470 (MoPoE-VAE); Marcel Hirt, Domenico Campolo,
+Victoria Leong and Juan-Pablo Ortega, *Learning multi-modal generative models with
+permutation-invariant encoders and tighter variational bounds*, arXiv:2309.00380, 2023 (TMLR
+2024), eq. 1.
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
     r"""Mixture-based bound :math:`\mathbb E_\rho\,\mathcal L^{\rm Mix}_S` (module docstring).
 
     :param masking: :math:`\rho`; default ``"all"`` (S = O), which with a MoE / MoPoE guide is
-        MMVAE / MoPoE. Seed 004 trains it with ``"iid_half"`` and a unimodal aggregator.
+        MMVAE / MoPoE. Hirt et al. train it with ``"iid_half"`` and a unimodal aggregator.
     :param form: ``"stratified"``, ``"average"`` or ``"sampled"``; only matters for mixture
         guides (all three coincide otherwise).
     :param mixture_dreg: the DReG estimator of ``form="stratified"`` with ``iwae=True``:

@@ -60,6 +60,10 @@ whose ratio could overflow).
 The responsibilities :math:`r_k(z_{ls})` form a (draw x component) pairwise tensor, evaluated
 in chunks of draws (checkpointed; :func:`~pyro_mmvae.infer.mixtures.chunked`) so that memory
 grows as one chunk's, not as :math:`K^2`.
+
+References: George Tucker, Dieterich Lawson, Shixiang Gu and Chris J. Maddison, *Doubly
+Reparameterized Gradient Estimators for Monte Carlo Objectives*, ICLR 2019, arXiv:1810.04152;
+Shi et al., NeurIPS 2019, arXiv:1911.03393 (MMVAE).
 """
 
 from __future__ import annotations

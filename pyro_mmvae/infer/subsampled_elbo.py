@@ -1,4 +1,4 @@
-r"""MVAE's sub-sampled training objective (Wu & Goodman 2018, §3; seed 003).
+r"""MVAE's sub-sampled training objective (Wu & Goodman 2018, §3).
 
 .. math::
     \mathcal L_{\rm MVAE}(x) = \mathrm{ELBO}(x_O) + \sum_{m\in O}\mathrm{ELBO}(x_m)
@@ -9,6 +9,9 @@ r"""MVAE's sub-sampled training objective (Wu & Goodman 2018, §3; seed 003).
 with :math:`Y_j` random subsets of the observed set :math:`O`. Each term reconstructs only its
 own subset. The sum is a training objective, not a bound on :math:`\log p(x)` (Sutter et al.
 2021).
+
+Reference: Mike Wu and Noah Goodman, *Multimodal Generative Models for Scalable
+Weakly-Supervised Learning*, NeurIPS 2018, arXiv:1802.05335.
 """
 
 from __future__ import annotations

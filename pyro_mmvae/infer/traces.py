@@ -155,7 +155,7 @@ def rate(guide_trace, model_trace, names, analytic: bool, stop_gradient: bool,
 
 
 def global_log_ratio(guide_trace, model_trace, particle_dim: int):
-    r""":math:`\log p(	heta) - \log q(	heta)` of the global latents :math:`	heta` (sites
+    r""":math:`\log p(\theta) - \log q(\theta)` of the global latents :math:`\theta` (sites
     outside the data plate), one value per particle ``(S,)`` (0. without global latents).
 
     Counted once per particle, however many subset terms share the draw; the guide density
