@@ -49,14 +49,11 @@ import resource
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import pyro
 import pyro.optim
 import torch
 from pyro.infer import SVI
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bench_bounds' timing helpers
 
 from bench_bounds import (Variant, environment, library_revision, make_data, median_ms,  # noqa
                           time_interleaved)

@@ -43,11 +43,6 @@ import numpy as np
 import pyro
 import torch
 
-try:
-    import pyro_mmvae  # noqa: F401
-except ImportError:  # run from a checkout where the package is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pyro_mmvae import __version__  # noqa: E402
 from pyro_mmvae.cli import apply_dataset_defaults, build_parser  # noqa: E402
 from pyro_mmvae.eval import (classifier_accuracy, conditional_coherence,  # noqa: E402

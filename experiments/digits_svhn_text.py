@@ -44,12 +44,9 @@ inputs), and the shared ``classifiers.pt`` / ``classifiers.json``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _multimodal_common as common  # noqa: E402
+import _multimodal_common as common  # a sibling: the script's own folder is importable
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "digits_svhn_text"
 DATASET = "digits-svhn-text"

@@ -70,11 +70,6 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from tqdm.auto import tqdm
 
-try:
-    import pyro_mmvae  # noqa: F401
-except ImportError:  # run from a checkout where the package is not importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pyro_mmvae.guides import (MLPEncoder, MoE, MultimodalGuide, PoE, SelfAttention,  # noqa: E402
                                SelfAttentionMixture, SumPooling, SumPoolingMixture)
 from pyro_mmvae.models import (GaussianDecoder, GaussianMixturePrior, MultimodalModel,  # noqa: E402

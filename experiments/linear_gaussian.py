@@ -65,22 +65,17 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
-try:
-    import pyro_mmvae  # noqa: F401
-except ImportError:  # run from a checkout where the package is not importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MoE, MoPoE,  # noqa: E402
                                MultimodalGuide, PoE, PooledPrivate, SelfAttention,
                                SelfAttentionMixture, SumPooling, SumPoolingMixture, expert_encoder)
-from pyro_mmvae.models import (LinearGaussianModel, pca_maximum_likelihood,  # noqa: E402
-                               relative_llh_gap)
+from pyro_mmvae.models import (ExactPosteriorGuide, LinearGaussianModel,  # noqa: E402
+                               pca_maximum_likelihood, relative_llh_gap)
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO  # noqa: E402
 from pyro_mmvae.data.linear_gaussian import (illustrative_bimodal,  # noqa: E402
                                              private_latent_study, shared_latent_study)
 from pyro_mmvae.eval import rate_distortion  # noqa: E402
-from pyro_mmvae.protocol import (DATA_PLATE, batch_size, full_mask,  # noqa: E402
-                                 private_site, stack_mask)
+from pyro_mmvae.protocol import (batch_size, full_mask, private_site,  # noqa: E402
+                                 stack_mask)
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "linear_gaussian"
 
@@ -191,18 +186,6 @@ def fixed_noise_mle(x: torch.Tensor, noise_scale: torch.Tensor, latent_dim: int)
     cov = v @ v.T + torch.eye(y.shape[1], dtype=y.dtype)
     mvn = torch.distributions.MultivariateNormal(torch.zeros_like(y[0]), covariance_matrix=cov)
     return float(mvn.log_prob(y).sum() - y.shape[0] * noise_scale.log().sum())
-
-
-class ExactPosteriorGuide:
-    """Guide drawing ``z`` from a linear-Gaussian model's exact posterior ``p(z | x_S)``."""
-
-    def __init__(self, model: LinearGaussianModel):
-        self.model = model
-
-    def __call__(self, data, mask=None):
-        q = self.model.exact_posterior(data, full_mask(data) if mask is None else mask)
-        with pyro.plate(DATA_PLATE, batch_size(data)):
-            return pyro.sample("z", q)
 
 
 def true_model(ds, dtype, private_dim: int = 0) -> LinearGaussianModel:

@@ -42,12 +42,9 @@ paper's), ``results.json`` (every run: all subsets and targets, loss curves, tim
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _multimodal_common as common  # noqa: E402
+import _multimodal_common as common  # a sibling: the script's own folder is importable
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "polydigits"
 DATASET = "polydigits"

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
+import pyro
 import torch
 from pyro.distributions import MultivariateNormal, Normal
 from torch import nn
 
-from pyro_mmvae.protocol import full_mask, num_points
+from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, batch_size, full_mask, num_points,
+                                 private_site)
 
 from .decoders import GaussianDecoder
 from .multimodal import MultimodalModel
@@ -121,6 +123,49 @@ class LinearGaussianModel(MultimodalModel):
         half_logdet = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         sol = torch.cholesky_solve(eta.unsqueeze(-1), chol).squeeze(-1)
         return log_noise - half_logdet + 0.5 * (eta * sol).sum(-1)
+
+
+class ExactPosteriorGuide:
+    r"""The exact posterior of a :class:`LinearGaussianModel` as a Pyro guide: the reference
+    every bound and estimator is tested against (with it, every ELBO of the model is exact).
+
+    Without private latents it draws :math:`z\sim p(z\mid x_S)` (``model.exact_posterior``)
+    at the latent site. With private latents it draws :math:`z` from the marginal of
+    :math:`p(z, w_{1:M}\mid x_S)`, then each :math:`w_m\sim p(w_m\mid z, x_m)` for observed
+    :math:`m` (Gaussian: precision :math:`I + W_m^{p\top}W_m^p/\sigma_m^2`, mean that precision
+    solving :math:`W_m^{p\top}(x_m - b_m - W_m^{s}z)/\sigma_m^2`) and :math:`\mathcal N(0, I)`
+    otherwise, so :math:`p(z\mid x_S)\prod_m p(w_m\mid z, x_S)` is the joint posterior.
+    ``mask`` entries may carry leading (stacked-subset) dimensions. No parameters; call it as
+    ``guide(data, mask)``.
+    """
+
+    vectorized = True
+
+    def __init__(self, model: LinearGaussianModel, latent_site: str = LATENT_SITE):
+        self.model, self.latent_site = model, latent_site
+
+    def __call__(self, data, mask=None):
+        mask = full_mask(data) if mask is None else mask
+        model, d = self.model, self.model.latent_dim
+        post = model.exact_posterior(data, mask)
+        with pyro.plate(DATA_PLATE, batch_size(data)):
+            if not model.private_dim:
+                return pyro.sample(self.latent_site, post)
+            z = pyro.sample(self.latent_site,
+                            MultivariateNormal(post.loc[..., :d],
+                                               post.covariance_matrix[..., :d, :d]))
+            for m in model.modalities:
+                dec = model.decoders[m]
+                w_sh, w_p = dec.net.weight[:, :d], dec.net.weight[:, d:]
+                eye = torch.eye(w_p.shape[1], dtype=w_p.dtype, device=w_p.device)
+                prec = eye + w_p.T @ w_p / dec.scale ** 2
+                resid = data[m] - dec.net.bias - z @ w_sh.T  # (..., B, D_m)
+                mean = torch.linalg.solve(prec, (resid @ w_p / dec.scale ** 2).unsqueeze(-1))
+                on = mask[m].unsqueeze(-1)
+                loc = torch.where(on, mean.squeeze(-1), torch.zeros_like(mean.squeeze(-1)))
+                precision = torch.where(on.unsqueeze(-1), prec, eye)
+                pyro.sample(private_site(m), MultivariateNormal(loc, precision_matrix=precision))
+            return z
 
 
 def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor):

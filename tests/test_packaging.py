@@ -67,3 +67,13 @@ def test_the_core_imports_nothing_from_models_or_guides():
             above = (["pyro_mmvae", "models"], ["pyro_mmvae", "guides"])
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[:2] in above]
     assert not offenders
+
+
+def test_experiments_and_benchmarks_edit_no_sys_path():
+    """Scripts run from the repository root as ``python experiments/<name>.py`` with the
+    package installed: their own folder is on sys.path, nothing else is needed."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(root)) for folder in ("experiments", "benchmarks")
+                 for p in sorted((root / folder).glob("*.py"))
+                 if "sys.path" in p.read_text()]
+    assert offenders == []
