@@ -62,7 +62,6 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
 from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MoE, MoPoE,  # noqa: E402
@@ -74,6 +73,7 @@ from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO  # noqa: E402
 from pyro_mmvae.data.linear_gaussian import (illustrative_bimodal,  # noqa: E402
                                              private_latent_study, shared_latent_study)
 from pyro_mmvae.eval import rate_distortion  # noqa: E402
+from pyro_mmvae.eval.mcc import mcc, mean_corr_coef  # noqa: E402
 from pyro_mmvae.protocol import (batch_size, full_mask, private_site,  # noqa: E402
                                  stack_mask)
 
@@ -127,50 +127,10 @@ PAPER_TABLE2E = {
 # --------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------
-def _inverse_sqrt(cov: np.ndarray) -> np.ndarray:
-    evals, evecs = np.linalg.eigh(cov)
-    return (evecs / np.sqrt(np.clip(evals, 1e-12, None))) @ evecs.T
-
-
-def cca_fit(x: np.ndarray, y: np.ndarray, num_components: int, ridge: float = 1e-8):
-    """Closed-form CCA: ``(mean_x, A (Dx, k)), (mean_y, B (Dy, k))`` with canonical variates
-    ``(x - mean_x) @ A`` and ``(y - mean_y) @ B``, ordered by canonical correlation."""
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    n = x.shape[0]
-    cxx = xc.T @ xc / (n - 1) + ridge * np.eye(x.shape[1])
-    cyy = yc.T @ yc / (n - 1) + ridge * np.eye(y.shape[1])
-    kx, ky = _inverse_sqrt(cxx), _inverse_sqrt(cyy)
-    u, _, vt = np.linalg.svd(kx @ (xc.T @ yc / (n - 1)) @ ky)
-    return (mx, kx @ u[:, :num_components]), (my, ky @ vt.T[:, :num_components])
-
-
-def matched_abs_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean ``|Pearson corr|`` after Hungarian matching of the columns of ``a`` and ``b``."""
-    k = a.shape[1]
-    corr = np.nan_to_num(np.corrcoef(a.T, b.T)[:k, k:])
-    rows, cols = linear_sum_assignment(-np.abs(corr))
-    return float(np.abs(corr[rows, cols]).mean())
-
-
 def weak_mcc(z_true, z_hat, seed: int = 0) -> float:
-    """Weak (CCA-aligned) out-of-sample MCC (Khemakhem et al. 2020; seed 004 spec §8.3).
-
-    Split the pairs in halves at random, fit CCA with ``D`` components on the first half,
-    transform the second half, and return the mean matched ``|corr|`` of its canonical
-    variates (Hungarian matching).
-    """
-    z_true = np.asarray(z_true, dtype=np.float64)
-    z_hat = np.asarray(z_hat, dtype=np.float64)
-    perm = np.random.default_rng(seed).permutation(z_true.shape[0])
-    fit, out = perm[: len(perm) // 2], perm[len(perm) // 2:]
-    (mx, a), (my, b) = cca_fit(z_true[fit], z_hat[fit], z_true.shape[1])
-    return matched_abs_correlation((z_true[out] - mx) @ a, (z_hat[out] - my) @ b)
-
-
-def strong_mcc(z_true, z_hat) -> float:
-    """Strong MCC: Hungarian-matched ``|corr|`` of the raw coordinates (no CCA)."""
-    return matched_abs_correlation(np.asarray(z_true, np.float64), np.asarray(z_hat, np.float64))
+    """Weak (CCA-aligned) out-of-sample MCC of :func:`pyro_mmvae.eval.mcc` (Khemakhem et al.
+    2020): CCA fitted on one random half (``seed``), matched correlations on the other."""
+    return mcc(z_true, z_hat, seed=seed)["weak_out"]
 
 
 def fixed_noise_mle(x: torch.Tensor, noise_scale: torch.Tensor, latent_dim: int) -> float:
@@ -392,13 +352,13 @@ def _run_config(spec: dict) -> dict:
                 record["mcc_posterior_mean"] = weak_mcc(u, mean, spec["seed"])
                 record["mcc_shared_posterior_mean"] = weak_mcc(u[:, :d], mean[:, :d],
                                                                spec["seed"])
-                record["strong_mcc"] = strong_mcc(u, sample)
+                record["strong_mcc"] = mean_corr_coef(u, sample)
             elif spec["table"] == 2:
                 q = guide.distribution(data)
                 z = ds.latents.numpy()
                 record["mcc"] = weak_mcc(z, q.sample().double().numpy(), spec["seed"])
                 record["mcc_posterior_mean"] = weak_mcc(z, q.mean.double().numpy(), spec["seed"])
-                record["strong_mcc"] = strong_mcc(z, q.sample().double().numpy())
+                record["strong_mcc"] = mean_corr_coef(z, q.sample().double().numpy())
     record.update({
         "table": spec["table"], "aggregator": spec["aggregator"], "bound": spec["bound"],
         "seed": spec["seed"], "epochs": spec["epochs"], "steps": spec["epochs"] * steps_per_epoch,
