@@ -74,7 +74,7 @@ from pyro_mmvae.data.linear_gaussian import (illustrative_bimodal,  # noqa: E402
                                              private_latent_study, shared_latent_study)
 from pyro_mmvae.eval import rate_distortion  # noqa: E402
 from pyro_mmvae.eval.mcc import mcc, mean_corr_coef  # noqa: E402
-from pyro_mmvae.protocol import (batch_size, full_mask, private_site,  # noqa: E402
+from pyro_mmvae.protocol import (num_points, full_mask, private_site,  # noqa: E402
                                  stack_mask)
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "linear_gaussian"
@@ -310,7 +310,7 @@ def _run_config(spec: dict) -> dict:
 
     params = [p for p in list(model.parameters()) + list(guide.parameters()) if p.requires_grad]
     optim = torch.optim.Adam(params, lr=spec["lr"])
-    n, bsz = batch_size(data), spec["batch_size"]
+    n, bsz = num_points(data), spec["batch_size"]
     steps_per_epoch = n // bsz
     gen = torch.Generator().manual_seed(spec["seed"])
     curve, losses = [], []

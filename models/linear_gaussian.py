@@ -24,7 +24,7 @@ import torch
 from pyro.distributions import MultivariateNormal, Normal
 from torch import nn
 
-from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, batch_size, full_mask, num_points,
+from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, full_mask, num_points,
                                  private_site)
 
 from .decoders import GaussianDecoder
@@ -148,7 +148,7 @@ class ExactPosteriorGuide:
         mask = full_mask(data) if mask is None else mask
         model, d = self.model, self.model.latent_dim
         post = model.exact_posterior(data, mask)
-        with pyro.plate(DATA_PLATE, batch_size(data)):
+        with pyro.plate(DATA_PLATE, num_points(data)):
             if not model.private_dim:
                 return pyro.sample(self.latent_site, post)
             z = pyro.sample(self.latent_site,

@@ -72,11 +72,6 @@ def site_modality(name: str) -> Optional[str]:
     return name[len(OBS_PREFIX):] if name.startswith(OBS_PREFIX) else None
 
 
-def batch_size(data: Data) -> int:
-    """Leading dimension shared by all modality tensors."""
-    return next(iter(data.values())).shape[0]
-
-
 def num_points(data: Data, mask: Optional[Mask] = None) -> int:
     """The number of data points ``N`` of a batch: the last dim of the mask.
 
@@ -91,14 +86,14 @@ def num_points(data: Data, mask: Optional[Mask] = None) -> int:
         if torch.is_tensor(mk) and mk.dim() > 0:
             return mk.shape[-1]
     if data:
-        return batch_size(data)
+        return next(iter(data.values())).shape[0]
     raise ValueError("cannot tell the number of data points: pass a mask naming the modalities "
                      "({modality: (N,) bool}), e.g. all False to generate every modality")
 
 
 def full_mask(data: Data) -> dict:
     """A mask observing every modality of every data point."""
-    n = batch_size(data)
+    n = num_points(data)
     return {m: torch.ones(n, dtype=torch.bool, device=x.device) for m, x in data.items()}
 
 

@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 from pyro_mmvae.io import atomic_write as _atomic_write
 from pyro_mmvae.optim import SharedOptim
 from pyro_mmvae.params import registration_entries, registration_skipped, still_registered
-from pyro_mmvae.protocol import batch_size as data_size, validate_batch
+from pyro_mmvae.protocol import num_points, validate_batch
 
 PathLike = Union[str, os.PathLike]
 
@@ -156,7 +156,7 @@ def iterate_minibatches(data: Mapping[str, torch.Tensor], mask: Optional[Mapping
         :func:`fit`, saved in checkpoints).
     :yields: ``({m: (batch_size, ...)}, {m: (batch_size,)} or None)``.
     """
-    n = data_size(data)
+    n = num_points(data)
     device = next(iter(data.values())).device
     perm = torch.randperm(n, generator=generator).to(device)  # drawn on CPU: reproducible
     for start in range(0, n - batch_size + 1, batch_size):
@@ -670,7 +670,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     with pyro.validation_enabled(True):  # ValueError naming the modality, NaNs included
         checked = validate_batch(train_data, mask)
     mask = None if mask is None else checked
-    n = data_size(train_data)
+    n = num_points(train_data)
     if batch_size > n:
         raise ValueError(f"batch_size ({batch_size}) is larger than the training set ({n} data "
                          "points); no complete batch can be formed")

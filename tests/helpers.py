@@ -4,7 +4,7 @@ import torch
 
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import ExactPosteriorGuide, LinearGaussianModel
-from pyro_mmvae.protocol import batch_size
+from pyro_mmvae.protocol import num_points
 
 DIMS = {"a": 3, "b": 4, "c": 2}
 
@@ -57,7 +57,7 @@ def reset(model):
 
 def random_mask(data, p=0.6, seed=1, at_least_one=True):
     g = torch.Generator().manual_seed(seed)
-    n = batch_size(data)
+    n = num_points(data)
     mask = {m: torch.rand(n, generator=g) < p for m in data}
     if at_least_one:
         first = next(iter(data))

@@ -31,7 +31,7 @@ from pyro_mmvae.data.text import ALPHABET, decode_text
 from pyro_mmvae.eval.coherence import (_device, _generated, decoded_value, generation_trace,
                                        subset_matrix, unconditional_trace)
 from pyro_mmvae.io import atomic_write
-from pyro_mmvae.protocol import batch_size as data_size, validate_batch
+from pyro_mmvae.protocol import num_points, validate_batch
 
 
 def _figure(**kwargs):
@@ -71,7 +71,7 @@ def conditional_generations(model, guide, data: Mapping[str, torch.Tensor], subs
     validate_batch(data, None)
     modalities = list(data)
     names, rows = subset_matrix(subsets, modalities, next(iter(data.values())).device)
-    b, s = data_size(data), len(names)
+    b, s = num_points(data), len(names)
     model_tr = generation_trace(model, guide, data, rows,
                                 [("subsets", s, -3), ("particles", 1, -2)])
     out = {name: {} for name in names}

@@ -51,7 +51,7 @@ from pyro_mmvae.eval.memory import (check_memory_budget, chunk_for_budget, chunk
                                     trace_nbytes)
 from pyro_mmvae.infer.cells import StackedDistribution
 from pyro_mmvae.infer.traces import trace_guide, trace_model
-from pyro_mmvae.protocol import (LATENT_SITE, batch_size as data_size, check_positive_int,
+from pyro_mmvae.protocol import (LATENT_SITE, num_points, check_positive_int,
                                  obs_site, stack_mask, unstack_mask, validate_batch)
 
 SubsetSpec = Union[str, Iterable[str]]
@@ -163,7 +163,7 @@ def generation_trace(model, guide, data: Mapping[str, torch.Tensor], rows: torch
 
 def _generation_traces(model, guide, data, rows, plates, max_plate_nesting):
     """``(guide trace, model trace)`` of :func:`generation_trace`."""
-    b = data_size(data)
+    b = num_points(data)
     guide_tr = trace_guide(guide, data, _subset_masks(rows, b, list(data), max_plate_nesting,
                                                       True), plates)
     device = next(iter(data.values())).device
@@ -254,7 +254,7 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
     budget = check_memory_budget(memory_budget)
     mask = validate_batch(data, mask)
     modalities = list(data)
-    n = data_size(data)
+    n = num_points(data)
     device = next(iter(data.values())).device
     labels = _labels(labels, n, device)
     if not classifiers:
@@ -396,9 +396,9 @@ def encode_subsets(guide, data: Mapping[str, torch.Tensor], rows: torch.Tensor,
     s = rows.shape[0]
     plates = [("subsets", s, -(max_plate_nesting + 1))]
     out = []
-    for start in range(0, data_size(data), batch_size):
+    for start in range(0, num_points(data), batch_size):
         x_b = {m: v[start:start + batch_size] for m, v in data.items()}
-        b = data_size(x_b)
+        b = num_points(x_b)
         tr = trace_guide(guide, x_b, _subset_masks(rows, b, modalities, max_plate_nesting,
                                                    False), plates)
         site = tr.nodes.get(latent_site)
@@ -448,10 +448,10 @@ def latent_classification(guide, train_data: Mapping[str, torch.Tensor], train_l
                          f"{list(test_data)}")
     test_data = {m: test_data[m] for m in modalities}
     test_mask = {m: test_mask[m] for m in modalities}
-    n_train = data_size(train_data)
+    n_train = num_points(train_data)
     device = next(iter(train_data.values())).device
     y_train = _labels(train_labels, n_train, device)
-    y_test = _labels(test_labels, data_size(test_data), next(iter(test_data.values())).device)
+    y_test = _labels(test_labels, num_points(test_data), next(iter(test_data.values())).device)
     if num_train is not None and num_train < n_train:
         pick = torch.from_numpy(np.random.default_rng(seed).choice(n_train, num_train,
                                                                    replace=False))

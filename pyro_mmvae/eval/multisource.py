@@ -18,7 +18,7 @@ import torch
 from pyro_mmvae.infer.multisource import OBJECTIVES, MultiSourceELBO
 from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio, log_likelihood,
                                      trace_guide, trace_model)
-from pyro_mmvae.protocol import (LATENT_SITE, batch_size as data_size, check_positive_int,
+from pyro_mmvae.protocol import (LATENT_SITE, num_points, check_positive_int,
                                  obs_site, scoring, validate_batch)
 
 
@@ -38,7 +38,7 @@ def multisource_evaluation(model, guide, data: Mapping[str, torch.Tensor],
     for objective in objectives:
         if objective not in OBJECTIVES:
             raise ValueError(f"objectives must be among {OBJECTIVES}, got {objective!r}")
-    n = data_size(data)
+    n = num_points(data)
     out = {}
     for objective in objectives:
         bound = MultiSourceELBO(num_particles, objective=objective, **kwargs)

@@ -19,7 +19,7 @@ from pyro_mmvae.eval.classifiers import (ModalityClassifier, classifier_accuracy
                                          train_modality_classifiers)
 from pyro_mmvae.eval.coherence import (all_subsets, conditional_coherence, encode_subsets,
                                        joint_coherence, latent_classification, subset_matrix)
-from pyro_mmvae.protocol import DATA_PLATE, batch_size, full_mask
+from pyro_mmvae.protocol import DATA_PLATE, num_points, full_mask
 
 K = 4
 MODS = ("a", "b", "c")
@@ -51,7 +51,7 @@ class CopyGuide:
         total = sum(torch.where(mask[m].unsqueeze(-1), x, torch.zeros_like(x))
                     for m, x in data.items())
         z = F.one_hot(total.argmax(-1), K).to(total.dtype)
-        with pyro.plate(DATA_PLATE, batch_size(data)):
+        with pyro.plate(DATA_PLATE, num_points(data)):
             return pyro.sample("z", dist.Delta(z, event_dim=1))
 
 
@@ -156,7 +156,7 @@ def test_mask_restricts_each_subset_to_points_where_it_is_observed():
 def _mean_guide(guide):
     def mean_guide(data, mask=None):
         q = guide.distribution(data, mask)
-        with pyro.plate(DATA_PLATE, batch_size(data)):
+        with pyro.plate(DATA_PLATE, num_points(data)):
             return pyro.sample("z", dist.Delta(q.mean, event_dim=1))
     return mean_guide
 
@@ -271,7 +271,7 @@ def test_latent_classification_label_in_latent_vs_noise():
     json.dumps(res)
 
     def noise_guide(data, mask=None):
-        with pyro.plate(DATA_PLATE, batch_size(data)):
+        with pyro.plate(DATA_PLATE, num_points(data)):
             return pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
 
     res = latent_classification(noise_guide, train, y_train, test, y_test,

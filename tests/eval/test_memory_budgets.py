@@ -15,7 +15,7 @@ from pyro_mmvae.diagnostics import to_inference_data
 from pyro_mmvae.eval import conditional_coherence, joint_coherence, log_likelihood, rate_distortion
 from pyro_mmvae.eval.memory import (ACTIVATION_FACTOR, DEFAULT_MEMORY_BUDGET, check_memory_budget,
                                     chunk_for_budget, chunks_for_budget)
-from pyro_mmvae.protocol import DATA_PLATE, batch_size
+from pyro_mmvae.protocol import DATA_PLATE, num_points
 from tests.eval.test_coherence import _linear_problem, _mean_guide
 from tests.helpers import linear_problem, make_guide, random_mask
 
@@ -39,7 +39,7 @@ class FixedNoiseNormal(dist.Normal):
 def fixed_noise_guide(guide):
     def fixed_noise(data, mask=None):
         q = guide.distribution(data, mask)
-        with pyro.plate(DATA_PLATE, batch_size(data)):
+        with pyro.plate(DATA_PLATE, num_points(data)):
             return pyro.sample("z", FixedNoiseNormal(q.mean, q.stddev).to_event(1))
     fixed_noise.vectorized = True
     return fixed_noise
@@ -56,7 +56,7 @@ def count_terms(monkeypatch):
     calls, terms = [], information._terms
 
     def counted(model, guide, data, mask, subset, num_samples, max_plate_nesting):
-        calls.append((batch_size(data), num_samples))
+        calls.append((num_points(data), num_samples))
         return terms(model, guide, data, mask, subset, num_samples, max_plate_nesting)
     monkeypatch.setattr(information, "_terms", counted)
     return calls
