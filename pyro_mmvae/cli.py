@@ -67,6 +67,7 @@ from pyro_mmvae.io import remove_stale_temp_files
 from pyro_mmvae.report import CLASSIFIERS, EVALUATION, evaluate_run, headline
 from pyro_mmvae.runs import (AGGREGATORS, BOUNDS, DATASET_OPTIONS, DATASETS, DEFAULT_DATASET,
                              PRIORS, RUNTIME_KEYS, bound_options, build_guide, build_loss,
+                             component_options,
                              build_model, config_namespace, load_run, read_config)
 from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, CheckpointError,
                               TrainingDiverged, fit, load_checkpoint, resolve_device, write_json)
@@ -205,9 +206,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prior", choices=PRIORS, default="normal",
                    help="normal: N(0, I); gmm: learned Gaussian mixture with the optimal "
                         "cluster factor (default: %(default)s)")
-    g.add_argument("--num-components", type=positive_int, default=10,
-                   help="components of the gmm prior and of the mixture aggregators "
-                        "(default: %(default)s)")
+    g.add_argument("--prior-components", type=positive_int, default=None, metavar="K",
+                   help="--prior gmm only: clusters of the Gaussian-mixture prior (default: "
+                        "10)")
+    g.add_argument("--mixture-components", type=positive_int, default=None, metavar="K",
+                   help="sumpooling-mixture and selfattention-mixture only: components of the "
+                        "mixture aggregator's q(z | x_S) (default: 10)")
     g.add_argument("--likelihood", choices=("laplace", "gaussian", "bernoulli"),
                    default="laplace",
                    help="image likelihood; laplace and gaussian with MoPoE's fixed scale 0.75 "
@@ -554,10 +558,12 @@ def resumed_args(args, parser) -> argparse.Namespace:
 
 
 def apply_bound_defaults(args) -> argparse.Namespace:
-    """Check the bound-specific options against ``--bound`` and ``--aggregator`` and fill those
-    left at None with the bound's defaults (:func:`~pyro_mmvae.runs.bound_options`), so that
-    ``config.json`` records the values used. ``ValueError`` naming the option otherwise."""
-    for key, value in bound_options(args).items():
+    """Check the bound-specific options against ``--bound`` and ``--aggregator``, and the
+    component counts against ``--prior`` and ``--aggregator``, and fill those left at None with
+    their defaults (:func:`~pyro_mmvae.runs.bound_options`,
+    :func:`~pyro_mmvae.runs.component_options`), so that ``config.json`` records the values
+    used. ``ValueError`` naming the option otherwise."""
+    for key, value in {**bound_options(args), **component_options(args)}.items():
         setattr(args, key, value)
     return args
 

@@ -285,6 +285,36 @@ def bound_options(args) -> Dict[str, object]:
     return out
 
 
+MIXTURE_AGGREGATORS = ("sumpooling-mixture", "selfattention-mixture")
+DEFAULT_COMPONENTS = 10  # the Gaussian-mixture prior's clusters, a mixture guide's components
+
+
+def _components(args, key: str) -> int:
+    """``args.<key>``; a configuration saved before the option was split: its
+    ``num_components`` (which set both), else :data:`DEFAULT_COMPONENTS`."""
+    value = getattr(args, key, None)
+    if value is None:
+        value = getattr(args, "num_components", None)
+    return DEFAULT_COMPONENTS if value is None else int(value)
+
+
+def component_options(args) -> Dict[str, Optional[int]]:
+    """``{"prior_components", "mixture_components"}``: the clusters of the Gaussian-mixture
+    prior (``--prior gmm``) and the components of a mixture aggregator
+    (:data:`MIXTURE_AGGREGATORS`), defaults filled where they apply and None where they do not.
+    ``ValueError`` naming the option when it is given where it does not apply."""
+    uses = {"prior_components": getattr(args, "prior", "normal") == "gmm",
+            "mixture_components": getattr(args, "aggregator", None) in MIXTURE_AGGREGATORS}
+    where = {"prior_components": "--prior gmm",
+             "mixture_components": "--aggregator " + " / ".join(MIXTURE_AGGREGATORS)}
+    out = {}
+    for key, applies in uses.items():
+        if getattr(args, key, None) is not None and not applies:
+            raise ValueError(f"{_flag(key)} applies to {where[key]} only")
+        out[key] = _components(args, key) if applies else None
+    return out
+
+
 def feature_dim(args) -> int:
     """Encoder output size E: ``2 D`` Gaussian-expert parameters for PoE/MoE/MoPoE (and for
     the learnable aggregators on vector data, as the authors' linear study); the aggregator
@@ -308,7 +338,7 @@ def make_aggregator(args, features: int, num_modalities: Optional[int] = None) -
     d, w = args.latent_dim, args.aggregator_width
     scale = getattr(args, "expert_scale", "softplus")
     pooled = dict(hidden_dim=w, pooling_dim=w, scale=scale)
-    mixture = dict(pooled, num_components=args.num_components)
+    mixture = dict(pooled, num_components=_components(args, "mixture_components"))
     if args.aggregator in ("subset-encoders", "joint"):
         if num_modalities is None:
             raise ValueError(f"--aggregator {args.aggregator} needs the number of modalities")
@@ -351,7 +381,7 @@ def build_guide(args, data: PreparedData) -> MultimodalGuide:
 
 def build_prior(args) -> nn.Module:
     if args.prior == "gmm":
-        return GaussianMixturePrior(args.num_components, args.latent_dim)
+        return GaussianMixturePrior(_components(args, "prior_components"), args.latent_dim)
     return StandardNormalPrior(args.latent_dim)
 
 

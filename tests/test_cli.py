@@ -293,7 +293,7 @@ def test_corrupted_checkpoint_is_a_clear_error(polydigits_run, tmp_path, capsys)
 
 @pytest.mark.parametrize("extra", [
     ["--dataset", "digits-svhn-text", "--aggregator", "mopoe", "--bound", "mixture"],
-    ["--aggregator", "poe", "--prior", "gmm", "--num-components", "3", "--bound", "subsampled"],
+    ["--aggregator", "poe", "--prior", "gmm", "--prior-components", "3", "--bound", "subsampled"],
     ["--dataset", "digits-svhn-text", "--aggregator", "subset-encoders", "--bound", "recursive",
      "--beta-norm", "0.01"],
     ["--dataset", "digits-svhn-text", "--aggregator", "poe-divide", "--bound", "multisource",

@@ -279,3 +279,42 @@ def test_too_many_modalities_for_subset_encoders_is_an_error_naming_the_option(c
 def test_edited_configurations_are_checked_too(config, message):
     with pytest.raises(ValueError, match=message):
         bound_options(argparse.Namespace(**config))
+
+
+def test_component_counts_are_two_options_each_building_what_it_names():
+    """--prior-components sets the Gaussian-mixture prior's clusters, --mixture-components the
+    mixture aggregator's components; each is an error where it does not apply, and a
+    configuration saved with the old --num-components builds both from it."""
+    import argparse
+
+    from pyro_mmvae.runs import build_prior, component_options, make_aggregator
+
+    def ns(**kw):
+        base = dict(prior="normal", aggregator="poe", latent_dim=2, aggregator_width=8,
+                    prior_components=None, mixture_components=None)
+        return argparse.Namespace(**{**base, **kw})
+
+    args = ns(prior="gmm", prior_components=3, aggregator="sumpooling-mixture",
+              mixture_components=5)
+    args.__dict__.update(component_options(args))
+    assert build_prior(args).num_components == 3
+    assert make_aggregator(args, 4).num_components == 5
+    defaults = component_options(ns(prior="gmm", aggregator="selfattention-mixture"))
+    assert defaults == {"prior_components": 10, "mixture_components": 10}
+    assert component_options(ns()) == {"prior_components": None, "mixture_components": None}
+    with pytest.raises(ValueError, match="--prior-components applies to --prior gmm only"):
+        component_options(ns(prior_components=3))
+    with pytest.raises(ValueError, match="--mixture-components applies to --aggregator"):
+        component_options(ns(mixture_components=3, aggregator="sumpooling"))
+    old = argparse.Namespace(prior="gmm", aggregator="sumpooling-mixture", latent_dim=2,
+                             aggregator_width=8, num_components=4)
+    assert build_prior(old).num_components == 4
+    assert make_aggregator(old, 4).num_components == 4
+    assert component_options(old) == {"prior_components": 4, "mixture_components": 4}
+
+
+def test_component_options_reach_the_command_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--dataset", "linear-gaussian", "--prior-components", "3"])
+    assert info.value.code == 2
+    assert "--prior-components applies to --prior gmm only" in capsys.readouterr().err
