@@ -284,11 +284,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "/ D_z, D_S the input size of the subset's modalities (the M2VAE's "
                         "normalised beta; instead of --beta; default: off, --beta everywhere)")
     g.add_argument("--mixture-form", choices=("stratified", "average", "sampled"),
-                   default="stratified",
+                   default=None,
                    help="mixture bound only: stratified (one draw per mixture component, "
                         "MMVAE/MoPoE), average or sampled (one draw from the mixture; cheap for "
                         "MoPoE, whose 2^M - 1 components all get decoded otherwise) "
-                        "(default: %(default)s)")
+                        "(default: stratified)")
     g.add_argument("--beta", type=positive_float, default=1.0,
                    help="weight of the KL (rate) terms (default: %(default)s)")
     g.add_argument("--beta-warmup", type=non_negative_int, default=0, metavar="STEPS",

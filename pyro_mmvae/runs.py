@@ -210,12 +210,13 @@ BOUNDS = {"masked": MaskedMultimodalELBO, "mixture": MixtureMultimodalELBO,
 DEFAULT_NUM_PARTICLES = 1
 BOUND_DEFAULTS: Dict[str, Dict[str, object]] = {
     "multisource": {"num_particles": 16, "objective": "ind"},
+    "mixture": {"mixture_form": "stratified"},
     "recursive": {"alpha": DEFAULT_ALPHA},
     "jmvae": {"alpha": DEFAULT_ALPHA},
 }
 # option -> the bounds that take it
 BOUND_OPTIONS = {"objective": ("multisource",), "alpha": ("recursive", "jmvae"),
-                 "beta_norm": ("recursive", "jmvae")}
+                 "beta_norm": ("recursive", "jmvae"), "mixture_form": ("mixture",)}
 FIXED_SUBSET_BOUNDS = ("multisource", "recursive", "jmvae")  # no masking distribution
 PRIORS = ("normal", "gmm")
 
@@ -226,11 +227,12 @@ def _flag(name: str) -> str:
 
 def bound_options(args) -> Dict[str, object]:
     """The bound-specific options of ``args``, validated and with the bound's defaults for
-    those left at None: ``{"num_particles", "objective", "alpha", "beta_norm"}`` (the last
-    three None where the bound takes no such option).
+    those left at None: ``{"num_particles", "objective", "alpha", "beta_norm",
+    "mixture_form"}`` (the last four None where the bound takes no such option).
 
     ``ValueError`` naming the option when it does not apply to ``--bound``: ``--objective``
     without ``multisource``; ``--alpha`` / ``--beta-norm`` without ``recursive`` or ``jmvae``;
+    ``--mixture-form`` without ``mixture``;
     ``--masking`` with the bounds that score fixed subsets (``multisource``, ``recursive``,
     ``jmvae``); ``--iwae`` with ``multisource`` (always importance-weighted); an
     ``--aggregator`` that gives mixtures with ``recursive`` / ``jmvae`` (their KL pulls
@@ -456,7 +458,7 @@ def build_loss(args, data: PreparedData):
     if args.masking is not None:
         kwargs["masking"] = args.masking
     if args.bound == "mixture":
-        kwargs["form"] = getattr(args, "mixture_form", "stratified")
+        kwargs["form"] = opts["mixture_form"]
     return BOUNDS[args.bound](opts["num_particles"], **kwargs)
 
 
@@ -488,10 +490,15 @@ RUNTIME_KEYS = ("epochs", "device", "num_threads", "no_progress", "no_evaluate",
 
 
 def config_namespace(config: Mapping) -> argparse.Namespace:
-    """The command-line namespace saved in a run's ``config.json``."""
-    return argparse.Namespace(**{k: v for k, v in config.items() if k not in (
+    """The command-line namespace saved in a run's ``config.json``. Earlier versions recorded
+    ``mixture_form`` (default ``"stratified"``) for every bound; it is dropped where the bound
+    is not the mixture bound, which never read it."""
+    saved = {k: v for k, v in config.items() if k not in (
         "modality_dims", "num_test", "dataset_info", "pyro_mmvae_version", "num_train",
-        "steps_per_epoch", "loss")})
+        "steps_per_epoch", "loss")}
+    if saved.get("bound") != "mixture":
+        saved.pop("mixture_form", None)
+    return argparse.Namespace(**saved)
 
 
 def load_run(run_dir, device="cpu", data_root=None):

@@ -216,7 +216,30 @@ def test_a_configuration_saved_before_the_options_builds_the_old_bound():
     loss = build_loss(old, data)
     assert type(loss) is MaskedMultimodalELBO and loss.num_particles == 2
     assert bound_options(old) == {"objective": None, "alpha": None, "beta_norm": None,
-                                  "num_particles": 2}
+                                  "mixture_form": None, "num_particles": 2}
+
+
+def test_mixture_form_is_an_option_of_the_mixture_bound_only(capsys):
+    """--mixture-form reaches the mixture bound (default stratified) and is an error with
+    another bound; configurations of earlier versions, which recorded its default for every
+    bound, still load."""
+    import argparse
+
+    def opts(**kw):
+        base = dict(bound="mixture", num_particles=None, aggregator="poe", masking=None)
+        return bound_options(argparse.Namespace(**{**base, **kw}))
+
+    assert opts()["mixture_form"] == "stratified"
+    assert opts(mixture_form="sampled")["mixture_form"] == "sampled"
+    assert opts(bound="masked")["mixture_form"] is None
+    with pytest.raises(ValueError, match="--mixture-form is an option of --bound mixture"):
+        opts(bound="masked", mixture_form="sampled")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *SMALL, "--bound", "masked", "--mixture-form", "average"])
+    assert info.value.code == 2 and "--mixture-form" in capsys.readouterr().err
+    assert built("--bound", "mixture", "--mixture-form", "average")[2].form == "average"
+    old = config_namespace({**vars(built()[0]), "mixture_form": "stratified"})
+    assert not hasattr(old, "mixture_form") and bound_options(old)["mixture_form"] is None
 
 
 # --- nonsensical combinations: errors naming the option, before any data is loaded -----------
