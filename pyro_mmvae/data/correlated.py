@@ -80,14 +80,6 @@ def _seed(seed: int, tag: str) -> int:
     return int(np.random.SeedSequence([int(seed), _SEED_TAGS[tag]]).generate_state(1)[0])
 
 
-def _dataset(data: Dict[str, torch.Tensor], labels: torch.Tensor, name: str, split: str,
-             source_index=None, info=None) -> MultimodalDataset:
-    n = int(labels.shape[0])
-    return MultimodalDataset(data, {m: torch.ones(n, dtype=torch.bool) for m in data},
-                             labels.to(torch.long), dict(source_index or {}), dict(info or {}),
-                             name, split, None)
-
-
 # --- the unimodal datasets ----------------------------------------------------------------
 
 def digit_images(split: str = "train", dtype: Optional[torch.dtype] = None
@@ -100,8 +92,8 @@ def digit_images(split: str = "train", dtype: Optional[torch.dtype] = None
     idx = split_indices(split)
     dtype = dtype or torch.get_default_dtype()
     x = torch.as_tensor(images[idx].reshape(len(idx), -1) / 16.0, dtype=dtype)
-    return _dataset({IMAGE: x}, torch.as_tensor(labels[idx]), "digits", split,
-                    {IMAGE: torch.as_tensor(idx, dtype=torch.long)})
+    return MultimodalDataset.fully_observed(
+        {IMAGE: x}, labels[idx], "digits", split, {IMAGE: torch.as_tensor(idx, dtype=torch.long)})
 
 
 def _shape_masks(label: int, dx: np.ndarray, dy: np.ndarray, h: np.ndarray,
@@ -185,8 +177,8 @@ def procedural_shapes(n: int, seed: int = 0, dtype: Optional[torch.dtype] = None
     info = {"center": torch.as_tensor(center, dtype=dtype),
             "half_size": torch.as_tensor(h, dtype=dtype),
             "thickness": torch.as_tensor(t, dtype=dtype)}
-    return _dataset({IMAGE: torch.as_tensor(images, dtype=dtype)}, torch.as_tensor(labels),
-                    "shapes", "train", info=info)
+    return MultimodalDataset.fully_observed({IMAGE: torch.as_tensor(images, dtype=dtype)},
+                                            labels, "shapes", "train", info=info)
 
 
 # --- the label-conditional VAE ---------------------------------------------------------------
@@ -436,7 +428,7 @@ def correlated_pairs(cvae_a: ConditionalVAE, cvae_b: ConditionalVAE, n: int, *, 
     dtype = dtype or torch.get_default_dtype()
     data = {modalities[0]: cvae_a.decode(z, labels).to(dtype),
             modalities[1]: cvae_b.decode(z, labels).to(dtype)}
-    return _dataset(data, labels, name, split, info={"z": z.to(dtype)})
+    return MultimodalDataset.fully_observed(data, labels, name, split, info={"z": z.to(dtype)})
 
 
 def within_class_shuffle(dataset: MultimodalDataset, modality: str = "b", *, seed: int,
@@ -511,7 +503,8 @@ def class_pairing(images_a: torch.Tensor, labels_a: torch.Tensor, images_b: torc
     dtype = dtype or torch.get_default_dtype()
     data = {modalities[0]: torch.as_tensor(images_a)[ia].to(dtype),
             modalities[1]: torch.as_tensor(images_b)[ib].to(dtype)}
-    return _dataset(data, labels, name, split, {modalities[0]: ia, modalities[1]: ib})
+    return MultimodalDataset.fully_observed(data, labels, name, split,
+                                            {modalities[0]: ia, modalities[1]: ib})
 
 
 # --- e-digits --------------------------------------------------------------------------------

@@ -113,6 +113,16 @@ class MultimodalDataset:
     split: str = ""
     path: Optional[Path] = None
 
+    @classmethod
+    def fully_observed(cls, data: Dict[str, torch.Tensor], labels, name: str = "",
+                       split: str = "", source_index=None, info=None) -> "MultimodalDataset":
+        """A dataset whose every modality is observed for every item (all-True masks);
+        ``labels`` (anything ``torch.as_tensor`` takes) become ``long``."""
+        labels = torch.as_tensor(labels).to(torch.long)
+        n = int(labels.shape[0])
+        return cls(dict(data), {m: torch.ones(n, dtype=torch.bool) for m in data}, labels,
+                   dict(source_index or {}), dict(info or {}), name, split, None)
+
     @property
     def modalities(self) -> Tuple[str, ...]:
         return tuple(self.data)

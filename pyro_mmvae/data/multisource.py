@@ -42,11 +42,8 @@ def _dataset(data: Mapping[str, np.ndarray], labels: np.ndarray, name: str, spli
              dtype: torch.dtype, info: Optional[Dict[str, np.ndarray]] = None
              ) -> MultimodalDataset:
     tensors = {m: torch.as_tensor(np.ascontiguousarray(x), dtype=dtype) for m, x in data.items()}
-    n = len(labels)
-    return MultimodalDataset(tensors, {m: torch.ones(n, dtype=torch.bool) for m in tensors},
-                             torch.as_tensor(labels, dtype=torch.long), {},
-                             {k: torch.as_tensor(v) for k, v in (info or {}).items()},
-                             name, split, None)
+    return MultimodalDataset.fully_observed(
+        tensors, labels, name, split, info={k: torch.as_tensor(v) for k, v in (info or {}).items()})
 
 
 # --- the 2-D toy ---------------------------------------------------------------------------

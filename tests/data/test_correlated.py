@@ -241,3 +241,14 @@ def test_e_digits_at_the_default_budget_is_class_consistent():
         z = e.info["z"][rows]
         shuffled = _out_of_sample_r2(me.data["b"][rows], z)
         assert _out_of_sample_r2(e.data["b"][rows], z) > shuffled + 0.5
+
+
+def test_fully_observed_dataset_has_all_true_masks_and_long_labels():
+    from pyro_mmvae.data import MultimodalDataset
+
+    ds = MultimodalDataset.fully_observed({"a": torch.zeros(3, 2), "b": torch.ones(3, 1)},
+                                          [2, 0, 1], "toy", "test", info={"z": torch.ones(3)})
+    assert set(ds.mask) == {"a", "b"} and all(m.dtype == torch.bool and m.all() and
+                                              m.shape == (3,) for m in ds.mask.values())
+    assert ds.labels.dtype == torch.long and ds.labels.tolist() == [2, 0, 1]
+    assert (ds.name, ds.split, ds.path, set(ds.info)) == ("toy", "test", None, {"z"})
