@@ -460,12 +460,17 @@ class SVIStep:
     :param loss: a ``pyro.infer.ELBO`` (anything with ``loss_and_grads``).
     :param optim: a :class:`pyro.optim.PyroOptim`
         (e.g. :class:`~pyro_mmvae.optim.SharedOptim`, :func:`make_optimizer`).
+    :param gradient_transform: called as ``gradient_transform(params)`` after the backward
+        pass and before the gradients are checked and the update is made, to change the
+        gradients in place (e.g. :func:`clamp_gradients`); None leaves them as they are.
     """
 
-    def __init__(self, model, guide, loss, optim):
+    def __init__(self, model, guide, loss, optim,
+                 gradient_transform: Optional[Callable[[list], None]] = None):
         from pyro_mmvae.infer.base import MultimodalELBO
 
         self.model, self.guide, self.loss, self.optim = model, guide, loss, optim
+        self.gradient_transform = gradient_transform
         # the library's bounds backpropagate whether or not their traces hold param sites
         self.skip_registration = isinstance(loss, MultimodalELBO)
         self.params: Optional[list] = None
@@ -495,12 +500,34 @@ class SVIStep:
         value = float(loss)
         if not math.isfinite(value):
             raise NonFiniteStep(value, "loss")
+        if self.gradient_transform is not None:
+            self.gradient_transform(self.params)
         self.grads.gather(self.params)
         if not self.grads.finite():
             raise NonFiniteStep(value, "gradient")
         self.optim(self.params)
         self.grads.zero()  # SVI's zero_grads: every gradient that exists becomes zeros
         return value
+
+
+def clamp_gradients(limit: float, nan_to_zero: bool = True) -> Callable[[list], None]:
+    """A ``gradient_transform`` for :func:`fit` and :class:`SVIStep`: every gradient element
+    clamped to ``[-limit, limit]``, NaNs first replaced by 0 (with ``nan_to_zero``) — the
+    gradient chain of the authors' code of Hirt et al., "Learning multi-modal generative models
+    with permutation-invariant encoders and tighter variational bounds" (TMLR 2024,
+    arXiv:2309.00380): NaN → 0, element-wise clip, Adam; unlike ``clip_norm``
+    (``ClippedAdam``'s per-parameter norm clipping). Gradients stay in place (the
+    views :func:`fit` keeps of them remain valid)."""
+    if not limit > 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+
+    def transform(params) -> None:
+        for p in params:
+            if p.grad is not None:
+                if nan_to_zero:
+                    torch.nan_to_num_(p.grad, nan=0.0)
+                p.grad.clamp_(-limit, limit)
+    return transform
 
 
 class _FlatGradients:
@@ -613,7 +640,9 @@ def _build_optimizer_state(model, guide, loss, optim, batch, mask) -> None:
 def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         mask: Optional[Mapping[str, torch.Tensor]] = None, epochs: int, batch_size: int,
         lr: float = 1e-3, clip_norm: Optional[float] = None,
-        run_dir: Optional[PathLike] = None, seed: int = 0,
+        run_dir: Optional[PathLike] = None, seed: Optional[int] = 0,
+        generator: Optional[torch.Generator] = None,
+        gradient_transform: Optional[Callable[[list], None]] = None,
         device: Union[str, torch.device, None] = "cpu", progress: bool = True,
         eval_fn: Optional[Callable[[int], Mapping[str, float]]] = None,
         config: Optional[Mapping[str, Any]] = None,
@@ -632,7 +661,13 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     :param lr: Adam learning rate. ``clip_norm``: use ``ClippedAdam`` with this gradient norm.
     :param run_dir: where to write ``checkpoint.pt`` (after every epoch), ``config.json``,
         ``metrics.json`` and ``loss_curve.png``; None writes nothing.
-    :param seed: seeds ``pyro.set_rng_seed`` and the shuffling generator.
+    :param seed: seeds ``pyro.set_rng_seed`` and the shuffling generator. None leaves the
+        global RNGs as they are (the caller seeded them) and needs ``generator``.
+    :param generator: the shuffling generator (a CPU ``torch.Generator``, advanced in place);
+        None: a new one seeded with ``seed``.
+    :param gradient_transform: ``gradient_transform(params)``, called after every backward
+        pass and before the gradients are checked for non-finite values and the update, changes
+        the gradients in place: e.g. :func:`clamp_gradients` (NaN → 0, element-wise clip).
     :param device: ``"cpu"`` or ``"cuda"`` (``ValueError`` if CUDA is unavailable).
     :param progress: show a tqdm bar with the running mean loss per data point of the epoch.
     :param eval_fn: called as ``eval_fn(epoch)`` after each epoch (model and guide in their
@@ -678,8 +713,12 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
 
     dev = resolve_device(device)
     pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    if seed is None and generator is None:
+        raise ValueError("seed=None (keep the global RNG state) needs a shuffling generator")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
     model.to(dev)
     guide.to(dev)
     train_data = to_device(train_data, dev)
@@ -715,7 +754,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, full_config)
 
-    stepper = SVIStep(model, guide, loss, optim)
+    stepper = SVIStep(model, guide, loss, optim, gradient_transform)
     if epochs > start_epoch:  # parameters and optimisers before the first timed step
         if set_step is not None:
             set_step(global_step)
