@@ -1,5 +1,9 @@
 """Shared fixtures-as-functions for the test suite."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
@@ -7,6 +11,7 @@ from pyro_mmvae.models import ExactPosteriorGuide, LinearGaussianModel
 from pyro_mmvae.protocol import num_points
 
 DIMS = {"a": 3, "b": 4, "c": 2}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def linear_problem(n=8, dims=DIMS, latent_dim=2, seed=0, noise=1.0):
@@ -79,3 +84,22 @@ def private_problem(n=8, dims=DIMS, latent_dim=2, private_dim=2, seed=0):
         a, b, s = model.linear_parameters(m)
         data[m] = (u @ a.T + b + s * torch.randn(n, dims[m])).detach()
     return model, data
+
+
+def load_script(name):
+    """Import ``experiments/<name>.py`` as a module (``experiments`` is not a package), with
+    its folder on ``sys.path`` as when it runs as a script (``python experiments/<name>.py``),
+    so that its sibling imports (``_multimodal_common``) resolve."""
+    folder = str(ROOT / "experiments")
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}",
+                                                  ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(folder)
+    return module

@@ -1,35 +1,13 @@
 """Experiment scripts: helper checks and one tiny-budget smoke run per script."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    """Import ``experiments/<name>.py`` as a module (``experiments`` is not a package), with
-    its folder on ``sys.path`` as when it runs as a script (``python experiments/<name>.py``),
-    so that its sibling imports (``_multimodal_common``) resolve."""
-    folder = str(ROOT / "experiments")
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}",
-                                                  ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if added:
-            sys.path.remove(folder)
-    return module
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Tests of the experiment scripts (one module per script or family)."""
