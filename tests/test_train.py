@@ -259,7 +259,7 @@ class FlagRecorder(MaskedMultimodalELBO):
 
 @pytest.fixture
 def recorder(monkeypatch):
-    import pyro_mmvae.train as train
+    import pyro_mmvae.train.loop as train
 
     optims = []
 

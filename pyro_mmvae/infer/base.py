@@ -31,6 +31,15 @@ from .traces import (check_scorable, dreg_surrogate, global_latents, global_log_
 Estimator = Literal["standard", "stl", "dreg"]
 
 
+def term_sums(terms: Mapping[str, torch.Tensor]) -> dict:
+    """The batch sums of a bound's per-datapoint terms: the floating-point ``(B,)`` entries of
+    :meth:`MultimodalELBO.terms` (others, such as ``subset_size`` or ``(K, B)`` tables, are
+    left out), detached."""
+    size = terms["elbo"].shape[-1:]
+    return {k: v.detach().sum() for k, v in terms.items()
+            if torch.is_tensor(v) and v.is_floating_point() and v.shape == size}
+
+
 class MultimodalELBO(ELBO):
     r"""Base class of the multimodal bounds.
 
@@ -157,8 +166,13 @@ class MultimodalELBO(ELBO):
                                   "differentiable_loss, loss or loss_and_grads")
 
     def differentiable_loss(self, model, guide, data, mask=None):
-        """Negative bound summed over the batch, differentiable (for torch optimisers)."""
-        return -self.terms(model, guide, data, mask)["elbo"].sum()
+        """Negative bound summed over the batch, differentiable (for torch optimisers).
+
+        Keeps the batch sums of the per-datapoint terms in ``self.last_terms``
+        (:func:`term_sums`, detached), which :func:`pyro_mmvae.train.fit` logs per epoch."""
+        terms = self.terms(model, guide, data, mask)
+        self.last_terms = term_sums(terms)
+        return -terms["elbo"].sum()
 
     def loss(self, model, guide, data, mask=None):
         """Negative bound summed over the batch, as a float."""
