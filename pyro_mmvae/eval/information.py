@@ -113,8 +113,8 @@ def _terms(model, guide, data, mask, subset, num_samples, max_plate_nesting) -> 
     masked = MaskedMultimodalELBO(num_samples, masking=lambda observed: subset,
                                   max_plate_nesting=max_plate_nesting).terms(
         model, guide, data, mask)
-    out["reconstruction"] = masked["reconstruction"]
-    out["rate"] = masked["rate"]
+    out["reconstruction"] = masked["marginal_reconstruction"]
+    out["rate"] = masked["marginal_rate"]
     out["cross_rate"] = masked["conditional_rate"]
     out["conditional_reconstruction"] = masked["conditional_reconstruction"]
     return out

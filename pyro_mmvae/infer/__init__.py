@@ -1,6 +1,6 @@
 """Multimodal bounds as ``pyro.infer.ELBO`` subclasses (one bound per module)."""
 
-from .base import MultimodalELBO
+from .base import COMMON_TERMS, MultimodalELBO
 from .masked_elbo import MaskedMultimodalELBO
 from .masking import MASKINGS, get_masking
 from .mixture_elbo import MixtureMultimodalELBO
@@ -11,6 +11,7 @@ from .schedules import linear_warmup
 from .subsampled_elbo import SubsampledMultimodalELBO
 
 __all__ = [
+    "COMMON_TERMS",
     "JointMultimodalELBO",
     "MASKINGS",
     "MaskedMultimodalELBO",

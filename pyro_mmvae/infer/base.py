@@ -40,6 +40,11 @@ def term_sums(terms: Mapping[str, torch.Tensor]) -> dict:
             if torch.is_tensor(v) and v.is_floating_point() and v.shape == size}
 
 
+#: the keys every bound's :meth:`MultimodalELBO.terms` returns (with ``reconstruction/<m>`` for
+#: every modality ``m``)
+COMMON_TERMS = ("elbo", "reconstruction", "rate")
+
+
 class MultimodalELBO(ELBO):
     r"""Base class of the multimodal bounds.
 
@@ -187,7 +192,23 @@ class MultimodalELBO(ELBO):
 
     # --- the bound ------------------------------------------------------------------------
     def terms(self, model, guide, data, mask=None) -> dict:
-        """Per-datapoint terms ``{name: (B,)}``; ``"elbo"`` is the bound itself.
+        r"""Per-datapoint terms ``{name: (B,)}``.
+
+        Every bound returns these keys (:data:`COMMON_TERMS`), and its own besides:
+
+        - ``"elbo"``: the bound itself (differentiable);
+        - ``"reconstruction"``: its expected log-likelihood terms,
+          :math:`\mathbb E_q\sum_m w_m\log p(x_m\mid z)` summed over the bound's parts
+          with the bound's weights (subsets, mixture components, sources), particle means;
+        - ``"rate"``: its KL (rate) terms, weighted alike but not by :math:`\beta`;
+        - ``"reconstruction/<m>"`` for every modality ``m`` of the batch: modality ``m``'s
+          share of ``"reconstruction"`` (0 where the bound never scores it).
+
+        For the plain (not importance-weighted) bounds with a constant :math:`\beta` and no
+        further terms, ``elbo = reconstruction - beta * rate`` (the recursive bound subtracts
+        ``alpha * pull`` too; with ``beta_norm`` its :math:`\beta_S` differ per subset).
+        The last three are detached: they are for logging
+        (:func:`pyro_mmvae.train.fit` records their epoch means in ``history["terms"]``).
 
         Raises ``ValueError`` (naming the modality) for bad input before any computation.
         """
@@ -207,6 +228,26 @@ class MultimodalELBO(ELBO):
         raise NotImplementedError
 
     # --- helpers for subclasses -------------------------------------------------------------
+    def common_terms(self, reduce: Callable, recs: Mapping[str, torch.Tensor], kl,
+                     modalities) -> dict:
+        """``reconstruction``, ``rate`` and ``reconstruction/<m>`` (see :meth:`terms`) from the
+        per-modality log-likelihoods ``recs`` (:func:`~.traces.log_likelihoods`) and the KL
+        terms ``kl``, all shaped as the bound's per-(part, particle, data point) values and
+        reduced to ``(B,)`` by ``reduce``, as the bound reduces them; detached."""
+        with torch.no_grad():
+            rec = 0.0
+            for value in recs.values():
+                rec = rec + value
+            kl = torch.as_tensor(kl)
+            shape = torch.broadcast_shapes(torch.as_tensor(rec).shape, kl.shape)
+            out = {"reconstruction": reduce(torch.broadcast_to(torch.as_tensor(rec), shape)),
+                   "rate": reduce(torch.broadcast_to(kl, shape))}
+            zero = torch.zeros_like(out["reconstruction"])
+            for m in modalities:
+                out[f"reconstruction/{m}"] = (reduce(torch.broadcast_to(recs[m], shape))
+                                              if m in recs else zero)
+        return out
+
     def vectorized(self, program) -> bool:
         """Whether ``program`` runs once inside the bound's plates (see ``vectorize``)."""
         return is_vectorized(program) if self.vectorize is None else self.vectorize

@@ -30,7 +30,7 @@ from torch.distributions import kl_divergence
 from .base import MultimodalELBO
 from .cells import StackedDistribution
 from .traces import (check_model_guide, check_scorable, latent_sites, latent_values, local_latents,
-                     log_likelihood, rate, stl_distribution, trace_guide, trace_model)
+                     log_likelihoods, rate, stl_distribution, trace_guide, trace_model)
 
 
 def swap_pair(fn):
@@ -118,10 +118,11 @@ class MaskedMultimodalELBO(MultimodalELBO):
     is pure variance). With ``iwae=True`` each of the two terms becomes its importance-weighted
     bound.
 
-    ``terms()`` returns per-datapoint ``elbo``, ``marginal`` (:math:`\mathcal L_S`),
-    ``conditional`` (:math:`\mathcal L_{\setminus S}`), ``reconstruction``, ``rate``,
-    ``conditional_reconstruction`` and ``conditional_rate`` (particle means), and
-    ``subset_size``.
+    ``terms()`` returns per-datapoint ``elbo``, the common ``reconstruction``, ``rate`` and
+    ``reconstruction/<m>`` of both parts (:meth:`MultimodalELBO.terms`), ``marginal``
+    (:math:`\mathcal L_S`), ``conditional`` (:math:`\mathcal L_{\setminus S}`),
+    ``marginal_reconstruction``, ``marginal_rate``, ``conditional_reconstruction`` and
+    ``conditional_rate`` (particle means), and ``subset_size``.
     """
 
     def _terms(self, model, guide, data, observed, modalities):
@@ -141,8 +142,9 @@ class MaskedMultimodalELBO(MultimodalELBO):
         if is_validation_enabled():
             check_model_guide(model_tr, guide_tr, data)
 
-        rec = log_likelihood(model_tr, latent_sites(guide_tr),
-                             self.likelihood_weights)  # (2, S, B)
+        recs = log_likelihoods(model_tr, latent_sites(guide_tr),
+                               self.likelihood_weights)  # {m: (2, S, B)}
+        rec = sum(recs.values())
         kl_s = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient,
                     values)[0]
         s_pair = self.masks(torch.stack([subset, subset]).unsqueeze(1), modalities)
@@ -156,10 +158,11 @@ class MaskedMultimodalELBO(MultimodalELBO):
         dim = self.particle_dim
         return self.with_globals({
             "elbo": value.sum(0),
+            **self.common_terms(lambda t: t.mean(dim).sum(0), recs, kl, modalities),
             "marginal": value[0],
             "conditional": value[1],
-            "reconstruction": rec[0].mean(dim).detach(),
-            "rate": kl[0].mean(dim).detach(),
+            "marginal_reconstruction": rec[0].mean(dim).detach(),
+            "marginal_rate": kl[0].mean(dim).detach(),
             "conditional_reconstruction": rec[1].mean(dim).detach(),
             "conditional_rate": kl[1].mean(dim).detach(),
             "subset_size": subset.sum(-1),

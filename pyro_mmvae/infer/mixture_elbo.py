@@ -81,7 +81,7 @@ from .mixtures import (chunked, components_first, draw_chunk, gather_components,
                        live_components, mixture_logits, select_components)
 from .stratified_dreg import stratified_dreg
 from .traces import (check_model_guide, check_scorable, global_latents, kl_estimate, latent_sites,
-                     latent_values, local_latents, log_likelihood, prior_factors, rate,
+                     latent_values, local_latents, log_likelihoods, prior_factors, rate,
                      site_log_prob, stl_distribution, trace_guide, trace_model)
 
 Form = Literal["stratified", "average", "sampled"]
@@ -181,22 +181,25 @@ class MixtureMultimodalELBO(MultimodalELBO):
             if len(latents) > 1:
                 raise NotImplementedError("form='stratified'/'average' supports a single latent "
                                           "site; use form='sampled'")
-            out = self._per_component(model, guide_s, q_site, data, o_mask, plates)
+            out = self._per_component(model, guide_s, q_site, data, o_mask, plates,
+                                      modalities)
             return {**out, "subset_size": subset.sum(-1)}
         model_s = trace_model(model, guide_s, data, o_mask, plates,
                               vectorize=self.vectorized(model))
         if is_validation_enabled():
             check_model_guide(model_s, guide_s, data)
-        rec = log_likelihood(model_s, latent_sites(guide_s), self.likelihood_weights)
+        recs = log_likelihoods(model_s, latent_sites(guide_s), self.likelihood_weights)
+        rec = sum(recs.values())
         values = latent_values(guide_s, latent_sites(guide_s))
         kl = rate(guide_s, model_s, latents, self.analytic_kl, self.stop_gradient, values)
         elbo = self.reduce_particles(rec - self.beta * kl, [values[n] for n in latents])
         dim = self.particle_dim
-        return self.with_globals({"elbo": elbo, "reconstruction": rec.mean(dim).detach(),
-                                  "rate": kl.mean(dim).detach(),
+        return self.with_globals({"elbo": elbo,
+                                  **self.common_terms(lambda t: t.mean(dim), recs, kl,
+                                                      modalities),
                                   "subset_size": subset.sum(-1)}, guide_s, model_s)
 
-    def _per_component(self, model, guide_s, q_site, data, o_mask, plates):
+    def _per_component(self, model, guide_s, q_site, data, o_mask, plates, modalities):
         """Stratified / average forms: one draw per mixture component (or, with
         ``num_subsets``, per drawn component), in one model call."""
         q = q_site["fn"]  # batch (S, B)
@@ -241,12 +244,14 @@ class MixtureMultimodalELBO(MultimodalELBO):
                                vectorize=self.vectorized(model))
         if is_validation_enabled():
             check_model_guide(model_tr, fake, data)
-        rec = log_likelihood(model_tr, latent_sites(fake), self.likelihood_weights)  # (K, S, B)
+        recs = log_likelihoods(model_tr, latent_sites(fake), self.likelihood_weights)
+        rec = sum(recs.values())  # (K, S, B)
         p_site = model_tr.nodes[name]
         if drawn:
-            return self.with_globals(self._drawn_average(rec, comps, z, index, logits, weights,
-                                                         fake.nodes[name], p_site, q_site,
-                                                         model_tr), guide_s, model_tr)
+            return self.with_globals(self._drawn_average(recs, comps, z, index, logits,
+                                                         weights, fake.nodes[name], p_site,
+                                                         q_site, model_tr, modalities),
+                                     guide_s, model_tr)
         if self.form == "stratified":
             # log q(z_k | x_S) is the mixture density, so KL is the sampled log-ratio; the
             # (draws x components) pairwise evaluation runs in chunks of draws.
@@ -269,9 +274,9 @@ class MixtureMultimodalELBO(MultimodalELBO):
         w = weights.mean(self.particle_dim)
         elbo = torch.where(w > 0, w * value, torch.zeros_like(value)).sum(0)
         dim = self.particle_dim
-        return self.with_globals({"elbo": elbo,
-                                  "reconstruction": (w * rec.mean(dim)).sum(0).detach(),
-                                  "rate": (w * kl.mean(dim)).sum(0).detach()}, guide_s, model_tr)
+        return self.with_globals({"elbo": elbo, **self.common_terms(
+            lambda t: torch.where(w > 0, w * t.mean(dim), torch.zeros_like(w)).sum(0), recs, kl,
+            modalities)}, guide_s, model_tr)
 
     def _draw_components(self, logits):
         """``num_subsets`` component indices per data point and particle ``(k, S, B)`` drawn
@@ -290,11 +295,12 @@ class MixtureMultimodalELBO(MultimodalELBO):
             index = Categorical(logits=first, validate_args=False).sample((k,))  # (k, 1, B)
             return index.expand((k,) + logits.shape[:-1])
 
-    def _drawn_average(self, rec, comps, z, index, logits, weights, z_site, p_site, q_site,
-                       model_tr):
+    def _drawn_average(self, recs, comps, z, index, logits, weights, z_site, p_site, q_site,
+                       model_tr, modalities):
         """``form="average"`` with ``num_subsets``: the terms of the drawn components, the KL
         exact over all components where it is analytic (class docstring)."""
         dim = self.particle_dim
+        rec = sum(recs.values())  # (k, S, B)
         exact = None
         prior = _first_draw(p_site["fn"], comps.batch_shape[0]) if self.analytic_kl else None
         if prior is not None:
@@ -325,11 +331,11 @@ class MixtureMultimodalELBO(MultimodalELBO):
         if ratio is not None and self.iwae:
             value = value * ratio.select(dim, 0)
         elbo = value.mean(0)
-        rate = kl.mean(dim).mean(0).detach()
+        out = self.common_terms(lambda t: t.mean(dim).mean(0), recs, kl, modalities)
         if exact is not None:
             elbo = elbo - self.beta * exact
-            rate = rate + exact.detach()
-        return {"elbo": elbo, "reconstruction": rec.mean(dim).mean(0).detach(), "rate": rate}
+            out["rate"] = out["rate"] + exact.detach()
+        return {"elbo": elbo, **out}
 
 
 def _first_draw(prior, num_components: int):

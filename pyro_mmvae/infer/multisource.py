@@ -52,7 +52,7 @@ from pyro_mmvae.protocol import check_weights, unstack_mask
 
 from .base import MultimodalELBO
 from .stratified_dreg import stratified_dreg
-from .traces import (check_scorable, latent_sites, latent_values, local_latents, log_likelihood,
+from .traces import (check_scorable, latent_sites, latent_values, local_latents, log_likelihoods,
                      log_mean_exp, prior_factors, rate, site_log_prob, trace_guide, trace_model)
 
 Objective = Literal["ind", "moe", "poe", "hybrid"]
@@ -81,8 +81,11 @@ class MultiSourceELBO(MultimodalELBO):
 
     Other keyword arguments as :class:`~pyro_mmvae.infer.base.MultimodalELBO` (``beta``
     weighs :math:`\log p(z) - \log q(z)`, ``likelihood_weights``, ``vectorize``). ``terms()``
-    returns per-datapoint ``elbo`` (the objective) and those of ``ind``, ``moe``, ``poe`` it
-    computed.
+    returns per-datapoint ``elbo`` (the objective), the common ``reconstruction``, ``rate``
+    (the sampled :math:`\log q - \log p`, the MoE's with the mixture density) and
+    ``reconstruction/<m>`` (particle means weighted as the objective weighs its terms;
+    :meth:`~pyro_mmvae.infer.base.MultimodalELBO.terms`), and those of ``ind``, ``moe``,
+    ``poe`` it computed.
     """
 
     def __init__(self, num_particles: int = 16, *, objective: Objective = "ind",
@@ -169,15 +172,27 @@ class MultiSourceELBO(MultimodalELBO):
         dtype = next((x.dtype for x in data.values() if x.is_floating_point()),
                      torch.get_default_dtype())
         pi = self._pi(sources, seen, dtype)  # (M_s, B), rows sum to 1 over observed sources
+        dim = self.particle_dim
+        l1, l2 = self.hybrid_weights if self.objective == "hybrid" else (1.0, 1.0)
+
+        def reduce(t):  # the particle means weighted as the objective weighs its terms
+            t = t.mean(dim)  # (T, B)
+            parts = []
+            if ind or moe:
+                parts.append(l1 * torch.where(pi > 0, pi * t[:m_s], torch.zeros_like(pi)).sum(0))
+            if poe:
+                parts.append(l2 * t[-1])
+            return sum(parts)
         if moe:
-            value = self._moe(model, guide_tr, latents[0], m_data, m_mask, plates, pi)
+            value, recs, kl = self._moe(model, guide_tr, latents[0], m_data, m_mask, plates, pi)
             out = {"moe": value}
         else:
-            rec = log_likelihood(model_tr, latent_sites(guide_tr),
-                                 self.likelihood_weights)  # (T, K, B)
+            recs = log_likelihoods(model_tr, latent_sites(guide_tr),
+                                   self.likelihood_weights)  # {m: (T, K, B)}
+            rec = sum(recs.values())
             values = latent_values(guide_tr, latent_sites(guide_tr))
-            log_ratio = rate(guide_tr, model_tr, latents, False, dreg, values)  # log q - log p
-            value = self.reduce_particles(rec - self.beta * log_ratio,
+            kl = rate(guide_tr, model_tr, latents, False, dreg, values)  # log q - log p
+            value = self.reduce_particles(rec - self.beta * kl,
                                           [values[n] for n in latents])  # (T, B)
             out = {}
             if ind:
@@ -185,11 +200,11 @@ class MultiSourceELBO(MultimodalELBO):
             if poe:
                 out["poe"] = value[-1]
         if self.objective == "hybrid":
-            l1, l2 = self.hybrid_weights
             elbo = l1 * out["ind"] + l2 * out["poe"]
         else:
             elbo = out[self.objective]
-        return {"elbo": elbo, **{k: v.detach() for k, v in out.items()}}
+        return {"elbo": elbo, **self.common_terms(reduce, recs, kl, modalities),
+                **{k: v.detach() for k, v in out.items()}}
 
     def _pi(self, sources, seen, dtype):
         """:math:`\\pi` ``(M_s, B)`` in ``dtype``: the source weights renormalised over the
@@ -215,21 +230,23 @@ class MultiSourceELBO(MultimodalELBO):
         fake = poutine.Trace()  # the guide trace with the samples the model is scored at
         fake.add_node(name, **{**site, "value": z_in})
         model_tr = trace_model(model, fake, data, mask, plates, vectorize=self.vectorized(model))
-        rec = log_likelihood(model_tr, [name], self.likelihood_weights)  # (M, K, B)
+        recs = log_likelihoods(model_tr, [name], self.likelihood_weights)
+        rec = sum(recs.values())  # (M, K, B)
         log_pi = pi.log().unsqueeze(1)  # (M, 1, B)
         comps = detach(q) if dreg else q
         # log q_m'(z_m k) for every draw (m) and belief (m'): (M, M', K, B)
         pair = comps.log_prob(z_in.unsqueeze(1))
         log_mix = (log_pi.unsqueeze(0) + pair).logsumexp(1)  # (M, K, B)
-        log_w = rec - self.beta * (log_mix - site_log_prob(model_tr.nodes[name], z_in)
-                                   - prior_factors(model_tr))
+        kl = log_mix - site_log_prob(model_tr.nodes[name], z_in) - prior_factors(model_tr)
+        log_w = rec - self.beta * kl
         if dreg:
             mixture = _Beliefs(q, pi)
             value = stratified_dreg(log_w, z, z_in, mixture, self.beta, self.particle_dim)
         else:
             value = log_mean_exp(log_w, self.particle_dim)  # (M, B)
         weights = pi  # zero for unobserved sources: their strata drop out exactly
-        return torch.where(weights > 0, weights * value, torch.zeros_like(value)).sum(0)
+        value = torch.where(weights > 0, weights * value, torch.zeros_like(value)).sum(0)
+        return value, recs, kl
 
 
 class _Beliefs:

@@ -66,7 +66,7 @@ from torch.distributions import kl_divergence
 from pyro_mmvae.protocol import check_weights, subset_members, unstack_mask
 
 from .base import MultimodalELBO
-from .traces import latent_sites, latent_values, local_latents, log_likelihood, rate
+from .traces import latent_sites, latent_values, local_latents, log_likelihoods, rate
 
 
 # the M2VAE's working value (its (beta, alpha) study: alpha <= 1e-2 works, alpha = 1
@@ -116,9 +116,13 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         the tVAE's second stage).
     :param top_only: the same as ``subsets="top"`` (kept for existing code).
 
-    ``terms()`` gives per-datapoint ``elbo`` and, ``(2^M - 1, B)`` in subset-index order,
-    ``subset_terms`` (each :math:`\mathcal L^{VI}_S` or :math:`\mathcal L_m`, zero for subsets
-    not scored) and ``subset_weights``; ``elbo`` is ``(subset_weights * subset_terms).sum(0)``.
+    ``terms()`` gives per-datapoint ``elbo``, the common ``reconstruction``, ``rate`` and
+    ``reconstruction/<m>`` (weighted by the subsets' weights, :meth:`MultimodalELBO.terms`),
+    ``pull`` (the weighted :math:`\sum_{m\in S}\mathrm{KL}(q_S\,\|\,q_{S\setminus m})`, so that
+    ``elbo = reconstruction - beta * rate - alpha * pull`` for a constant :math:`\beta`) and,
+    ``(2^M - 1, B)`` in subset-index order, ``subset_terms`` (each
+    :math:`\mathcal L^{VI}_S` or :math:`\mathcal L_m`, zero for subsets not scored) and
+    ``subset_weights``; ``elbo`` is ``(subset_weights * subset_terms).sum(0)``.
     """
 
     SUBSETS = ("all", "top", "unimodal")
@@ -173,7 +177,8 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         masks = unstack_mask(rows.unsqueeze(1), modalities)  # {m: (K, 1, B)}
         guide_tr, model_tr = self.trace_stacked(model, guide, data, masks, k)
         latents = local_latents(guide_tr)
-        rec = log_likelihood(model_tr, latent_sites(guide_tr), self.likelihood_weights)
+        recs = log_likelihoods(model_tr, latent_sites(guide_tr), self.likelihood_weights)
+        rec = sum(recs.values())  # (K, S, B)
         values = latent_values(guide_tr, latent_sites(guide_tr))
         kl = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient, values)
         elbo_s = self.reduce_particles(rec - self._betas(members, data, values, latents)
@@ -182,7 +187,16 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         term = elbo_s - self.alpha * pull
         term = torch.where(weights > 0, term, torch.zeros_like(term))
         elbo = (weights * term).sum(0)
-        return {"elbo": elbo, "subset_terms": term.detach(), "subset_weights": weights}
+        dim = self.particle_dim
+
+        def reduce(t):  # the subsets' weights, as the bound
+            return torch.where(weights > 0, weights * t, torch.zeros_like(weights)).sum(0)
+
+        def particle_mean(t):
+            return reduce(t.mean(dim))
+        return {"elbo": elbo, **self.common_terms(particle_mean, recs, kl, modalities),
+                "pull": reduce(pull).detach(),
+                "subset_terms": term.detach(), "subset_weights": weights}
 
     def _subsets(self, m: int, device):
         """The subsets' members ``(K, M)`` and :func:`weight_table`, built once per size."""

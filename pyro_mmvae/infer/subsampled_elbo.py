@@ -21,7 +21,7 @@ from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
 from .traces import (check_model_guide, latent_sites, latent_values, local_latents,
-                     log_likelihood, rate)
+                     log_likelihoods, rate)
 
 
 class SubsampledMultimodalELBO(MultimodalELBO):
@@ -39,8 +39,10 @@ class SubsampledMultimodalELBO(MultimodalELBO):
     :param masking: distribution of the random subsets; default ``"mvae"`` (MVAE's code: a size
         in ``2..|O|-1`` uniformly, then a uniform subset of that size).
 
-    ``terms()`` returns per-datapoint ``elbo`` (the sum), ``full``, ``unimodal`` (sum of the
-    unimodal terms) and ``random`` (sum of the random-subset terms).
+    ``terms()`` returns per-datapoint ``elbo`` (the sum), the common ``reconstruction``,
+    ``rate`` and ``reconstruction/<m>`` (summed over the stacked subsets, as the bound;
+    :meth:`MultimodalELBO.terms`), ``full``, ``unimodal`` (sum of the unimodal terms) and
+    ``random`` (sum of the random-subset terms).
     """
 
     def __init__(self, num_particles: int = 1, *, num_subsets: int = 1, masking="mvae",
@@ -64,14 +66,21 @@ class SubsampledMultimodalELBO(MultimodalELBO):
         latents = local_latents(guide_tr)
         if is_validation_enabled():
             check_model_guide(model_tr, guide_tr, data)
-        rec = log_likelihood(model_tr, latent_sites(guide_tr),
-                             self.likelihood_weights)  # (T, S, B)
+        recs = log_likelihoods(model_tr, latent_sites(guide_tr),
+                               self.likelihood_weights)  # {m: (T, S, B)}
+        rec = sum(recs.values())
         values = latent_values(guide_tr, latent_sites(guide_tr))
         kl = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient, values)
         value = self.reduce_particles(rec - self.beta * kl,
                                       [values[n] for n in latents])  # (T, B)
         valid = stacked.any(-1)
         value = torch.where(valid, value, torch.zeros_like(value))
-        return self.with_globals({"elbo": value.sum(0), "full": value[0],
+        dim = self.particle_dim
+
+        def reduce(t):  # as the bound: every valid stacked subset's particle mean, summed
+            return torch.where(valid, t.mean(dim), torch.zeros_like(valid, dtype=t.dtype)).sum(0)
+        return self.with_globals({"elbo": value.sum(0),
+                                  **self.common_terms(reduce, recs, kl, modalities),
+                                  "full": value[0],
                                   "unimodal": value[1:1 + m].sum(0),
                                   "random": value[1 + m:].sum(0)}, guide_tr, model_tr)

@@ -246,17 +246,28 @@ def check_model_guide(model_trace, guide_trace, data):
                              "modality with pyro_mmvae.observe or pyro.sample('x_<m>', ..., obs=)")
 
 
-def log_likelihood(model_trace, latents, weights: Optional[Mapping[str, float]] = None):
-    """Sum over the modality sites ``"x_<m>"`` of ``w_m * log p(x_m | z)`` (scale and mask
-    applied). Other observed sites are not likelihoods of a modality: inside the data plate
-    (a ``pyro.factor`` on the latents) they belong to the prior (:func:`prior_factors`, counted
-    in :func:`rate`), outside it they are counted once (:func:`global_log_ratio`)."""
-    total = 0.0
+def log_likelihoods(model_trace, latents, weights: Optional[Mapping[str, float]] = None) -> dict:
+    """``{modality: w_m * log p(x_m | z)}`` over the modality sites ``"x_<m>"`` of a model
+    trace (scale and mask applied; a modality with several sites sums them). Other observed
+    sites are not likelihoods of a modality: inside the data plate (a ``pyro.factor`` on the
+    latents) they belong to the prior (:func:`prior_factors`, counted in :func:`rate`),
+    outside it they are counted once (:func:`global_log_ratio`)."""
+    out = {}
     for name, site in model_trace.nodes.items():
         if (site["type"] == "sample" and site["is_observed"] and name not in latents
                 and in_data_plate(site) and site_modality(name) is not None):
-            w = 1.0 if weights is None else weights.get(site_modality(name), 1.0)
-            total = total + w * site["log_prob"]
+            m = site_modality(name)
+            w = 1.0 if weights is None else weights.get(m, 1.0)
+            out[m] = out.get(m, 0.0) + w * site["log_prob"]
+    return out
+
+
+def log_likelihood(model_trace, latents, weights: Optional[Mapping[str, float]] = None):
+    """Sum over the modality sites ``"x_<m>"`` of ``w_m * log p(x_m | z)``
+    (:func:`log_likelihoods` summed; 0.0 when there is none)."""
+    total = 0.0
+    for value in log_likelihoods(model_trace, latents, weights).values():
+        total = total + value
     return total
 
 

@@ -221,7 +221,7 @@ def test_masked_terms_add_up():
     guide = make_guide(MoPoE())
     t = MaskedMultimodalELBO(analytic_kl=False).terms(model, guide, data, random_mask(data))
     assert torch.allclose(t["elbo"], t["marginal"] + t["conditional"])
-    assert torch.allclose(t["marginal"], t["reconstruction"] - t["rate"])
+    assert torch.allclose(t["marginal"], t["marginal_reconstruction"] - t["marginal_rate"])
     assert torch.allclose(t["conditional"], t["conditional_reconstruction"]
                           - t["conditional_rate"])
     t = SubsampledMultimodalELBO(num_subsets=3).terms(model, guide, data)
