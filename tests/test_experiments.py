@@ -137,50 +137,6 @@ def test_linear_gaussian_merge_pools_other_seeds_only(linear_gaussian, tmp_path)
         linear_gaussian.load_merged(args, [])
 
 
-@pytest.fixture(scope="module")
-def identifiable():
-    return load_script("identifiable")
-
-
-def test_identifiable_smoke(identifiable, tmp_path):
-    payload = identifiable.main(["--quick", "--rows", "poe", "selfattention_mix+gmm",
-                                 "--observed", "partial", "--output-dir", str(tmp_path)])
-    runs = payload["runs"]
-    # 2 rows x 2 bounds for Table 3, and again for Table 4 (partially observed only).
-    assert len(runs) == 8
-    assert {(r["table"], r["bound"]) for r in runs} == {(t, b) for t in (3, 4)
-                                                        for b in ("masked", "mixture")}
-    for r in runs:
-        assert math.isfinite(r["llh_sum"]) and r["llh_sum"] < 0
-        assert 0 <= r["mcc_weak_out"] <= 1
-        assert ("clustering_accuracy" in r) == r["row"].endswith("+gmm")
-        assert ("mcc_x_only" in r) == (r["table"] == 3)
-    for name in ("table3.md", "table4.md", "table3_latents.png", "table4_latents_partial.png",
-                 "results.json"):
-        assert (tmp_path / name).stat().st_size > 0
-    table3 = (tmp_path / "table3.md").read_text()
-    assert "-43.4 (10.74)" in table3 and "SelfAttentionMixture | GMM, K=5" in table3
-    assert "-250.9 (5.19)" in (tmp_path / "table4.md").read_text()
-
-
-def test_identifiable_models_follow_the_recipe(identifiable):
-    from pyro_mmvae.models import GaussianMixturePrior, StandardNormalPrior
-    from pyro_mmvae.models.decoders import CategoricalDecoder
-
-    args = identifiable.parse_args(["--quick"])
-    spec = next(s for s in identifiable.specs(args) if s["row"] == "sumpooling_mix+gmm")
-    dims = {"x": 2, "label": 5}
-    model = identifiable.make_model(spec, dims, 2)
-    assert isinstance(model.prior, GaussianMixturePrior) and model.prior.num_components == 5
-    assert isinstance(model.decoders["label"], CategoricalDecoder)
-    assert float(model.decoders["x"].scale) == pytest.approx(0.1)
-    assert identifiable.make_guide(spec, dims, 2).aggregator.num_components == 5
-    poe = next(s for s in identifiable.specs(args) if s["row"] == "poe")
-    assert isinstance(identifiable.make_model(poe, dims, 2).prior, StandardNormalPrior)
-    # PoE/MoE experts output 2d features; learnable aggregators E = width.
-    assert identifiable.make_guide(poe, dims, 2).encoders["x"].out_dim == 4
-
-
 # --- image/text experiments: PolyDigits and DigitsSVHNText ------------------------------------
 
 @pytest.fixture(scope="module")
