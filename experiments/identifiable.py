@@ -28,8 +28,8 @@ Recipe (the paper's appendix and the authors' code): encoders MLP ``D_s -> H -> 
 (ReLU), ``H = E = 128`` (Table 3) or ``256`` (Table 4), ``E = 2d`` for PoE and MoE;
 aggregators of width ``H``, 4 heads; decoders Dense(D_s) -> leaky ReLU(0.1) -> Dense(D_s);
 training with :func:`pyro_mmvae.train.fit`: Adam 5e-4, batch 250, loss summed over the batch,
-NaN gradients
-set to 0 and clipped element-wise at 1000 (:func:`~pyro_mmvae.train.clamp_gradients`, the
+NaN gradients set to 0 and clipped element-wise at 1000
+(:func:`~pyro_mmvae.train.clamp_gradients`, the
 authors' chain), one particle, STL. The paper trains 4000 epochs; the defaults are a reduced
 budget (``--epochs3``, ``--epochs4``), stated in every table. LLH columns are the sum over the
 data / 1000 (the unit the paper's magnitudes imply); MCC is weak (CCA with ``d`` components on a
