@@ -1,4 +1,5 @@
-"""The documentation's tutorials run, and the site's pages show every one of them.
+"""The documentation's tutorials run, and the site's pages show every one of them; the README's
+commands are CI's, its quick start runs and its links lead to files of the repository.
 
 Each tutorial under ``docs/tutorials/`` is a script with ``main(argv)``; here each runs with a
 small budget (in process, under the suite's float64 / validation defaults) and its output is
@@ -18,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 TUTORIALS = DOCS / "tutorials"
 
 
@@ -113,3 +115,45 @@ def test_the_cli_page_includes_the_parsers_own_help(tmp_path):
         name = f"cli_{command or 'main'}.txt"
         assert (tmp_path / name).read_text().startswith("usage: pyro-mmvae")
         assert f"literalinclude:: _generated/{name}" in cli_page
+
+
+# --------------------------------------------------------------------------- README
+
+INSTALL_AND_TRAIN = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" '
+                     '&& pyro-mmvae train')
+TEST_COMMAND = ". .venv/bin/activate && python -m pytest"
+
+
+def readme_blocks(language):
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), re.S | re.M)
+
+
+def test_the_readme_gives_the_two_commands_that_ci_runs():
+    assert readme_blocks("bash")[:2] == [INSTALL_AND_TRAIN + "\n", TEST_COMMAND + "\n"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -e ".[dev]"' in ci and "\npython -m pytest\n" in ci
+    # the documentation build the README names is CI's, less CI's -q -W --keep-going
+    assert "python -m sphinx -b html docs docs/_build/html" in README.read_text()
+    assert "python -m sphinx -q -W --keep-going -b html docs docs/_build/html" in ci
+
+
+def test_the_readme_links_lead_to_files_of_the_repository():
+    links = re.findall(r"\]\(([^)#]+)\)", README.read_text())
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert len(local) > 20
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, missing
+
+
+def test_the_readme_quick_start_trains_and_scores(capsys):
+    (code,) = readme_blocks("python")
+    # the same program on a smaller budget
+    for full, small in (("epochs=20", "epochs=2"), ("num_samples=100", "num_samples=8")):
+        assert full in code
+        code = code.replace(full, small)
+    namespace = {"__name__": "readme_quick_start"}
+    exec(compile(code, str(README), "exec"), namespace)
+    history, cond = namespace["history"], namespace["cond"]
+    assert history["epoch"] == [1, 2] and all(math.isfinite(v) for v in history["loss"])
+    scored = namespace["mask"]["b"]  # log p(x_b | x_a), log p(x_b) where a is missing
+    assert cond.shape == (2000,) and cond[scored].isfinite().all() and cond[~scored].isnan().all()
