@@ -240,7 +240,7 @@ def test_inspect_posterior_example_runs(tmp_path):
         "inspect_posterior", ROOT / "experiments" / "examples" / "inspect_posterior.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    idata = script.main(["--steps", "3", "--num-points", "100", "--num-samples", "50",
+    idata = script.main(["--epochs", "1", "--num-points", "100", "--num-samples", "50",
                          "--datapoints", "2", "--output", str(tmp_path)])
     assert idata.posterior["z"].shape == (1, 50, 2, 2)
     assert list(idata.posterior.coords["z_dim"].values) == ["z0", "z1"]

@@ -16,9 +16,9 @@ and
 
 Run from the repository root::
 
-    python experiments/examples/inspect_posterior.py --steps 500 --output runs/inspect
+    python experiments/examples/inspect_posterior.py --epochs 70 --output runs/inspect
 
-``--steps 5`` is a seconds-long smoke run.
+``--epochs 1`` is a seconds-long smoke run.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyro  # noqa: E402
 import torch  # noqa: E402
-from pyro.infer import SVI  # noqa: E402
 
 with warnings.catch_warnings():  # arviz 0.2x announces its 1.0 refactor on import
     warnings.filterwarnings("ignore", message=".*ArviZ is undergoing", category=FutureWarning)
@@ -46,12 +44,14 @@ from pyro_mmvae.models import LinearGaussianModel  # noqa: E402
 from pyro_mmvae import MaskedMultimodalELBO  # noqa: E402
 from pyro_mmvae.data import shared_latent_study  # noqa: E402
 from pyro_mmvae.diagnostics import to_inference_data  # noqa: E402
+from pyro_mmvae.train import fit  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=500, help="SVI steps")
+    p.add_argument("--epochs", type=int, default=70,
+                   help="training epochs (pyro_mmvae.train.fit)")
     p.add_argument("--output", type=Path, default=Path("runs/inspect_posterior"),
                    help="folder for summary.csv and the PNGs")
     p.add_argument("--num-points", type=int, default=1000, help="simulated data points")
@@ -67,21 +67,6 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
-
-
-def train(model, guide, data, steps, batch_size, lr, seed):
-    """Plain SVI on random mini-batches; returns the last 50 steps' mean loss per point."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss=MaskedMultimodalELBO())
-    n = next(iter(data.values())).shape[0]
-    device = next(iter(data.values())).device
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(n, (min(batch_size, n),), device=device)
-        batch = {m: x[idx] for m, x in data.items()}
-        losses.append(svi.step(batch, None) / len(idx))
-    return float(np.mean(losses[-50:])) if losses else float("nan")
 
 
 def main(argv=None):
@@ -104,8 +89,11 @@ def main(argv=None):
     model = LinearGaussianModel(dims, args.latent_dim).to(device)
     guide = MultimodalGuide({m: expert_encoder(d, args.latent_dim, hidden=(64,))
                              for m, d in dims.items()}, PoE()).to(device)
-    loss = train(model, guide, train_data, args.steps, args.batch_size, args.lr, args.seed)
-    print(f"trained {args.steps} steps of the masked bound; final loss per point {loss:.2f}")
+    history = fit(model, guide, MaskedMultimodalELBO(), train_data, epochs=args.epochs,
+                  batch_size=min(args.batch_size, len(train_data[modalities[0]])), lr=args.lr,
+                  seed=args.seed, device=device, progress=False)
+    print(f"trained {args.epochs} epochs of the masked bound; last epoch's loss per point "
+          f"{history['loss'][-1]:.2f}" if history["loss"] else "trained nothing (0 epochs)")
 
     # the inspected points: hide some modalities (their data stays, for the RMSE below)
     mask = {m: torch.full((k,), m not in hide, dtype=torch.bool, device=device)
