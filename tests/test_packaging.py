@@ -81,3 +81,18 @@ def test_experiments_and_benchmarks_edit_no_sys_path():
                  for p in sorted((root / folder).glob("*.py"))
                  if "sys.path" in p.read_text()]
     assert offenders == []
+
+
+def test_no_test_module_imports_another():
+    """Shared fixtures live in conftest.py and helper modules, not in test modules."""
+    import ast
+
+    root = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names
+                          if n.split(".")[-1].startswith("test_")]
+    assert offenders == []

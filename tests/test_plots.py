@@ -8,7 +8,7 @@ from pyro_mmvae.guides import MultimodalGuide, PoE
 from pyro_mmvae.data.text import encode_text
 from pyro_mmvae.diagnostics.plots import (conditional_generations, save_generation_grid,
                                           save_samples_grid, unconditional_samples)
-from tests.eval.test_coherence import K, MODS, CopyGuide, copy_model, labelled
+from tests.eval.coherence_problems import K, MODS, CopyGuide, copy_model, labelled
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -19,64 +19,9 @@ from pyro_mmvae.eval.classifiers import (ModalityClassifier, classifier_accuracy
                                          train_modality_classifiers)
 from pyro_mmvae.eval.coherence import (all_subsets, conditional_coherence, encode_subsets,
                                        joint_coherence, latent_classification, subset_matrix)
-from pyro_mmvae.protocol import DATA_PLATE, num_points, full_mask
-
-K = 4
-MODS = ("a", "b", "c")
-
-
-def labelled(n, seed=0, noise=0.05, uninformative=()):
-    """Noisy one-hot label vectors ``(n, K)`` per modality (pure noise for ``uninformative``)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(K, (n,), generator=g)
-    data = {}
-    for m in MODS:
-        base = torch.zeros(n, K) if m in uninformative else F.one_hot(y, K).double()
-        data[m] = base + noise * torch.rand(n, K, generator=g)
-    return data, y
-
-
-class Argmax(nn.Module):
-    """A 'classifier' whose scores are its input: predicts the argmax coordinate."""
-
-    def forward(self, x):
-        return x
-
-
-class CopyGuide:
-    """z = the one-hot argmax of the sum of the observed modalities (a Delta)."""
-
-    def __call__(self, data, mask=None):
-        mask = full_mask(data) if mask is None else mask
-        total = sum(torch.where(mask[m].unsqueeze(-1), x, torch.zeros_like(x))
-                    for m, x in data.items())
-        z = F.one_hot(total.argmax(-1), K).to(total.dtype)
-        with pyro.plate(DATA_PLATE, num_points(data)):
-            return pyro.sample("z", dist.Delta(z, event_dim=1))
-
-
-class LabelPrior(nn.Module):
-    """z = a uniformly drawn one-hot label."""
-
-    def forward(self):
-        return dist.OneHotCategorical(probs=torch.full((K,), 1.0 / K))
-
-
-class Zero(nn.Module):
-    def forward(self, z):
-        return 0 * z
-
-
-def copy_model():
-    return MultimodalModel(LabelPrior(), {m: GaussianDecoder(nn.Identity(), scale=0.1)
-                                          for m in MODS})
-
-
-def noise_model():
-    return MultimodalModel(LabelPrior(), {m: GaussianDecoder(Zero(), scale=1.0) for m in MODS})
-
-
-ARGMAX = {m: Argmax() for m in MODS}
+from pyro_mmvae.protocol import DATA_PLATE, num_points
+from tests.eval.coherence_problems import (ARGMAX, MODS, K, CopyGuide, classified_linear_problem,
+                                           copy_model, labelled, mean_guide_of, noise_model)
 
 
 def test_subset_matrix_names_and_errors():
@@ -153,31 +98,11 @@ def test_mask_restricts_each_subset_to_points_where_it_is_observed():
     assert all(v == 1.0 for per in out["coherence"].values() for v in per.values())
 
 
-def _mean_guide(guide):
-    def mean_guide(data, mask=None):
-        q = guide.distribution(data, mask)
-        with pyro.plate(DATA_PLATE, num_points(data)):
-            return pyro.sample("z", dist.Delta(q.mean, event_dim=1))
-    return mean_guide
-
-
-def _linear_problem(n=37, seed=3):
-    torch.manual_seed(seed)
-    dims = {"a": 3, "b": 5, "c": 2}
-    guide = MultimodalGuide({m: expert_encoder(d, 2, (8,)) for m, d in dims.items()}, PoE())
-    model = MultimodalModel(StandardNormalPrior(2),
-                            {m: GaussianDecoder(nn.Linear(2, d)) for m, d in dims.items()})
-    data = {m: torch.randn(n, d) for m, d in dims.items()}
-    y = torch.randint(K, (n,))
-    classifiers = {m: nn.Linear(d, K) for m, d in dims.items()}
-    return model, guide, data, y, classifiers
-
-
 def test_subset_batching_equals_a_loop_over_subsets():
-    model, guide, data, y, classifiers = _linear_problem()
+    model, guide, data, y, classifiers = classified_linear_problem()
     g = torch.Generator().manual_seed(4)
     mask = {m: torch.rand(37, generator=g) < 0.7 for m in data}
-    out = conditional_coherence(model, _mean_guide(guide), data, y, classifiers, mask=mask,
+    out = conditional_coherence(model, mean_guide_of(guide), data, y, classifiers, mask=mask,
                                 batch_size=10)
     names, rows = subset_matrix(None, list(data))
     with torch.no_grad():
@@ -198,7 +123,7 @@ def test_subset_batching_equals_a_loop_over_subsets():
 
 
 def test_one_guide_and_one_model_call_per_minibatch():
-    model, guide, data, y, classifiers = _linear_problem(n=20)
+    model, guide, data, y, classifiers = classified_linear_problem(n=20)
     calls = {"guide": 0, "model": 0}
 
     def counted(fn, key):

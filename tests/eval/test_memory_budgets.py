@@ -16,7 +16,7 @@ from pyro_mmvae.eval import conditional_coherence, joint_coherence, log_likeliho
 from pyro_mmvae.eval.memory import (ACTIVATION_FACTOR, DEFAULT_MEMORY_BUDGET, check_memory_budget,
                                     chunk_for_budget, chunks_for_budget)
 from pyro_mmvae.protocol import DATA_PLATE, num_points
-from tests.eval.test_coherence import _linear_problem, _mean_guide
+from tests.eval.coherence_problems import classified_linear_problem, mean_guide_of
 from tests.helpers import linear_problem, make_guide, random_mask
 
 TINY = 2 ** 12  # bytes: a few data points (or one particle) per chunk
@@ -113,7 +113,7 @@ def test_probes_leave_the_random_stream_alone():
                                         ("1GiB", TypeError)])
 def test_every_function_refuses_a_bad_budget(bad, error):
     model, guide, data, mask = rd_problem(n=4)
-    lmodel, lguide, ldata, y, classifiers = _linear_problem(n=4)
+    lmodel, lguide, ldata, y, classifiers = classified_linear_problem(n=4)
     calls = [lambda: log_likelihood(model, guide, data, num_samples=4, memory_budget=bad),
              lambda: rate_distortion(model, guide, data, memory_budget=bad),
              lambda: conditional_coherence(lmodel, lguide, ldata, y, classifiers,
@@ -188,8 +188,8 @@ def counted(program, sizes):
 
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_conditional_coherence_is_the_same_under_any_budget(num_samples):
-    model, guide, data, y, classifiers = _linear_problem()
-    guide = _mean_guide(guide)  # a deterministic encoding and decoded means: no randomness
+    model, guide, data, y, classifiers = classified_linear_problem()
+    guide = mean_guide_of(guide)  # a deterministic encoding and decoded means: no randomness
     expected = conditional_coherence(model, guide, data, y, classifiers, batch_size=37,
                                      num_samples=num_samples)
     sizes = []
@@ -204,8 +204,8 @@ def test_conditional_coherence_is_the_same_under_any_budget(num_samples):
 
 
 def test_conditional_coherence_splits_particles_when_one_point_is_too_big():
-    model, guide, data, y, classifiers = _linear_problem(n=3)
-    guide = _mean_guide(guide)
+    model, guide, data, y, classifiers = classified_linear_problem(n=3)
+    guide = mean_guide_of(guide)
     expected = conditional_coherence(model, guide, data, y, classifiers, num_samples=12)
     sizes = []
     chunked = conditional_coherence(counted(model, sizes), guide, data, y, classifiers,
@@ -217,7 +217,7 @@ def test_conditional_coherence_splits_particles_when_one_point_is_too_big():
 
 
 def test_joint_coherence_chunks_are_separate_calls():
-    model, _, _, _, classifiers = _linear_problem()
+    model, _, _, _, classifiers = classified_linear_problem()
     sizes = []
     pyro.set_rng_seed(2)
     chunked = joint_coherence(counted(model, sizes), classifiers, num_samples=300,
