@@ -98,6 +98,8 @@ from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae import (MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO,
                         full_mask)
 from pyro_mmvae.data.linear_gaussian import shared_latent_study
+from pyro_mmvae.protocol import VECTORIZED, is_vectorized
+from _param_store import ParamStoreSlot
 
 BOUNDS: Dict[str, Callable[[], object]] = {
     "masked": lambda: MaskedMultimodalELBO(),
@@ -152,14 +154,13 @@ class Variant:
     def __init__(self, name: str, step: Callable[[], object], own_store: bool = True):
         self.name = name
         self.step = step
-        self.store = ({}, {}, {}) if own_store else None
+        self.store = ParamStoreSlot() if own_store else None
         self.times: List[float] = []
         self.done = False
 
     def activate(self):
         if self.store is not None:
-            ps = pyro.get_param_store()
-            ps._params, ps._param_to_name, ps._constraints = self.store
+            self.store.activate()
 
 
 def time_interleaved(variants: Sequence[Variant], warmup: int, repeats: int, min_repeats: int,
@@ -191,8 +192,7 @@ def time_interleaved(variants: Sequence[Variant], warmup: int, repeats: int, min
                 v.times.append(dt)
                 if len(v.times) >= min_repeats and sum(v.times) > max_seconds:
                     v.done = True
-    pyro.get_param_store()._params, pyro.get_param_store()._param_to_name, \
-        pyro.get_param_store()._constraints = {}, {}, {}
+    ParamStoreSlot.release()
 
 
 def median_ms(v: Variant) -> float:
@@ -289,6 +289,8 @@ class RecordingGuide:
     def __init__(self, guide):
         self.guide = guide
         self.calls = []
+        # vectorised as the guide is, so the bound calls it once for the rows [S, O]
+        setattr(self, VECTORIZED, is_vectorized(guide))
 
     def __call__(self, data, mask):
         tr = poutine.trace(self.guide).get_trace(data, mask)

@@ -110,6 +110,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 from pyro_mmvae import MixtureMultimodalELBO, SubsampledMultimodalELBO  # noqa: E402
 from pyro_mmvae.eval import log_likelihood  # noqa: E402
 from pyro_mmvae.train import SVIStep, make_optimizer  # noqa: E402
+from _param_store import ParamStoreSlot  # noqa: E402
 from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE  # noqa: E402
 from pyro_mmvae.models import (GaussianDecoder, MultimodalModel,  # noqa: E402
                                StandardNormalPrior)
@@ -215,12 +216,11 @@ class OursVariant:
 
     def __init__(self, kind: str, nets: Nets, lr: float, num_subsets_mopoe=1):
         self.model, self.guide, elbo = ours_setup(kind, nets, num_subsets_mopoe)
-        self.store = ({}, {}, {})
+        self.store = ParamStoreSlot()
         self.svi = SVIStep(self.model, self.guide, elbo, make_optimizer(lr))
 
     def activate(self):
-        ps = pyro.get_param_store()
-        ps._params, ps._param_to_name, ps._constraints = self.store
+        self.store.activate()
 
     def step(self, batch):
         self.activate()

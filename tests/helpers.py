@@ -86,20 +86,19 @@ def private_problem(n=8, dims=DIMS, latent_dim=2, private_dim=2, seed=0):
     return model, data
 
 
-def load_script(name):
-    """Import ``experiments/<name>.py`` as a module (``experiments`` is not a package), with
-    its folder on ``sys.path`` as when it runs as a script (``python experiments/<name>.py``),
-    so that its sibling imports (``_multimodal_common``) resolve."""
-    folder = str(ROOT / "experiments")
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}",
-                                                  ROOT / "experiments" / f"{name}.py")
+def load_script(name, folder="experiments"):
+    """Import ``<folder>/<name>.py`` (``experiments`` or ``benchmarks``, not packages) as a
+    module, with its folder on ``sys.path`` as when it runs as a script (``python
+    experiments/<name>.py``), so that its sibling imports (``_multimodal_common``) resolve."""
+    path = ROOT / folder
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", path / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    added = folder not in sys.path
+    added = str(path) not in sys.path
     if added:
-        sys.path.insert(0, folder)
+        sys.path.insert(0, str(path))
     try:
         spec.loader.exec_module(module)
     finally:
         if added:
-            sys.path.remove(folder)
+            sys.path.remove(str(path))
     return module
