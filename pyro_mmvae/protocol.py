@@ -29,8 +29,6 @@ result. Sites outside the data plate are global latents, shared by every subset 
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 import random
 from contextlib import contextmanager
 from typing import Mapping, Optional
@@ -42,6 +40,9 @@ from pyro.distributions.util import broadcast_shape
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.runtime import get_plates
 from torch.distributions import constraints
+
+from pyro_mmvae.checks import (check_positive_float, check_positive_int,  # noqa: F401
+                               check_weights)
 
 LATENT_SITE = "z"
 OBS_PREFIX = "x_"
@@ -479,93 +480,6 @@ def _check_finite(data: Data, mask: Mask, n: int) -> None:
             raise ValueError(f"modality '{m}': NaN or infinite values in {where} data points "
                              f"{idx}; fill missing entries with a finite placeholder (zeros) "
                              "and mask them out")
-
-
-# --------------------------------------------------------------------------- argument checks
-
-def _describe(value) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def check_positive_int(value, name: str, *, allow_none: bool = False):
-    """``value`` as a Python ``int`` if it is a positive integer; else an error naming ``name``.
-
-    Counts (``num_particles``, ``num_samples``, ``chunk_size``, ``batch_size``, ...) are
-    checked with it before any computation. Accepted: Python ints and integer scalars of numpy
-    and torch (0-d integer tensors). Rejected with ``TypeError``: bools (``True`` is not a
-    count), floats — integral ones such as ``2.0`` too, so that a count never comes from a
-    computation that silently rounded (pass ``int(x)``) — and anything else; with
-    ``ValueError``: zero and negative integers. With ``allow_none``, None passes through (an
-    automatic choice, e.g. ``chunk_size=None``).
-    """
-    if value is None and allow_none:
-        return None
-    kind = "a positive integer" + (" or None" if allow_none else "")
-    if torch.is_tensor(value):
-        if value.dim() != 0 or value.dtype == torch.bool or value.is_floating_point() or \
-                value.is_complex():
-            raise TypeError(f"{name} must be {kind}, got a tensor of shape "
-                            f"{tuple(value.shape)} and dtype {value.dtype}")
-        value = int(value)
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = int(value)  # int, numpy integers
-    else:
-        hint = ""
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and \
-                math.isfinite(value) and float(value).is_integer():
-            hint = f"; pass int({value!r})"
-        raise TypeError(f"{name} must be {kind}, got {_describe(value)}{hint}")
-    if value < 1:
-        raise ValueError(f"{name} must be {kind}, got {value}")
-    return value
-
-
-def _real(value, name: str, kind: str) -> float:
-    if torch.is_tensor(value):
-        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
-            raise TypeError(f"{name} must be {kind}, got a tensor of shape "
-                            f"{tuple(value.shape)} and dtype {value.dtype}")
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {kind}, got {_describe(value)}")
-    return float(value)
-
-
-def check_positive_float(value, name: str) -> float:
-    """``value`` as a Python ``float`` if it is a finite number ``> 0``; else an error naming
-    ``name``: ``TypeError`` for a non-number (a bool, a string, a list or a callable),
-    ``ValueError`` for NaN, infinity, zero or a negative value. Used for a constant ``beta``
-    (the bounds take a schedule as a callable, :mod:`pyro_mmvae.infer.schedules`, before
-    calling this)."""
-    kind = "a finite positive number"
-    if callable(value) or isinstance(value, (list, tuple, range)):
-        raise TypeError(f"{name} must be {kind}, got {_describe(value)}; a list of values is "
-                        "not a schedule: pass a callable step -> value (e.g. "
-                        "pyro_mmvae.infer.linear_warmup)")
-    x = _real(value, name, kind)
-    if not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{name} must be positive and finite, got {x}")
-    return x
-
-
-def check_weights(weights, name: str = "likelihood_weights") -> dict:
-    """``{modality: float}`` if ``weights`` is None (``{}``) or a mapping of finite numbers
-    ``>= 0``; else an error naming ``name`` and the modality: ``TypeError`` for a non-mapping or
-    a non-number weight, ``ValueError`` for a NaN, infinite or negative weight. (Whether each
-    modality exists is checked against the data, when the bound first sees a batch.)"""
-    if weights is None:
-        return {}
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"{name} must be a dict {{modality: weight}}, got "
-                        f"{type(weights).__name__}")
-    out = {}
-    for m, w in weights.items():
-        x = _real(w, f"{name}: modality '{m}' weight", "a finite number >= 0")
-        if not math.isfinite(x) or x < 0:
-            raise ValueError(f"{name}: modality '{m}' has weight {x}; weights must be finite "
-                             "and >= 0")
-        out[m] = x
-    return out
 
 
 # --------------------------------------------------------------------------- vectorised programs
