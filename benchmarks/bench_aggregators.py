@@ -6,15 +6,16 @@ Times one ``pyro.infer.SVI.step`` (forward, backward, ``pyro.optim.Adam``) of
 
 - ``PoE`` and ``MoPoE`` (Gaussian experts, encoder output ``E = 2 * latent``);
 - the permutation-invariant ``SumPooling`` and ``SelfAttention`` (``E = --feature-dim``,
-  hidden and pooling widths ``--agg-width``, 4 heads, one attention block), and their mixture
-  variants ``SumPoolingMixture`` and ``SelfAttentionMixture`` (``--components`` components),
+  hidden and pooling widths ``--agg-width``; SelfAttention with the registry's 4 heads,
+  attention and MLP width 256, one block), and their mixture variants ``SumPoolingMixture``
+  and ``SelfAttentionMixture`` (``--components`` components),
 
-at ``M = 2, 5, 10, 20`` modalities, on ``pyro_mmvae.models.LinearGaussianModel`` with
-``D_m = 32`` per modality, latent 8, batch 256, every modality observed, one MLP
-``pyro_mmvae.guides.expert_encoder`` per modality. Reported: the median step time, its ratio to
-PoE at the same ``M``, and the growth
-from the smallest to the largest ``M`` with its log-log slope (1: linear in ``M``, 2:
-quadratic).
+each built by :func:`pyro_mmvae.registry.make_aggregator` (the network the command line and
+the experiments build for the same options), at ``M = 2, 5, 10, 20`` modalities, on
+``pyro_mmvae.models.LinearGaussianModel`` with ``D_m = 32`` per modality, latent 8, batch 256,
+every modality observed, one MLP ``pyro_mmvae.guides.expert_encoder`` per modality. Reported:
+the median step time, its ratio to PoE at the same ``M``, and the growth from the smallest to
+the largest ``M`` with its log-log slope (1: linear in ``M``, 2: quadratic).
 
 A second table times the aggregator alone (``--tables aggregator``): forward and backward of
 ``q = aggregator(features, mask)``, ``z = q.rsample()``, ``q.log_prob(z).sum()`` on fixed
@@ -35,6 +36,8 @@ ratio at one M, compares steps timed side by side.
 
 Run ``python benchmarks/bench_aggregators.py --output benchmarks/results/aggregators.md``;
 ``--quick`` is a smoke run; ``--profile AGGREGATOR/M`` prints a cProfile of one case instead.
+Aggregators are named as on the command line (``sumpooling-mixture``; the table's names, e.g.
+``SumPoolingMixture``, are accepted too).
 """
 
 from __future__ import annotations
@@ -58,33 +61,37 @@ from pyro.infer import SVI
 from bench_bounds import (Variant, environment, library_revision, make_data, median_ms,  # noqa
                           time_interleaved)
 from pyro_mmvae import MaskedMultimodalELBO  # noqa: E402
-from pyro_mmvae.guides import (MoPoE, MultimodalGuide, PoE, SelfAttention,  # noqa: E402
-                               SelfAttentionMixture, SumPooling, SumPoolingMixture, expert_encoder)
+from pyro_mmvae.config import RunConfig  # noqa: E402
+from pyro_mmvae.guides import MultimodalGuide, expert_encoder  # noqa: E402
 from pyro_mmvae.models import LinearGaussianModel  # noqa: E402
+from pyro_mmvae import registry  # noqa: E402
+from pyro_mmvae.registry import AGGREGATORS as REGISTRY  # noqa: E402
+from pyro_mmvae.registry import ATTENTION, canonical  # noqa: E402
 
-AGGREGATORS = ["PoE", "MoPoE", "SumPooling", "SelfAttention", "SumPoolingMixture",
-               "SelfAttentionMixture"]
-GAUSSIAN_EXPERTS = {"PoE", "MoPoE"}
+REGISTRY_ATTENTION_TEXT = ("{num_heads} heads, attention and MLP width {attention_dim}, one "
+                           "block").format(**ATTENTION)
+AGGREGATORS = ["poe", "mopoe", "sumpooling", "selfattention", "sumpooling-mixture",
+               "selfattention-mixture"]
 
 
 # --- problem ---------------------------------------------------------------------------------
 def feature_size(name: str, args) -> int:
     """Encoder output size ``E``: ``2 * latent`` for the expert aggregators."""
-    return 2 * args.latent_dim if name in GAUSSIAN_EXPERTS else args.feature_dim
+    return 2 * args.latent_dim if REGISTRY[name].experts else args.feature_dim
 
 
-def make_aggregator(name: str, args) -> torch.nn.Module:
-    e, d, w = feature_size(name, args), args.latent_dim, args.agg_width
-    pooled = dict(hidden_dim=w, pooling_dim=w)
-    attention = dict(pooled, num_heads=args.heads, attention_dim=w, mlp_dim=w)
-    return {
-        "PoE": lambda: PoE(),
-        "MoPoE": lambda: MoPoE(),
-        "SumPooling": lambda: SumPooling(e, d, **pooled),
-        "SelfAttention": lambda: SelfAttention(e, d, **attention),
-        "SumPoolingMixture": lambda: SumPoolingMixture(e, d, args.components, **pooled),
-        "SelfAttentionMixture": lambda: SelfAttentionMixture(e, d, args.components, **attention),
-    }[name]()
+def aggregator_config(name: str, args) -> RunConfig:
+    """The run configuration whose aggregator is benchmarked (widths ``--agg-width``,
+    ``--components`` mixture components)."""
+    return RunConfig(dataset="linear-gaussian", aggregator=name, latent_dim=args.latent_dim,
+                     aggregator_width=args.agg_width,
+                     mixture_components=args.components if REGISTRY[name].mixture else None)
+
+
+def make_aggregator(name: str, args, num_modalities: int) -> torch.nn.Module:
+    """The registry's aggregator ``name`` (:func:`pyro_mmvae.registry.make_aggregator`)."""
+    return registry.make_aggregator(aggregator_config(name, args), feature_size(name, args),
+                                    num_modalities)
 
 
 def make_model_guide(data, name: str, args):
@@ -94,12 +101,12 @@ def make_model_guide(data, name: str, args):
     model = LinearGaussianModel(dims, args.latent_dim)
     e = feature_size(name, args)
     encoders = {m: expert_encoder(d, e // 2, args.hidden) for m, d in dims.items()}
-    return model, MultimodalGuide(encoders, make_aggregator(name, args))
+    return model, MultimodalGuide(encoders, make_aggregator(name, args, len(dims)))
 
 
 def largest_mixture_bytes(name: str, num_modalities: int, args) -> int:
     """Bytes of MoPoE's ``(2, 1, B, K, D)`` tensors (K = 2^M subsets with the prior); else 0."""
-    if name != "MoPoE":
+    if name != "mopoe":
         return 0
     return 4 * 2 * args.batch * 2 ** num_modalities * args.latent_dim
 
@@ -121,9 +128,9 @@ def probe_memory(name: str, m_count: int, args) -> str:
     before = peak_rss_gib()
     t0 = time.perf_counter()
     MaskedMultimodalELBO().differentiable_loss(model, guide, data, mask).backward()
-    return (f"one forward + backward of {name} at M={m_count}, run before anything else, raised "
-            f"the process's peak resident memory from {before:.2f} to {peak_rss_gib():.2f} GiB "
-            f"({time.perf_counter() - t0:.1f} s)")
+    return (f"one forward + backward of {REGISTRY[name].display} at M={m_count}, run before "
+            f"anything else, raised the process's peak resident memory from {before:.2f} to "
+            f"{peak_rss_gib():.2f} GiB ({time.perf_counter() - t0:.1f} s)")
 
 
 def step_table(args) -> dict:
@@ -134,15 +141,15 @@ def step_table(args) -> dict:
     """
     results = {"notes": []}
     limit = args.max_mixture_mb * 2 ** 20
-    run_mopoe = [m for m in args.modalities if "MoPoE" in args.aggregators
-                 and largest_mixture_bytes("MoPoE", m, args) <= limit]
+    run_mopoe = [m for m in args.modalities if "mopoe" in args.aggregators
+                 and largest_mixture_bytes("mopoe", m, args) <= limit]
     if run_mopoe:  # the largest MoPoE that runs: how much memory does it take?
         m = max(run_mopoe)
-        size = largest_mixture_bytes("MoPoE", m, args)
+        size = largest_mixture_bytes("mopoe", m, args)
         results["notes"].append(
             f"MoPoE at M={m}: {2 ** m - 1} subset components (+ the prior), (2, 1, B, K, D) "
             f"tensors of {size / 2 ** 20:.3g} MiB each: it fits and was timed; "
-            + probe_memory("MoPoE", m, args) + ".")
+            + probe_memory("mopoe", m, args) + ".")
         pyro.clear_param_store()
     variants = []
     for m_count in args.modalities:
@@ -187,7 +194,7 @@ def aggregator_table(args) -> dict:
                 results[(name, m_count)] = {"skip": "over --max-mixture-mb"}
                 continue
             torch.manual_seed(args.seed)
-            agg = make_aggregator(name, args)
+            agg = make_aggregator(name, args, m_count)
             feats = torch.randn(args.batch, m_count, feature_size(name, args),
                                 generator=gen).requires_grad_()
 
@@ -229,7 +236,7 @@ def format_table(results, args, with_params: bool) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
     for name in args.aggregators:
-        row = [name]
+        row = [REGISTRY[name].display]
         for m in ms:
             r = results[(name, m)]
             if "skip" in r:
@@ -237,7 +244,7 @@ def format_table(results, args, with_params: bool) -> str:
                 if r["skip"] not in notes and with_params:
                     notes.append(r["skip"])
                 continue
-            ref = results.get(("PoE", m))
+            ref = results.get(("poe", m))
             ratio = "" if ref is None or "skip" in ref else f" ({fmt_ratio(r['ms'] / ref['ms'])})"
             row.append(fmt_ms(r["ms"]) + ratio)
         done = [m for m in ms if "skip" not in results[(name, m)]]
@@ -277,10 +284,10 @@ def render(args, argv, steps, alone, elapsed) -> str:
         f"`pyro_mmvae.guides.MultimodalGuide` with one "
         f"`expert_encoder(D_m, E // 2, {list(args.hidden)})` "
         f"per modality, E = {2 * args.latent_dim} for PoE / MoPoE and E = {args.feature_dim} for "
-        f"the pooling aggregators; SumPooling / SelfAttention widths (hidden, pooling, attention, "
-        f"MLP) {args.agg_width}, {args.heads} heads, one attention block; mixtures with "
-        f"{args.components} components; `MaskedMultimodalELBO()` (iid_half, analytic KL where "
-        f"it exists, STL), Adam lr {args.lr}; `pyro.enable_validation(False)`",
+        f"the pooling aggregators; SumPooling / SelfAttention widths (hidden, pooling) "
+        f"{args.agg_width}, SelfAttention {REGISTRY_ATTENTION_TEXT} (pyro_mmvae.registry); "
+        f"mixtures with {args.components} components; `MaskedMultimodalELBO()` (iid_half, "
+        f"analytic KL where it exists, STL), Adam lr {args.lr}; `pyro.enable_validation(False)`",
         f"- Timing: median over interleaved steps after {args.warmup} warm-up rounds (at most "
         f"{args.repeats} timed steps, fewer once a variant's timed steps exceed "
         f"{args.max_seconds:g} s, never fewer than {args.min_repeats}); a case whose last step "
@@ -305,7 +312,7 @@ def render(args, argv, steps, alone, elapsed) -> str:
 # --- profiling -------------------------------------------------------------------------------
 def profile(args, spec: str) -> None:
     name, m_count = spec.split("/")
-    m_count = int(m_count)
+    name, m_count = aggregator_name(name), int(m_count)
     data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
     model, guide = make_model_guide(data, name, args)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=MaskedMultimodalELBO())
@@ -324,12 +331,21 @@ def profile(args, spec: str) -> None:
 
 
 # --- entry point -----------------------------------------------------------------------------
+def aggregator_name(text: str) -> str:
+    """The registry's name of an aggregator (its older spellings accepted)."""
+    try:
+        return canonical("aggregator", text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modalities", type=int, nargs="+", default=[2, 5, 10, 20],
                    help="values of M")
-    p.add_argument("--aggregators", nargs="+", choices=AGGREGATORS, default=AGGREGATORS)
+    p.add_argument("--aggregators", nargs="+", type=aggregator_name, choices=AGGREGATORS,
+                   default=AGGREGATORS, help="registry names (or the table's)")
     p.add_argument("--dim", type=int, default=32, help="features per modality D_m")
     p.add_argument("--latent-dim", type=int, default=8)
     p.add_argument("--hidden", type=int, nargs="+", default=[128, 128],
@@ -337,8 +353,7 @@ def parse_args(argv=None):
     p.add_argument("--feature-dim", type=int, default=64,
                    help="encoder output size E for the pooling aggregators")
     p.add_argument("--agg-width", type=int, default=128,
-                   help="hidden, pooling, attention and MLP widths of SumPooling/SelfAttention")
-    p.add_argument("--heads", type=int, default=4, help="attention heads")
+                   help="hidden and pooling widths of SumPooling / SelfAttention")
     p.add_argument("--components", type=int, default=5, help="components of the mixtures")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -360,7 +375,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke run: M = 2 3, batch 32, 1 warm-up, 3 repeats")
     p.add_argument("--profile", metavar="AGGREGATOR/M",
-                   help="cProfile --repeats SVI steps of one case (e.g. SelfAttention/20) instead")
+                   help="cProfile --repeats SVI steps of one case (e.g. selfattention/20) "
+                        "instead")
     p.add_argument("--profile-sort", default="tottime", help="pstats sort key")
     p.add_argument("--profile-lines", type=int, default=25)
     args = p.parse_args(argv)

@@ -1,11 +1,11 @@
 r"""Shared machinery of the image/text experiments (``polydigits.py``, ``digits_svhn_text.py``).
 
-Each configuration (aggregator, bound, seed) is one ``pyro-mmvae train`` run: its options are
-an argv for :func:`pyro_mmvae.cli.build_parser` (``train --dataset D --aggregator A --bound B
---seed S --epochs E ...``), completed by :func:`pyro_mmvae.cli.apply_dataset_defaults`, and the
-data, model, guide and bound come from the CLI's own builders (:mod:`pyro_mmvae.runs`), so an
-experiment and the command line cannot drift apart. Options an experiment script does not know
-are passed on to that argv (e.g. ``--beta 2.5``, ``--latent-dim 32``, ``--device cuda``).
+Each configuration (aggregator, bound, seed) is one ``pyro-mmvae train`` run: a
+:class:`~pyro_mmvae.config.RunConfig` built directly (``dataset``, ``aggregator``, ``bound``,
+``seed``, the script's recipe, and every ``pyro-mmvae train`` option given to the script, e.g.
+``--beta 2.5``, ``--latent-dim 32``, ``--device cuda``; ``--mixture-form`` applies to the
+mixture bound's runs), and the data, model, guide and bound come from the CLI's own builders
+(:mod:`pyro_mmvae.runs`), so an experiment and the command line cannot drift apart.
 
 Training is :func:`pyro_mmvae.train.fit` without per-epoch evaluation; afterwards every run is
 evaluated with :mod:`pyro_mmvae.eval` directly, with one set of per-modality classifiers
@@ -19,63 +19,51 @@ shared by all runs:
 - linear latent classification from every subset (logistic regression on the posterior means
   of ``latent_train_points`` random training points, MoPoE's protocol).
 
-Runs go through a process pool (``--jobs``, spawn context, ``--threads`` torch threads each).
+Runs go through a process pool (``--jobs``, spawn context, ``--threads`` torch threads each);
+one run is :mod:`_multimodal_run`, the tables and figures :mod:`_multimodal_tables`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence
 
-import numpy as np
 import pyro
 import torch
 
-from pyro_mmvae import __version__  # noqa: E402
-from pyro_mmvae.cli import apply_dataset_defaults, build_parser  # noqa: E402
-from pyro_mmvae.eval import (classifier_accuracy, conditional_coherence,  # noqa: E402
-                             joint_coherence, latent_classification, load_classifiers,
-                             log_likelihood, save_classifiers, train_modality_classifiers)
-from pyro_mmvae.eval.coherence import subset_name  # noqa: E402
-from pyro_mmvae.report import CLASSIFIERS  # noqa: E402  (the file `pyro-mmvae evaluate` reads)
-from pyro_mmvae.runs import (AGGREGATORS, DATASETS, build_guide, build_loss,  # noqa: E402
-                             build_model)
-from pyro_mmvae.train import TrainingDiverged, fit, resolve_device, write_json  # noqa: E402
+from pyro_mmvae import __version__
+from pyro_mmvae.cli import add_config_options, config_from_argv
+from pyro_mmvae.config import FIELDS, PER_COMMAND, RunConfig
+from pyro_mmvae.registry import AGGREGATORS
+from pyro_mmvae.report import CLASSIFIERS
+from pyro_mmvae.train import write_json
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-    def threadpool_limits(limits=None):
-        return contextlib.nullcontext()
+from _multimodal_run import ensure_classifiers, run_name, run_one
+from _multimodal_tables import _get
 
-CLASSIFIERS_INFO = "classifiers.json"
-
-# Options the experiment sets itself for every run; they cannot be passed through.
-RESERVED = ("--dataset", "--aggregator", "--bound", "--seed", "--output-dir", "--resume",
-            "--no-evaluate", "--num-threads", "--no-progress")
-
-# Experiment options passed on to pyro-mmvae train.
-TRAIN_OPTIONS = {"data_root": "--data-root", "train_points": "--train-points",
-                 "epochs": "--epochs"}
-# Experiment options of the evaluation (not part of the training command).
+# The options the experiment sets for every run (not options of the script), with the script's
+# option to use instead where there is one.
+PER_RUN = {"dataset": None, "aggregator": "--aggregators", "bound": "--bounds",
+           "seed": "--seeds", "num_threads": "--threads", "no_progress": None,
+           "no_evaluate": None}
+# The evaluation's settings (the first three are RunConfig options, the others the script's).
 EVAL_OPTIONS = ("eval_points", "is_samples", "classifier_epochs", "latent_train_points",
                 "joint_samples")
 
-# --quick: seconds-long smoke runs; set before the passed-through options, which override them.
-QUICK_TRAIN_ARGS = ["--batch-size", "64", "--latent-dim", "4", "--aggregator-width", "16",
-                    "--channels", "8"]
+# --quick: seconds-long smoke runs (options given explicitly win).
+QUICK = dict(epochs=1, train_points=128, eval_points=32, is_samples=2, classifier_epochs=1,
+             batch_size=64, latent_dim=4, aggregator_width=16, channels=(8,))
+QUICK_EXPERIMENT = dict(joint_samples=64, latent_train_points=64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,289 +71,107 @@ QUICK_TRAIN_ARGS = ["--batch-size", "64", "--latent-dim", "4", "--aggregator-wid
 
 
 def experiment_parser(doc: str, aggregators: Sequence[str], bounds: Sequence[str],
-                      all_bounds: Sequence[str], default_output: Path, recipe: Sequence[str],
-                      default_epochs: int, default_mixture_form: Optional[str] = None
-                      ) -> argparse.ArgumentParser:
-    """The options shared by the image/text experiment scripts."""
+                      all_bounds: Sequence[str], default_output: Path, recipe: Mapping,
+                      default_epochs: int) -> argparse.ArgumentParser:
+    """The options shared by the image/text experiment scripts, and those of
+    ``pyro-mmvae train`` (for every run) but the ones the experiment sets per run."""
+    recipe_argv = " ".join(RunConfig(**recipe).to_argv()) or "nothing"
     p = argparse.ArgumentParser(
         description=doc.split("\n\n")[0], allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Any other option is passed on to `pyro-mmvae train` for every run (see "
-               "`pyro-mmvae train --help`), e.g. --beta 2.5 --latent-dim 32 --device cuda; "
-               f"this script's recipe adds {' '.join(recipe) or 'nothing'} before them.")
-    p.add_argument("--aggregators", nargs="+", default=list(aggregators), choices=AGGREGATORS,
-                   metavar="AGG", help="guide aggregators (pyro-mmvae train --aggregator; "
-                                       f"{', '.join(AGGREGATORS)})")
-    p.add_argument("--bounds", nargs="+", default=list(bounds), choices=list(all_bounds),
+        epilog="The pyro-mmvae train options apply to every run (--mixture-form to the "
+               f"mixture bound's); this script's recipe sets {recipe_argv} and --epochs "
+               f"{default_epochs} unless given.")
+    g = p.add_argument_group("experiment")
+    names = ", ".join(AGGREGATORS)
+    g.add_argument("--aggregators", nargs="+", default=list(aggregators),
+                   choices=list(AGGREGATORS), metavar="AGG",
+                   help=f"guide aggregators (pyro-mmvae train --aggregator; {names})")
+    g.add_argument("--bounds", nargs="+", default=list(bounds), choices=list(all_bounds),
                    help="training bounds (pyro-mmvae train --bound)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
+    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
                    help="seeds of initialisation, shuffling and sampling (the data set is "
                         "fixed: --data-seed)")
-    p.add_argument("--epochs", type=int, default=default_epochs,
-                   help="training epochs per run")
-    p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
-                   help="dataset cache directory (unset: $PYRO_MMVAE_DATA or "
-                        "~/.cache/pyro_mmvae)")
-    p.add_argument("--train-points", type=int, default=None, metavar="N",
-                   help="train (VAEs and classifiers) on the first N training points only "
-                        "(unset: all)")
-    p.add_argument("--eval-points", type=int, default=None, metavar="N",
-                   help="test points of the evaluation (None: pyro-mmvae's default for the "
-                        "dataset, 500)")
-    p.add_argument("--is-samples", type=int, default=None,
-                   help="importance samples of the test log-likelihoods (None: pyro-mmvae's "
-                        "default for the dataset)")
-    p.add_argument("--classifier-epochs", type=int, default=None,
-                   help="epochs of the per-modality coherence classifiers, trained once "
-                        "(None: pyro-mmvae's default, 5)")
-    p.add_argument("--latent-train-points", type=int, default=500, metavar="N",
+    g.add_argument("--latent-train-points", type=int, default=500, metavar="N",
                    help="random training points of the latent linear classifiers (MoPoE: 500)")
-    p.add_argument("--joint-samples", type=int, default=1000,
+    g.add_argument("--joint-samples", type=int, default=1000,
                    help="unconditional samples of the joint coherence")
-    p.add_argument("--mixture-form", choices=("stratified", "average", "sampled"),
-                   default=default_mixture_form,
-                   help="estimator of the mixture bound for mixture guides (MoE, MoPoE): "
-                        "stratified = one draw per component (MoPoE eq. 6 / MMVAE eq. 33; the "
-                        "library default, cost x number of components: x31 for MoPoE with 5 "
-                        "modalities), average = MoPoE's code objective (eq. 12), sampled = one "
-                        "draw from the mixture (seed 004's code); not a pyro-mmvae train option "
-                        "(None: the library's default, stratified)")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--output-dir", type=Path, default=default_output)
-    p.add_argument("--keep-runs", action="store_true",
+    g.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    g.add_argument("--output-dir", type=Path, default=default_output)
+    g.add_argument("--keep-runs", action="store_true",
                    help="also write each run as a pyro-mmvae run directory under "
                         "OUTPUT_DIR/runs/ (config.json, checkpoint.pt, the shared "
                         "classifiers.pt, ...), which `pyro-mmvae evaluate` and `generate` "
                         "accept")
-    p.add_argument("--resume", action="store_true",
+    g.add_argument("--resume", action="store_true",
                    help="keep the runs already in OUTPUT_DIR/results.partial.json (or "
                         "results.json) that match this command, and train only the others")
-    p.add_argument("--render", type=Path, metavar="RESULTS",
+    g.add_argument("--render", type=Path, metavar="RESULTS",
                    help="only rewrite the tables and figure of --output-dir from an earlier "
                         "results.json or results.partial.json")
-    p.add_argument("--quick", action="store_true",
+    g.add_argument("--quick", action="store_true",
                    help="seconds-long smoke run: 128 training points, 1 epoch, tiny widths, "
                         "32 evaluation points, the first seed only")
+    add_config_options(p, [k for k in FIELDS if k not in PER_RUN], suppress=True)
+    p.set_defaults(default_epochs=default_epochs, recipe=dict(recipe))
     return p
 
 
-def parse_args(parser: argparse.ArgumentParser, argv, dataset: str,
-               recipe: Sequence[str] = ()):
-    """The experiment's options; ``args.passthrough`` holds the options it does not know, for
-    the ``pyro-mmvae train`` argv of every run (after ``recipe``).
+def parse_args(parser: argparse.ArgumentParser, argv, dataset: str):
+    """The experiment's options; ``args.run_options`` holds the :class:`RunConfig` options of
+    every run (``--epochs``, the recipe, ``--quick``'s, then those given, which win).
 
     ``--quick`` shrinks the budget (options given explicitly still win, except ``--seeds``,
-    cut to the first). Checks every aggregator and the passed-through options against the
-    ``pyro-mmvae train`` parser now, before any run starts."""
-    args, rest = parser.parse_known_args(argv)
-    hints = {"--aggregator": "--aggregators", "--bound": "--bounds", "--seed": "--seeds",
-             "--num-threads": "--threads"}
-    for token in rest:
+    cut to the first). Checks every configuration now, before any run starts, and sets the
+    evaluation's settings (``args.eval_points`` ...) to the first configuration's."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for token in argv:
         name = token.split("=", 1)[0]
-        if name in RESERVED:
+        key = name[2:].replace("-", "_")
+        if name.startswith("--") and key in PER_RUN:
             parser.error(f"{name} is set by the experiment for every run"
-                         + (f"; use {hints[name]}" if name in hints else ""))
-    given = set(a.split("=", 1)[0] for a in (argv if argv is not None else sys.argv[1:]))
+                         + (f"; use {PER_RUN[key]}" if PER_RUN[key] else ""))
+    args = parser.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if k in FIELDS}
+    given_flags = {a.split("=", 1)[0] for a in argv}
+    args.dataset = dataset
+    args.run_options = {"epochs": args.default_epochs, **args.recipe,
+                        **(QUICK if args.quick else {}), **given}
     if args.quick:
         args.seeds = args.seeds[:1]
-        for key, value in (("epochs", 1), ("train_points", 128), ("eval_points", 32),
-                           ("is_samples", 2), ("classifier_epochs", 1), ("joint_samples", 64),
-                           ("latent_train_points", 64)):
-            if "--" + key.replace("_", "-") not in given:
+        for key, value in QUICK_EXPERIMENT.items():
+            if RunConfig.flag(key) not in given_flags:
                 setattr(args, key, value)
-    args.passthrough = list(rest)
-    args.dataset = dataset
-    args.recipe = list(recipe)
-    for aggregator in args.aggregators:  # validate with the CLI's own parser
-        ns = cli_namespace(train_argv(args, aggregator, args.bounds[0], args.seeds[0]))
-    for key in ("eval_points", "is_samples", "classifier_epochs"):  # the CLI's defaults
-        if getattr(args, key) is None:
-            setattr(args, key, getattr(ns, key))
+    for aggregator in args.aggregators:
+        for bound in args.bounds:
+            try:
+                resolved = run_config(args, aggregator, bound, args.seeds[0]).resolve()
+            except ValueError as err:
+                parser.error(f"--aggregators {aggregator} --bounds {bound}: {err}")
+            if (aggregator, bound) == (args.aggregators[0], args.bounds[0]):
+                first = resolved
+    for key in ("epochs",) + EVAL_OPTIONS[:3]:
+        setattr(args, key, getattr(first, key))
     return args
 
 
-def train_argv(args, aggregator: str, bound: str, seed) -> List[str]:
-    """The ``pyro-mmvae train`` argv of one run (without the leading program name)."""
-    argv = ["train", "--dataset", args.dataset, "--aggregator", aggregator, "--bound", bound,
-            "--seed", str(seed)]
-    for key, option in TRAIN_OPTIONS.items():
-        value = getattr(args, key, None)
-        if value is not None:
-            argv += [option, str(value)]
-    argv += ["--num-threads", str(args.threads), "--no-evaluate", "--no-progress"]
-    argv += list(args.recipe)
-    if args.quick:
-        argv += QUICK_TRAIN_ARGS
-    return argv + list(args.passthrough)
+def run_config(args, aggregator: str, bound: str, seed: int) -> RunConfig:
+    """The (unresolved) configuration of one run."""
+    options = dict(args.run_options)
+    if bound != "mixture":
+        options.pop("mixture_form", None)  # --mixture-form: the mixture bound's runs
+    return RunConfig(dataset=args.dataset, aggregator=aggregator, bound=bound, seed=seed,
+                     num_threads=args.threads, no_evaluate=True, no_progress=True, **options)
 
 
-def cli_namespace(argv: Sequence[str]) -> argparse.Namespace:
-    """The namespace ``pyro-mmvae train`` builds from ``argv``, with the dataset defaults."""
-    args = build_parser().parse_args(list(argv))
-    return apply_dataset_defaults(args)
-
-
-def equivalent_command(argv: Sequence[str]) -> str:
-    """The ``pyro-mmvae`` command line that trains the same model (without the evaluation)."""
-    shown = [a for a in argv if a not in ("--no-progress",)]
-    return "pyro-mmvae " + shlex.join(shown)
-
-
-# --------------------------------------------------------------------------------------------
-# Classifiers: trained once per output directory
-
-
-def classifier_settings(ns: argparse.Namespace, epochs: int) -> dict:
-    """What the shared classifiers depend on (a cached file is reused only if these match)."""
-    return {"dataset": ns.dataset, "data_seed": ns.data_seed, "image_size": ns.image_size,
-            "train_points": ns.train_points, "classifier_epochs": epochs, "seed": 0,
-            "pyro_mmvae_version": __version__}
-
-
-def ensure_classifiers(out: Path, ns: argparse.Namespace, epochs: int, eval_points: int,
-                       log=print) -> dict:
-    """Train the per-modality classifiers on the training split once and cache them in
-    ``out`` (``classifiers.pt``, ``classifiers.json`` with the settings and their test
-    accuracies on the evaluation points); returns that info dict."""
-    settings = classifier_settings(ns, epochs)
-    path, info_path = out / CLASSIFIERS, out / CLASSIFIERS_INFO
-    data = DATASETS[ns.dataset].load(ns)
-    device = resolve_device(ns.device)
-    n = eval_points
-    test = {m: x[:n].to(device) for m, x in data.test.items()}
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    if path.is_file() and info.get("settings") == settings:
-        log(f"reusing the classifiers in {path}")
-        if info.get("num_eval_points") == len(data.test_labels[:n]):
-            return info
-        classifiers = load_classifiers(path, device=device)
-    else:
-        log(f"training one classifier per modality ({data.num_train} points, "
-            f"{epochs} epochs)")
-        start = time.perf_counter()
-        with torch.enable_grad():
-            classifiers = train_modality_classifiers(
-                {m: x.to(device) for m, x in data.train.items()},
-                data.train_labels.to(device), data.num_classes, epochs=epochs, seed=0,
-                device=device)
-        save_classifiers(path, classifiers)
-        info = {"settings": settings, "train_seconds": time.perf_counter() - start}
-    info["test_accuracy"] = classifier_accuracy(classifiers, test,
-                                                data.test_labels[:n].to(device))
-    info["num_eval_points"] = len(data.test_labels[:n])
-    accuracy = info["test_accuracy"]
-    write_json(info_path, info)
-    log("classifier test accuracy: " + ", ".join(f"{m} {a:.3f}" for m, a in accuracy.items()))
-    return info
-
-
-# --------------------------------------------------------------------------------------------
-# One run (in a worker process)
-
-
-def run_name(spec: dict) -> str:
-    return f"{spec['aggregator']}-{spec['bound']}-seed{spec['seed']}"
-
-
-def run_config(spec: dict) -> dict:
-    """Train and evaluate one configuration; a JSON-ready record."""
-    with threadpool_limits(limits=spec["threads"]):
-        torch.set_num_threads(spec["threads"])
-        return _run_config(spec)
-
-
-def _run_config(spec: dict) -> dict:
-    ns = cli_namespace(spec["argv"])
-    data = DATASETS[ns.dataset].load(ns)
-    device = resolve_device(ns.device)
-    pyro.set_rng_seed(ns.seed)  # parameter initialisation, as pyro-mmvae train
-    model = build_model(ns, data).to(data.dtype)
-    guide = build_guide(ns, data).to(data.dtype)
-    loss = build_loss(ns, data)
-    if spec.get("mixture_form") and hasattr(loss, "form"):
-        loss.form = spec["mixture_form"]  # an estimator choice the CLI does not expose
-    record = {"name": run_name(spec), "aggregator": spec["aggregator"], "bound": spec["bound"],
-              "seed": spec["seed"], "argv": spec["argv"], "eval": spec["eval"],
-              "mixture_form": getattr(loss, "form", None), "masking": loss.masking_name,
-              "epochs": ns.epochs,
-              "batch_size": ns.batch_size, "num_train": data.num_train,
-              "steps_per_epoch": data.num_train // ns.batch_size,
-              "num_parameters": sum(p.numel() for p in
-                                    list(model.parameters()) + list(guide.parameters()))}
-    run_dir = None
-    if spec.get("run_dir"):
-        run_dir = Path(spec["run_dir"])
-    start = time.perf_counter()
-    try:
-        history = fit(model, guide, loss, data.train, epochs=ns.epochs,
-                      batch_size=ns.batch_size, lr=ns.lr, clip_norm=ns.clip_norm,
-                      run_dir=run_dir, seed=ns.seed, device=device,
-                      progress=spec.get("progress", False),
-                      config=run_config_json(ns, data) if run_dir else None)
-    except TrainingDiverged as err:
-        record.update(status="diverged", error=str(err), train_seconds=time.perf_counter() - start,
-                      loss_curve=err.history["loss"])
-        return record
-    if run_dir is not None:  # `pyro-mmvae evaluate RUN_DIR` then uses the shared classifiers
-        shutil.copyfile(spec["classifiers"], run_dir / CLASSIFIERS)
-    record.update(status="completed", train_seconds=time.perf_counter() - start,
-                  epoch_seconds=history["epoch_time"], loss_curve=history["loss"],
-                  final_loss_per_point=history["loss"][-1])
-    start = time.perf_counter()
-    model.eval()
-    guide.eval()
-    record.update(evaluate(spec, ns, data, model, guide, device))
-    record["eval_seconds"] = time.perf_counter() - start
-    return record
-
-
-def run_config_json(ns, data) -> dict:
-    """``config.json`` of a kept run, as ``pyro-mmvae train`` writes it (so that
-    ``pyro-mmvae evaluate RUN_DIR`` can restore the run)."""
-    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()
-           if k not in ("func", "resume")}
-    cfg.update(modality_dims=data.modality_dims, num_test=data.num_test,
-               dataset_info=data.info, pyro_mmvae_version=__version__)
-    return cfg
-
-
-@torch.no_grad()
-def evaluate(spec: dict, ns, data, model, guide, device) -> dict:
-    """Log-likelihoods, coherence and latent classification of a trained run."""
-    settings = spec["eval"]
-    n, k = settings["eval_points"], settings["is_samples"]
-    test = {m: x[:n].to(device) for m, x in data.test.items()}
-    labels = data.test_labels[:n].to(device)
-    modalities = list(test)
-    out = {"num_eval_points": len(labels), "is_num_samples": k}
-
-    joint = log_likelihood(model, guide, test, num_samples=k)
-    out["test_log_likelihood"] = joint.nanmean().item()  # NaN: nothing to score
-    marginals, conditionals = {}, {}
-    for subset in spec["llh_subsets"]:
-        members = subset.split("+")
-        logp = log_likelihood(model, guide, test, targets=members, num_samples=k)
-        marginals[subset] = logp.nanmean().item()
-        rest = subset_name(m for m in modalities if m not in members)
-        if rest:  # log p(x_rest | x_S) = log p(x) - log p(x_S)
-            conditionals[f"{rest}|{subset}"] = (joint - logp).nanmean().item()
-    out["test_marginal_log_likelihood"] = marginals
-    out["test_conditional_log_likelihood"] = conditionals
-
-    classifiers = load_classifiers(spec["classifiers"], device=device)
-    coherence = conditional_coherence(model, guide, test, labels, classifiers)
-    out["coherence"] = {k: coherence[k] for k in (
-        "coherence", "cross", "self", "cross_by_num_inputs", "self_by_num_inputs",
-        "leave_one_out", "leave_one_out_mean")}
-    out["joint_coherence"] = joint_coherence(model, classifiers,
-                                             num_samples=settings["joint_samples"])
-    train = {m: x.to(device) for m, x in data.train.items()}
-    latent = latent_classification(guide, train, data.train_labels.to(device), test, labels,
-                                   num_train=settings["latent_train_points"], seed=ns.seed)
-    out["latent_classification"] = {key: latent[key] for key in ("accuracy", "by_num_inputs")}
-    out["latent_train_points"] = min(settings["latent_train_points"], data.num_train)
-    return out
+def equivalent_command(config: RunConfig) -> str:
+    """The ``pyro-mmvae`` command line that trains the runs of ``config``'s study (without the
+    evaluation; AGGREGATOR, BOUND and SEED per run)."""
+    skip = ("dataset", "aggregator", "bound", "seed", "mixture_form", "no_progress")
+    return "pyro-mmvae " + shlex.join(
+        ["train", "--dataset", config.dataset, "--aggregator", "AGGREGATOR", "--bound", "BOUND",
+         "--seed", "SEED", *config.to_argv(skip)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,10 +186,9 @@ def make_specs(args, out: Path, llh_subsets: Sequence[str]) -> List[dict]:
         for bound in args.bounds:
             for seed in args.seeds:
                 spec = {"aggregator": aggregator, "bound": bound, "seed": seed,
-                        "argv": train_argv(args, aggregator, bound, seed),
+                        "config": run_config(args, aggregator, bound, seed).to_dict(),
                         "threads": args.threads, "classifiers": str(out / CLASSIFIERS),
                         "llh_subsets": list(llh_subsets),
-                        "mixture_form": args.mixture_form,
                         "eval": {key: getattr(args, key) for key in EVAL_OPTIONS},
                         "progress": args.jobs == 1 and sys.stderr.isatty()}
                 if args.keep_runs:
@@ -392,11 +197,27 @@ def make_specs(args, out: Path, llh_subsets: Sequence[str]) -> List[dict]:
     return specs
 
 
+def record_config(record: dict) -> Optional[dict]:
+    """What a results record trained, to match it with a spec: its saved configuration less
+    how it ran (:data:`~pyro_mmvae.config.PER_COMMAND`). Legacy: records of earlier versions
+    hold the ``pyro-mmvae train`` argv instead, their mixture-bound form and evaluation
+    settings apart."""
+    if "config" in record:
+        config = RunConfig.from_dict(record["config"])
+    elif "argv" in record:
+        config = config_from_argv(record["argv"][1:])
+        config = replace(config, **{k: v for k, v in record.get("eval", {}).items()
+                                    if k in EVAL_OPTIONS[:3]})
+        if record.get("bound") == "mixture":
+            config = replace(config, mixture_form=record.get("mixture_form"))
+    else:
+        return None
+    return {k: v for k, v in config.saved().items() if k not in PER_COMMAND}
+
+
 def _comparable(record: dict, spec: dict) -> bool:
-    return (record.get("name") == run_name(spec) and record.get("argv") == spec["argv"]
-            and record.get("eval") == spec["eval"]
-            and (record.get("mixture_form") is None  # a bound without mixture estimators
-                 or spec["mixture_form"] in (None, record["mixture_form"])))
+    return (record.get("name") == run_name(spec) and record.get("eval") == spec["eval"]
+            and record_config(record) == record_config({"config": spec["config"]}))
 
 
 def previous_records(out: Path) -> List[dict]:
@@ -415,18 +236,19 @@ def run_experiment(args, argv, script: str, description: str, llh_subsets: Seque
     out.mkdir(parents=True, exist_ok=True)
     command = f"python experiments/{script} " + shlex.join(
         sys.argv[1:] if argv is None else list(argv))
+    config = _jsonable(vars(args))
     if args.render:
         payload = json.loads(args.render.read_text())
         if not isinstance(payload, dict):  # a results.partial.json
             payload = {"runs": payload, "command": command + "  # partial results",
-                       "wall_seconds": None, "config": _jsonable(vars(args))}
+                       "wall_seconds": None, "config": config}
         render(out, payload)
         return payload
 
     start = time.perf_counter()
     torch.set_num_threads(args.threads)  # classifiers, and the runs when --jobs 1
-    first = cli_namespace(train_argv(args, args.aggregators[0], args.bounds[0], args.seeds[0]))
-    classifiers = ensure_classifiers(out, first, args.classifier_epochs, args.eval_points, log)
+    first = run_config(args, args.aggregators[0], args.bounds[0], args.seeds[0])
+    classifiers = ensure_classifiers(out, first, log)
     todo = make_specs(args, out, llh_subsets)
     records: List[dict] = []
     if args.resume:
@@ -451,18 +273,17 @@ def run_experiment(args, argv, script: str, description: str, llh_subsets: Seque
     if args.jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(min(args.jobs, len(todo)),
                                  mp_context=get_context("spawn")) as pool:
-            for rec in pool.map(run_config, todo):
+            for rec in pool.map(run_one, todo):
                 done(rec)
     else:
         for spec in todo:
-            done(run_config(spec))
+            done(run_one(spec))
     wall = time.perf_counter() - start
     order = {run_name(s): i for i, s in enumerate(make_specs(args, out, llh_subsets))}
     records.sort(key=lambda r: order.get(r["name"], len(order)))
     payload = {
-        "description": description, "command": command, "config": _jsonable(vars(args)),
-        "equivalent_train_command": equivalent_command(train_argv(
-            args, "AGGREGATOR", "BOUND", "SEED")),
+        "description": description, "command": command, "config": config,
+        "equivalent_train_command": equivalent_command(first),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "pyro": pyro.__version__, "pyro_mmvae": __version__,
                         "cpu_count": os.cpu_count()},
@@ -475,166 +296,10 @@ def run_experiment(args, argv, script: str, description: str, llh_subsets: Seque
     return payload
 
 
-def _jsonable(d: dict) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Tables and figures
-
-
-def _get(curve: Optional[dict], key):
-    """``curve[key]`` for int or str keys (JSON turns int keys into strings)."""
-    if not curve:
-        return None
-    return curve.get(key, curve.get(str(key)))
-
-
-def mean_std(values):
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), None
-    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
-
-
-def fmt(cell, digits=2) -> str:
-    mean, std = cell
-    if not math.isfinite(mean):
-        return "—"
-    return f"{mean:.{digits}f}" + ("" if std is None else f" ({std:.{digits}f})")
-
-
-def completed(records, aggregator=None, bound=None) -> List[dict]:
-    return [r for r in records if r.get("status") == "completed"
-            and (aggregator is None or r["aggregator"] == aggregator)
-            and (bound is None or r["bound"] == bound)]
-
-
-def configurations(records) -> List[tuple]:
-    """(aggregator, bound) pairs in the order they first appear."""
-    seen = []
-    for r in records:
-        key = (r["aggregator"], r["bound"])
-        if key not in seen:
-            seen.append(key)
-    return seen
-
-
-def cell(records, getter, digits=2) -> str:
-    """``mean (std)`` over the records of ``getter(record)``; ``diverged`` if none finished."""
-    done = [r for r in records if r.get("status") == "completed"]
-    if records and not done:
-        return "diverged"
-    values = []
-    for r in done:
-        try:
-            values.append(getter(r))
-        except (KeyError, TypeError):
-            values.append(None)
-    return fmt(mean_std(values), digits)
-
-
-def budget_lines(payload: dict) -> List[str]:
-    """Command, equivalent training command and budget of a results payload."""
-    runs = payload["runs"]
-    done = completed(runs)
-    cfg = payload.get("config", {})
-    seeds = sorted({r["seed"] for r in runs})
-    epochs = sorted({r["epochs"] for r in runs})
-    steps = sorted({r["steps_per_epoch"] for r in runs})
-    batch = sorted({r["batch_size"] for r in runs})
-    ntrain = sorted({r["num_train"] for r in runs})
-    train_min = sum(r.get("train_seconds", 0) for r in runs) / 60
-    eval_min = sum(r.get("eval_seconds", 0) for r in runs) / 60
-    per_epoch = [s for r in done for s in r.get("epoch_seconds", [])]
-    wall = payload.get("wall_seconds")
-    diverged = [r["name"] for r in runs if r.get("status") != "completed"]
-    forms = sorted({r.get("mixture_form") or "?" for r in runs if r["bound"] == "mixture"})
-    lines = [f"Command: `{payload['command']}`", "",
-             f"Each run trains as `{payload.get('equivalent_train_command', '?')}` (same "
-             "builders and defaults; AGGREGATOR/BOUND/SEED per row"
-             + ("" if forms in ([], ["stratified"]) else "; except the mixture-bound "
-                "estimator below, which the CLI does not expose")
-             + ") and is then evaluated by the script.", "",
-             f"Budget: {'/'.join(map(str, epochs))} epochs × "
-             f"{'/'.join(map(str, steps))} steps of batch {'/'.join(map(str, batch))} "
-             f"({'/'.join(map(str, ntrain))} training points), seeds {seeds}, {len(runs)} runs; "
-             f"{train_min:.1f} CPU-min of training and {eval_min:.1f} of evaluation in total"
-             + (f", {np.median(per_epoch):.1f} s per epoch (median)" if per_epoch else "")
-             + f"; {cfg.get('threads', '?')} thread(s) per run, {cfg.get('jobs', '?')} "
-               "parallel job(s)"
-             + (f"; wall time {wall / 60:.1f} min." if wall else ".")]
-    masking = {}
-    for r in runs:
-        masking.setdefault(r["bound"], set()).add(r.get("masking", "?"))
-    lines += ["", "Masking distribution ρ over input subsets: " + "; ".join(
-        f"{bound} bound: {'/'.join(sorted(names))}" for bound, names in masking.items())
-        + " (iid_half: each modality in S with probability 1/2; all: S = every modality, "
-          "i.e. MMVAE's / MoPoE's objective with a MoE / MoPoE guide and the plain joint ELBO "
-          "with a unimodal guide)."]
-    if forms:
-        lines += ["", f"Mixture-bound estimator: form={'/'.join(forms)} (stratified: one draw "
-                  "per mixture component, MoPoE eq. 6 / MMVAE eq. 33, the library default; "
-                  "average: MoPoE's code objective; sampled: one draw from the mixture)."]
-    if diverged:
-        lines += ["", f"Diverged (non-finite loss, no metrics): {', '.join(diverged)}."]
-    return lines
-
-
-def classifier_line(payload: dict) -> str:
-    info = payload.get("classifiers") or {}
-    acc = info.get("test_accuracy") or {}
-    return ("Coherence classifiers (one per modality, trained once on the training split for "
-            f"{(info.get('settings') or {}).get('classifier_epochs', '?')} epochs and shared by "
-            "all runs) reach test accuracies " + ", ".join(f"{m} {a:.3f}" for m, a in acc.items())
-            + " — the ceiling of every coherence number.")
-
-
-def plot_curves(path: Path, records, title: str, max_inputs: int, names: Dict[str, str]):
-    """Two panels against the number of input modalities: cross coherence (1..M-1) and latent
-    linear accuracy (1..M); one line per aggregator/bound (colour: aggregator, style: bound),
-    mean over seeds with min-max error bars."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    panels = [("cross coherence (targets outside the inputs)",
-               lambda r: r["coherence"]["cross_by_num_inputs"], range(1, max_inputs)),
-              ("latent linear classification accuracy",
-               lambda r: r["latent_classification"]["by_num_inputs"], range(1, max_inputs + 1))]
-    aggregators = list(dict.fromkeys(r["aggregator"] for r in records))
-    styles = {"masked": ("-", "o"), "mixture": ("--", "s"), "subsampled": (":", "^")}
-    for ax, (label, curve, sizes) in zip(axes, panels):
-        for aggregator, bound in configurations(records):
-            runs = completed(records, aggregator, bound)
-            if not runs:
-                continue
-            xs, ys, lo, hi = [], [], [], []
-            for k in sizes:
-                vals = [_get(curve(r), k) for r in runs]
-                vals = [v for v in vals if v is not None]
-                if vals:
-                    xs.append(k)
-                    ys.append(float(np.mean(vals)))
-                    lo.append(ys[-1] - min(vals))
-                    hi.append(max(vals) - ys[-1])
-            if xs:
-                ls, marker = styles.get(bound, ("-.", "x"))
-                ax.errorbar(xs, ys, yerr=[lo, hi], marker=marker, ms=4, capsize=2, ls=ls,
-                            color=f"C{aggregators.index(aggregator) % 10}",
-                            label=f"{names.get(aggregator, aggregator)}, {bound}")
-        ax.set_xlabel("number of input modalities")
-        ax.set_ylabel("accuracy")
-        ax.set_xticks(list(sizes))
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.set_title(label, fontsize=10)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="center right", handlelength=3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.83, 1))
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+def _jsonable(value):
+    """Experiment options as JSON (paths as strings, tuples as lists)."""
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

@@ -14,13 +14,13 @@ digit of the same class rendered as a noisy colour street-number crop, 3×16×16
 Rows: the guide aggregators PoE, MoE, SumPooling, SelfAttention and MoPoE (``--aggregators``) ×
 the masked bound ("ours" in the paper) and the mixture bound (``--bounds``), several seeds. Each
 run is ``pyro-mmvae train --dataset digits-svhn-text --aggregator A --bound B --seed S
---epochs E`` plus this script's recipe and any option this script does not know (passed on;
-β = 1 as in Tables 5, 6, 8, 13 is the CLI default), trained with :func:`pyro_mmvae.train.fit`.
-The recipe follows seed 004: likelihood weights D_max / D_m (``--likelihood-weights
-dimension``), and the mixture bound trained with the same masking distribution as the masked
-bound (``--masking iid_half``: every subset equally likely) and one draw from a mixture guide
-(``--mixture-form sampled``, the one estimator choice the CLI does not expose). Each run is then
-evaluated on the first ``--eval-points`` test triples:
+--epochs E`` plus this script's recipe and the ``pyro-mmvae train`` options given to the script
+(for every run; β = 1 as in Tables 5, 6, 8, 13 is the CLI default), trained with
+:func:`pyro_mmvae.train.fit`. The recipe follows seed 004: likelihood weights D_max / D_m
+(``--likelihood-weights dimension``), and the mixture bound trained with the same masking
+distribution as the masked bound (``--masking iid_half``: every subset equally likely) and one
+draw from a mixture guide (``--mixture-form sampled``, for the mixture bound's runs). Each run
+is then evaluated on the first ``--eval-points`` test triples:
 
 - Table 5: importance-sampled test log-likelihoods (``--is-samples``): the joint
   ``log p(x_M, x_S, x_T)``, the marginals ``log p(x_M)``, ``log p(x_S)``, ``log p(x_T)`` (each
@@ -46,7 +46,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import _multimodal_common as common  # a sibling: the script's own folder is importable
+import _multimodal_common as common  # siblings: the script's own folder is importable
+import _multimodal_tables as tables
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "digits_svhn_text"
 DATASET = "digits-svhn-text"
@@ -58,12 +59,10 @@ ALL_BOUNDS = ("masked", "mixture", "subsampled")
 DEFAULT_EPOCHS = 50
 # Seed 004 §9.5 (and MoPoE): likelihood weights lambda_m = D_max / D_m. Seed 004 §2.5: the
 # mixture bound is trained with the masked bound's rho (iid_half) and one draw from a mixture
-# guide (MIXTURE_FORM), as in its code; the CLI's mixture bound defaults to rho = all instead.
-RECIPE = ("--likelihood-weights", "dimension", "--masking", "iid_half")
-MIXTURE_FORM = "sampled"
-NAMES = {"poe": "PoE", "moe": "MoE", "mopoe": "MoPoE", "sumpooling": "SumPooling",
-         "selfattention": "SelfAttention", "sumpooling-mixture": "SumPoolingMixture",
-         "selfattention-mixture": "SelfAttentionMixture"}
+# guide (mixture_form, the mixture bound's runs only), as in its code; the CLI's mixture bound
+# defaults to rho = all and the stratified form instead.
+RECIPE = {"likelihood_weights": "dimension", "masking": "iid_half", "mixture_form": "sampled"}
+NAMES = tables.NAMES
 PAPER_BOUND = {"masked": "Ours", "mixture": "Mixture"}
 
 # --- the paper's numbers (seed 004 spec §10, verbatim; shared latents, beta = 1) -------------
@@ -140,8 +139,8 @@ EXTERNAL_ROWS = {"MVAE": "PoE, subsampled", "MMVAE": "MoE, mixture", "MoPoE": "M
 
 def parse_args(argv=None):
     parser = common.experiment_parser(__doc__, AGGREGATORS, BOUNDS, ALL_BOUNDS, DEFAULT_OUTPUT,
-                                      RECIPE, DEFAULT_EPOCHS, MIXTURE_FORM)
-    return common.parse_args(parser, argv, DATASET, RECIPE)
+                                      RECIPE, DEFAULT_EPOCHS)
+    return common.parse_args(parser, argv, DATASET)
 
 
 def llh_subsets():
@@ -165,8 +164,8 @@ def main(argv=None):
 def render(out: Path, payload: dict) -> None:
     write_table(out / "table.md", payload)
     runs = payload["runs"]
-    if common.completed(runs):
-        common.plot_curves(out / "coherence.png", runs,
+    if tables.completed(runs):
+        tables.plot_curves(out / "coherence.png", runs,
                            "DigitsSVHNText: mean over seeds (bars: min–max)", len(MODALITIES),
                            NAMES)
 
@@ -195,12 +194,12 @@ def _coherence(src, tgt):
 
 def write_table(path: Path, payload: dict) -> None:
     runs = payload["runs"]
-    configs = common.configurations(runs)
+    configs = tables.configurations(runs)
     cfg = payload.get("config", {})
     loo = [(m, "+".join(x for x in MODALITIES if x != m)) for m in MODALITIES]
     lines = [
         "# DigitsSVHNText: seed 004 MNIST-SVHN-Text Tables 5, 6, 8 and 13 in miniature", "",
-        *common.budget_lines(payload), "",
+        *tables.budget_lines(payload), "",
         "Data: DigitsSVHNText (mnist 1×16×16, svhn 3×16×16, text 8×71 one-hot; 7,190 training "
         "/ 1,795 test triples built from disjoint scikit-learn digits). Evaluation on the first "
         f"{cfg.get('eval_points', '?')} test triples. M = mnist, S = svhn, T = text. Ours: "
@@ -209,7 +208,7 @@ def write_table(path: Path, payload: dict) -> None:
         "reference only: the data differ, so compare orderings, not values.** \"paper (Ours)\" "
         "is the masked bound, \"paper (Mixture)\" the mixture bound; the paper has no MoPoE row "
         "(MoPoE-paper baselines are listed under each table).", "",
-        common.classifier_line(payload), "",
+        tables.classifier_line(payload), "",
         "## Table 5: test log-likelihoods", "",
         f"Importance-sampled (K = {cfg.get('is_samples', '?')}) log-likelihood per test triple "
         "in nats: the joint, the marginals log p(x_m) (guide conditioned on m), and the "
@@ -222,13 +221,13 @@ def write_table(path: Path, payload: dict) -> None:
     ]
     for aggregator, bound in configs:
         rs = _runs(runs, aggregator, bound)
-        vals = [common.cell(rs, lambda r: r["test_log_likelihood"], 1)]
-        vals += [common.cell(rs, lambda r, m=m: r["test_marginal_log_likelihood"][m], 1)
+        vals = [tables.cell(rs, lambda r: r["test_log_likelihood"], 1)]
+        vals += [tables.cell(rs, lambda r, m=m: r["test_marginal_log_likelihood"][m], 1)
                  for m in MODALITIES]
-        vals += [common.cell(rs, lambda r, m=m, rest=rest:
+        vals += [tables.cell(rs, lambda r, m=m, rest=rest:
                              r["test_conditional_log_likelihood"][f"{m}|{rest}"], 1)
                  for m, rest in loo]
-        vals.append(common.cell(rs, lambda r: r["final_loss_per_point"], 1))
+        vals.append(tables.cell(rs, lambda r: r["final_loss_per_point"], 1))
         lines.append(_ours(aggregator, bound, vals))
         if (aggregator, bound) in PAPER_TABLE5:
             lines.append(_paper(aggregator, bound,
@@ -243,8 +242,8 @@ def write_table(path: Path, payload: dict) -> None:
                "|---|---|---|" + "---|" * (len(columns) + 1)]
         for aggregator, bound in configs:
             rs = _runs(runs, aggregator, bound)
-            vals = [common.cell(rs, _coherence(src, tgt)) for src, tgt in columns]
-            vals.append(common.cell(rs, lambda r: r["joint_coherence"]))
+            vals = [tables.cell(rs, _coherence(src, tgt)) for src, tgt in columns]
+            vals.append(tables.cell(rs, lambda r: r["joint_coherence"]))
             out.append(_ours(aggregator, bound, vals))
             if (aggregator, bound) in paper:
                 out.append(_paper(aggregator, bound, paper[aggregator, bound].split() + ["—"]))
@@ -273,7 +272,7 @@ def write_table(path: Path, payload: dict) -> None:
     for aggregator, bound in configs:
         rs = _runs(runs, aggregator, bound)
         lines.append(f"| {NAMES.get(aggregator, aggregator)} | {bound} | " + " | ".join(
-            common.cell(rs, _coherence(full, m)) for m in MODALITIES) + " |")
+            tables.cell(rs, _coherence(full, m)) for m in MODALITIES) + " |")
     header = " | ".join(abbreviate(s) for s in LATENT_COLUMNS)
     lines += ["", "## Table 13: latent linear classification", "",
               "Accuracy of a logistic regression on the posterior means of q(z | x_S), fitted "
@@ -283,7 +282,7 @@ def write_table(path: Path, payload: dict) -> None:
               "|---|---|---|" + "---|" * len(LATENT_COLUMNS)]
     for aggregator, bound in configs:
         rs = _runs(runs, aggregator, bound)
-        lines.append(_ours(aggregator, bound, [common.cell(
+        lines.append(_ours(aggregator, bound, [tables.cell(
             rs, lambda r, s=s: r["latent_classification"]["accuracy"][s], 3)
             for s in LATENT_COLUMNS]))
         if (aggregator, bound) in PAPER_TABLE13:
@@ -300,9 +299,9 @@ def write_table(path: Path, payload: dict) -> None:
     for aggregator, bound in configs:
         rs = _runs(runs, aggregator, bound)
         lines.append(f"| {NAMES.get(aggregator, aggregator)} | {bound} | " + " | ".join([
-            common.cell(rs, lambda r: sum(r["epoch_seconds"]) / len(r["epoch_seconds"]), 1),
-            common.cell(rs, lambda r: r["train_seconds"], 0),
-            common.cell(rs, lambda r: r["eval_seconds"], 0),
+            tables.cell(rs, lambda r: sum(r["epoch_seconds"]) / len(r["epoch_seconds"]), 1),
+            tables.cell(rs, lambda r: r["train_seconds"], 0),
+            tables.cell(rs, lambda r: r["eval_seconds"], 0),
             str(rs[0].get("num_parameters", "?"))]) + " |")
     lines += ["", "Figure: `coherence.png` (cross coherence and latent accuracy against the "
               "number of inputs; colour = aggregator, line style = bound)."]

@@ -10,14 +10,15 @@ Rows: the guide aggregators PoE, MoE, MoPoE, SumPooling and SelfAttention (``--a
 × the masked bound of seed 004 and the mixture bound of MMVAE/MoPoE (``--bounds``; MVAE's
 ``subsampled`` bound is available too), several seeds (``--seeds``). Each run is exactly
 ``pyro-mmvae train --dataset polydigits --aggregator A --bound B --seed S --epochs E`` plus this
-script's recipe (``--beta 2.5``, MoPoE's PolyMNIST value) and any option this script does not
-know (passed on), trained with :func:`pyro_mmvae.train.fit`. The bounds keep the CLI's
-defaults: the masked bound with ρ = iid_half; the mixture bound with S = all modalities and the
-stratified estimator, which with the MoE guide is MMVAE's objective and with the MoPoE guide
-MoPoE's (the paper's rows), and with PoE, SumPooling or SelfAttention the plain joint ELBO
-(``--masking iid_half --mixture-form sampled`` trains seed 004's mixture bound instead). MoPoE
-under the stratified mixture bound decodes all 31 subset components per data point: ~30× the
-cost of any other run. Each run is then evaluated on the first ``--eval-points`` test tuples:
+script's recipe (``--beta 2.5``, MoPoE's PolyMNIST value) and the ``pyro-mmvae train`` options
+given to the script (for every run), trained with :func:`pyro_mmvae.train.fit`. The bounds
+keep the CLI's defaults: the masked bound with ρ = iid_half; the mixture bound with S = all
+modalities and the stratified estimator, which with the MoE guide is MMVAE's objective and with
+the MoPoE guide MoPoE's (the paper's rows), and with PoE, SumPooling or SelfAttention the plain
+joint ELBO (``--masking iid_half --mixture-form sampled`` trains seed 004's mixture bound
+instead). MoPoE under the stratified mixture bound decodes all 31 subset components per data
+point: ~30× the cost of any other run. Each run is then evaluated on the first
+``--eval-points`` test tuples:
 
 - cross coherence against the number of input modalities (1..4; a generated modality outside
   the inputs is coherent when the modality's classifier recovers the tuple's label; averaged
@@ -44,7 +45,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import _multimodal_common as common  # a sibling: the script's own folder is importable
+import _multimodal_common as common  # siblings: the script's own folder is importable
+import _multimodal_tables as tables
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "polydigits"
 DATASET = "polydigits"
@@ -53,10 +55,8 @@ AGGREGATORS = ("poe", "moe", "mopoe", "sumpooling", "selfattention")
 BOUNDS = ("masked", "mixture")
 ALL_BOUNDS = ("masked", "mixture", "subsampled")
 DEFAULT_EPOCHS = 30
-RECIPE = ("--beta", "2.5")  # MoPoE App. D.2: beta = 2.5 for all PolyMNIST models
-NAMES = {"poe": "PoE", "moe": "MoE", "mopoe": "MoPoE", "sumpooling": "SumPooling",
-         "selfattention": "SelfAttention", "sumpooling-mixture": "SumPoolingMixture",
-         "selfattention-mixture": "SelfAttentionMixture"}
+RECIPE = {"beta": 2.5}  # MoPoE App. D.2: beta = 2.5 for all PolyMNIST models
+NAMES = tables.NAMES
 
 # MoPoE paper (Sutter et al. 2021), PolyMNIST: Fig. 3 has curves only; the caption gives the
 # joint coherence, mean (std) over 5 runs, in % (research notes A4.3). The paper's models map to
@@ -77,7 +77,7 @@ PAPER_PATTERN = (
 def parse_args(argv=None):
     parser = common.experiment_parser(__doc__, AGGREGATORS, BOUNDS, ALL_BOUNDS, DEFAULT_OUTPUT,
                                       RECIPE, DEFAULT_EPOCHS)
-    return common.parse_args(parser, argv, DATASET, RECIPE)
+    return common.parse_args(parser, argv, DATASET)
 
 
 def loo_subsets():
@@ -100,8 +100,8 @@ def main(argv=None):
 def render(out: Path, payload: dict) -> None:
     write_table(out / "table.md", payload)
     runs = payload["runs"]
-    if common.completed(runs):
-        common.plot_curves(out / "coherence.png", runs,
+    if tables.completed(runs):
+        tables.plot_curves(out / "coherence.png", runs,
                            "PolyDigits: mean over seeds (bars: min–max)", len(MODALITIES), NAMES)
 
 
@@ -111,17 +111,17 @@ def _row(aggregator, bound):
 
 def write_table(path: Path, payload: dict) -> None:
     runs = payload["runs"]
-    configs = common.configurations(runs)
+    configs = tables.configurations(runs)
     cfg = payload.get("config", {})
     m = len(MODALITIES)
     lines = [
         "# PolyDigits: coherence and latent classification vs number of inputs "
         "(MoPoE PolyMNIST, Fig. 3)", "",
-        *common.budget_lines(payload), "",
+        *tables.budget_lines(payload), "",
         "Data: PolyDigits (5 image modalities, 3×16×16, built from scikit-learn's 8×8 digits; "
         "10,000 training / 2,000 test tuples from disjoint digits). Evaluation on the first "
         f"{cfg.get('eval_points', '?')} test tuples. Our numbers are mean (std) over the seeds.",
-        "", common.classifier_line(payload), "",
+        "", tables.classifier_line(payload), "",
         "## Cross coherence vs number of input modalities", "",
         "Fraction of generated modalities *outside* the inputs that their classifier labels "
         "correctly (the decoder mean from one z ~ q(z | x_S)), averaged over targets and all "
@@ -134,10 +134,10 @@ def write_table(path: Path, payload: dict) -> None:
     ]
     for aggregator, bound in configs:
         rs = [r for r in runs if (r["aggregator"], r["bound"]) == (aggregator, bound)]
-        vals = [common.cell(rs, lambda r, k=k: common._get(
+        vals = [tables.cell(rs, lambda r, k=k: tables._get(
             r["coherence"]["cross_by_num_inputs"], k)) for k in range(1, m)]
-        vals += [common.cell(rs, lambda r: r["coherence"]["leave_one_out_mean"]),
-                 common.cell(rs, lambda r: r["joint_coherence"])]
+        vals += [tables.cell(rs, lambda r: r["coherence"]["leave_one_out_mean"]),
+                 tables.cell(rs, lambda r: r["joint_coherence"])]
         lines.append(_row(aggregator, bound) + " " + " | ".join(vals) + " |")
     lines += [
         "", "Reference — MoPoE paper, **PolyMNIST** (3×28×28, 60k tuples, latent 512, 300 "
@@ -157,7 +157,7 @@ def write_table(path: Path, payload: dict) -> None:
               "|---|---|" + "---|" * m]
     for aggregator, bound in configs:
         rs = [r for r in runs if (r["aggregator"], r["bound"]) == (aggregator, bound)]
-        vals = [common.cell(rs, lambda r, k=k: common._get(
+        vals = [tables.cell(rs, lambda r, k=k: tables._get(
             r["latent_classification"]["by_num_inputs"], k)) for k in range(1, m + 1)]
         lines.append(_row(aggregator, bound) + " " + " | ".join(vals) + " |")
     lines += ["", "## Self coherence vs number of input modalities", "",
@@ -166,7 +166,7 @@ def write_table(path: Path, payload: dict) -> None:
               "|---|---|" + "---|" * m]
     for aggregator, bound in configs:
         rs = [r for r in runs if (r["aggregator"], r["bound"]) == (aggregator, bound)]
-        vals = [common.cell(rs, lambda r, k=k: common._get(
+        vals = [tables.cell(rs, lambda r, k=k: tables._get(
             r["coherence"]["self_by_num_inputs"], k)) for k in range(1, m + 1)]
         lines.append(_row(aggregator, bound) + " " + " | ".join(vals) + " |")
     lines += ["", "## Test log-likelihood and training", "",
@@ -185,10 +185,10 @@ def write_table(path: Path, payload: dict) -> None:
             values = list(r["test_conditional_log_likelihood"].values())
             return sum(values) / len(values)
 
-        vals = [common.cell(rs, lambda r: r["test_log_likelihood"], 1),
-                common.cell(rs, loo, 1),
-                common.cell(rs, lambda r: r["final_loss_per_point"], 1),
-                common.cell(rs, lambda r: sum(r["epoch_seconds"]) / len(r["epoch_seconds"]),
+        vals = [tables.cell(rs, lambda r: r["test_log_likelihood"], 1),
+                tables.cell(rs, loo, 1),
+                tables.cell(rs, lambda r: r["final_loss_per_point"], 1),
+                tables.cell(rs, lambda r: sum(r["epoch_seconds"]) / len(r["epoch_seconds"]),
                             1),
                 str(rs[0].get("num_parameters", "?"))]
         lines.append(_row(aggregator, bound) + " " + " | ".join(vals) + " |")

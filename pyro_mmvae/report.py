@@ -45,18 +45,19 @@ from pyro_mmvae.eval.classifiers import (classifier_accuracy, load_classifiers,
                                          save_classifiers, train_modality_classifiers)
 from pyro_mmvae.eval.coherence import (conditional_coherence, joint_coherence,
                                        latent_classification)
-from pyro_mmvae.train import write_json
+from pyro_mmvae.config import RunConfig
+from pyro_mmvae.train import CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, write_json
 
 CLASSIFIERS = "classifiers.pt"
 EVALUATION = "evaluation.json"
 
 
 @torch.no_grad()
-def evaluate_linear_gaussian(args, data, model, guide) -> Dict[str, float]:
+def evaluate_linear_gaussian(config: RunConfig, data, model, guide) -> Dict[str, float]:
     """Exact and IS log-likelihoods per data point, the PCA MLE and the relative LLH gap.
 
     Exact log-likelihoods and PCA run in float64 on copies; the IS estimate runs the trained
-    model and guide as they are, on the test split, with ``args.is_samples`` samples.
+    model and guide as they are, on the test split, with ``config.is_samples`` samples.
     """
     device = next(model.parameters()).device
     exact = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
@@ -64,7 +65,7 @@ def evaluate_linear_gaussian(args, data, model, guide) -> Dict[str, float]:
     test64 = {m: x.to(device="cpu", dtype=torch.float64) for m, x in data.test.items()}
     out = {"train_exact_log_likelihood": exact.exact_log_likelihood(train64).mean().item()}
     x_train = torch.cat(list(train64.values()), dim=-1)  # (N, sum D_m)
-    w, b, sigma2, total = pca_maximum_likelihood(x_train, args.latent_dim)
+    w, b, sigma2, total = pca_maximum_likelihood(x_train, config.latent_dim)
     out["pca_mle_train_log_likelihood"] = total.item() / x_train.shape[0]
     out["relative_llh_gap"] = relative_llh_gap(out["pca_mle_train_log_likelihood"],
                                                out["train_exact_log_likelihood"])
@@ -75,8 +76,8 @@ def evaluate_linear_gaussian(args, data, model, guide) -> Dict[str, float]:
         out["pca_mle_test_log_likelihood"] = gaussian_log_likelihood(x_test, b, cov).mean().item()
         test = {m: x.to(device) for m, x in data.test.items()}
         out["test_is_log_likelihood"] = log_likelihood(
-            model, guide, test, num_samples=args.is_samples).nanmean().item()
-        out["is_num_samples"] = args.is_samples
+            model, guide, test, num_samples=config.is_samples).nanmean().item()
+        out["is_num_samples"] = config.is_samples
     return out
 
 
@@ -137,33 +138,33 @@ def _sub(tensors: Mapping[str, torch.Tensor], n: Optional[int], device):
 
 
 @torch.no_grad()
-def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
+def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, device,
                       progress: bool = False, log=print) -> dict:
     """All metrics and pictures of a labelled image/text run (module docstring)."""
-    n = args.eval_points
+    n = config.eval_points
     test = _sub(data.test, n, device)
     labels = data.test_labels[:n].to(device) if n else data.test_labels.to(device)
-    out: Dict[str, object] = {"num_eval_points": len(labels), "is_num_samples": args.is_samples}
+    out: Dict[str, object] = {"num_eval_points": len(labels), "is_num_samples": config.is_samples}
     t0 = time.perf_counter()
 
-    log(f"evaluating on {len(labels)} test points: log-likelihoods (K={args.is_samples})")
+    log(f"evaluating on {len(labels)} test points: log-likelihoods (K={config.is_samples})")
     modalities = list(test)
     observed = {m: torch.ones(len(labels), dtype=torch.bool, device=device) for m in modalities}
-    joint = log_marginal(model, guide, test, observed, args.is_samples)
+    joint = log_marginal(model, guide, test, observed, config.is_samples)
     out["test_log_likelihood"] = joint.mean().item()  # every test point fully observed
     if len(modalities) > 1:  # log p(x_m | x_rest) = log p(x) - log p(x_rest): one joint for all
         out["test_leave_one_out_log_likelihood"] = {
             m: (joint - log_marginal(model, guide, test, observed | {m: ~observed[m]},
-                                     args.is_samples)).mean().item()
+                                     config.is_samples)).mean().item()
             for m in modalities}
-    rd = rate_distortion(model, guide, test, masking=args.masking or "iid_half")
+    rd = rate_distortion(model, guide, test, masking=config.masking or "iid_half")
     out["rate_distortion"] = {k: v.float().mean().item() for k, v in rd.items()
                               if k != "subset_size"}
     out["rate_distortion_by_subset_size"] = rate_distortion_by_subset_size(rd, len(modalities))
 
     log("per-modality classifiers")
-    classifiers = get_classifiers(run_dir, data, device, seed=args.seed,
-                                  epochs=getattr(args, "classifier_epochs", 5), progress=progress)
+    classifiers = get_classifiers(run_dir, data, device, seed=config.seed,
+                                  epochs=config.classifier_epochs, progress=progress)
     out["classifier_test_accuracy"] = classifier_accuracy(classifiers, test, labels)
     log("coherence and latent classification for every subset of inputs")
     out["conditional_coherence"] = conditional_coherence(model, guide, test, labels, classifiers)
@@ -173,20 +174,20 @@ def evaluate_labelled(args, data, model, guide, run_dir: Path, device,
     train_labels = data.train_labels[:n and 4 * n].to(device) if n else \
         data.train_labels.to(device)
     out["latent_classification"] = latent_classification(guide, train, train_labels, test,
-                                                         labels, seed=args.seed)
+                                                         labels, seed=config.seed)
 
     coh = out["conditional_coherence"]
     plot_coherence(run_dir / "coherence.png", {
         "cross coherence": coh["cross_by_num_inputs"],
         "self coherence": coh["self_by_num_inputs"],
         "latent classification": out["latent_classification"]["by_num_inputs"]},
-        title=f"{args.dataset}: {args.aggregator}, {args.bound} bound")
+        title=f"{config.dataset}: {config.aggregator}, {config.bound} bound")
     plot_rate_distortion(run_dir / "rate_distortion.png",
                          rate_distortion_points(out["rate_distortion"],
                                                 out["rate_distortion_by_subset_size"],
                                                 len(modalities)),
                          ylabel="distortion per modality (nats)",
-                         title=f"{args.dataset}: {args.aggregator}, {args.bound} bound")
+                         title=f"{config.dataset}: {config.aggregator}, {config.bound} bound")
     save_generation_grid(run_dir / "generation_all.png", model, guide, test, modalities)
     for m in modalities:
         save_generation_grid(run_dir / f"generation_{m}.png", model, guide, test, [m])
@@ -216,24 +217,59 @@ def headline(metrics: Mapping) -> Dict[str, float]:
     return out
 
 
-def evaluate_run(args, data, model, guide, run_dir, device, progress: bool = False,
+def evaluate_run(config: RunConfig, data, model, guide, run_dir, device, progress: bool = False,
                  log=print) -> dict:
-    """Evaluate a trained run and write ``evaluation.json`` (and pictures) into ``run_dir``."""
+    """Evaluate a trained run of ``config`` and write ``evaluation.json`` (and pictures) into
+    ``run_dir``."""
+    config = config.resolve()
     run_dir = Path(run_dir)
     model.eval()
     guide.eval()
-    if args.dataset == "linear-gaussian":
-        metrics = evaluate_linear_gaussian(args, data, model, guide)
+    if config.dataset == "linear-gaussian":
+        metrics = evaluate_linear_gaussian(config, data, model, guide)
     elif data.test_labels is not None:
-        metrics = evaluate_labelled(args, data, model, guide, run_dir, device, progress, log)
+        metrics = evaluate_labelled(config, data, model, guide, run_dir, device, progress, log)
         metrics["modalities"] = list(data.test)
     else:  # unlabelled data: likelihoods only
-        test = _sub(data.test, args.eval_points, device)
+        test = _sub(data.test, config.eval_points, device)
         metrics = {"test_log_likelihood": log_likelihood(
-            model, guide, test, num_samples=args.is_samples).nanmean().item()}
+            model, guide, test, num_samples=config.is_samples).nanmean().item()}
     write_json(run_dir / EVALUATION, metrics)
     return metrics
 
 
 def read_evaluation(run_dir) -> dict:
     return json.loads((Path(run_dir) / EVALUATION).read_text())
+
+
+def summary(metrics: Mapping, run_dir: Path, evaluated: bool = True) -> str:
+    """A few lines for the terminal (log-likelihoods are means per data point, in nats);
+    ``evaluated``: whether the evaluation ran (and wrote ``evaluation.json``)."""
+    lines = [f"done in {metrics['wall_time_s']:.1f} s ({metrics['epochs']} epochs); "
+             f"final train loss {metrics['final_train_loss']:.4f} per data point"]
+    if "train_exact_log_likelihood" in metrics:
+        lines.append("log-likelihood per data point (nats):")
+        rows = [("exact, train", "train_exact_log_likelihood"),
+                ("exact, test", "test_exact_log_likelihood"),
+                ("PCA maximum likelihood, train", "pca_mle_train_log_likelihood"),
+                ("PCA maximum likelihood, test", "pca_mle_test_log_likelihood"),
+                (f"importance sampled (K={metrics.get('is_num_samples')}), test",
+                 "test_is_log_likelihood")]
+        lines += [f"  {label:<38} {metrics[key]:.4f}" for label, key in rows if key in metrics]
+        lines.append(f"relative LLH gap to the PCA MLE (train): {metrics['relative_llh_gap']:.3e}")
+    else:
+        labels = {"test_log_likelihood": "test log-likelihood per point (IS)",
+                  "leave_one_out_coherence": "leave-one-out coherence",
+                  "cross_coherence_from_one_input": "cross coherence from one input",
+                  "joint_coherence": "joint (unconditional) coherence",
+                  "latent_accuracy_one_input": "latent linear accuracy, one input",
+                  "latent_accuracy_all_inputs": "latent linear accuracy, all inputs"}
+        lines += [f"  {label:<38} {metrics[key]:.4f}" for key, label in labels.items()
+                  if metrics.get(key) is not None]
+    if evaluated:
+        lines.append(f"wrote {', '.join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE, EVALUATION))} "
+                     f"(and pictures) to {run_dir}")
+    else:
+        lines.append(f"wrote {', '.join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE))} to {run_dir} "
+                     f"(not evaluated: run `pyro-mmvae evaluate {run_dir}`)")
+    return "\n".join(lines)

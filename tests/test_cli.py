@@ -381,17 +381,17 @@ def test_no_beta_warmup_is_a_constant_beta(tmp_path, monkeypatch):
 
 
 def test_beta_option_from_a_saved_configuration():
-    import argparse
-
+    from pyro_mmvae.config import RunConfig
     from pyro_mmvae.infer.schedules import LinearWarmup
     from pyro_mmvae.runs import beta_option
-    assert beta_option(argparse.Namespace(beta=0.5)) == 0.5  # saved before the option
-    schedule = beta_option(argparse.Namespace(beta=3.0, beta_warmup=4))
+    saved = {"dataset": "linear-gaussian", "beta": 0.5}  # saved before the option
+    assert beta_option(RunConfig.from_saved(saved).config) == 0.5
+    schedule = beta_option(RunConfig(beta=3.0, beta_warmup=4))
     assert isinstance(schedule, LinearWarmup) and [schedule(k) for k in (0, 2, 4, 8)] == [
         0.0, 1.5, 3.0, 3.0]
     for bad in (-2, 1.5, "10", True):
         with pytest.raises(ValueError, match="--beta-warmup must be a non-negative integer"):
-            beta_option(argparse.Namespace(beta=1.0, beta_warmup=bad))
+            beta_option(RunConfig(beta=1.0, beta_warmup=bad))
 
 
 @pytest.mark.parametrize("aggregator", ["poe", "moe", "mopoe", "sumpooling", "selfattention",
@@ -399,12 +399,10 @@ def test_beta_option_from_a_saved_configuration():
                                         "poe-divide", "subset-encoders", "joint"])
 @pytest.mark.parametrize("scale", ["softplus", "logvar"])
 def test_expert_scale_reaches_every_aggregator(aggregator, scale):
-    from pyro_mmvae.runs import DATASETS, build_guide
-    parser = cli.build_parser()
-    args = cli.apply_dataset_defaults(parser.parse_args(
-        ["train", *SMALL, "--aggregator", aggregator, "--aggregator-width", "8",
-         "--expert-scale", scale]))
-    guide = build_guide(args, DATASETS[args.dataset].load(args))
+    from pyro_mmvae.runs import build_guide, load_data
+    config = cli.config_from_argv([*SMALL, "--aggregator", aggregator, "--aggregator-width", "8",
+                                   "--expert-scale", scale])
+    guide = build_guide(config, load_data(config))
     heads = [m for m in guide.modules() if hasattr(m, "min_scale")]
     assert heads and heads[0] is guide.aggregator
     assert all(m.scale == scale for m in heads)
@@ -425,8 +423,8 @@ def test_expert_scale_end_to_end(tmp_path, monkeypatch):
 
 
 def test_saved_configuration_without_expert_scale_is_softplus():
+    from pyro_mmvae.config import RunConfig
     from pyro_mmvae.runs import make_aggregator
-    import argparse
-    args = argparse.Namespace(aggregator="sumpooling", latent_dim=2, aggregator_width=8,
-                              num_components=3)
-    assert make_aggregator(args, 4).scale == "softplus"
+    saved = dict(dataset="linear-gaussian", aggregator="sumpooling", latent_dim=2,
+                 aggregator_width=8, num_components=3)
+    assert make_aggregator(RunConfig.from_saved(saved).config, 4, 2).scale == "softplus"

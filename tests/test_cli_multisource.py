@@ -12,10 +12,11 @@ import re
 import pytest
 
 from pyro_mmvae import cli
+from pyro_mmvae.config import RunConfig
 from pyro_mmvae.guides import JointEncoder, PoE, SubsetEncoders
 from pyro_mmvae.infer import (JointMultimodalELBO, MaskedMultimodalELBO, MixtureMultimodalELBO,
                               MultiSourceELBO, RecursiveMultimodalELBO)
-from pyro_mmvae.runs import (DATASETS, bound_options, build_guide, build_loss, config_namespace,
+from pyro_mmvae.runs import (DATASETS, bound_options, build_guide, build_loss, load_data,
                              load_run, read_config)
 
 # 2 modalities of the linear-Gaussian simulation, 160 train points: 5 steps of 32 per epoch
@@ -26,16 +27,15 @@ SMALL = ["--dataset", "linear-gaussian", "--num-points", "200", "--num-modalitie
 
 def parsed(*argv):
     """``train`` options as the command line resolves them (dataset and bound defaults)."""
-    args = cli.apply_dataset_defaults(cli.build_parser().parse_args(["train", *SMALL, *argv]))
-    return cli.apply_bound_defaults(args)
+    return cli.config_from_argv([*SMALL, *argv]).resolve()
 
 
 def built(*argv, resolve=True):
-    """``(args, data, loss, guide)`` for the options ``argv``."""
-    args = parsed(*argv) if resolve else cli.apply_dataset_defaults(
-        cli.build_parser().parse_args(["train", *SMALL, *argv]))
-    data = DATASETS[args.dataset].load(args)
-    return args, data, build_loss(args, data), build_guide(args, data)
+    """``(config, data, loss, guide)`` for the options ``argv`` (``resolve=False``: the
+    configuration as parsed, which the builders resolve themselves)."""
+    config = parsed(*argv) if resolve else cli.config_from_argv([*SMALL, *argv])
+    data = load_data(config)
+    return config, data, build_loss(config, data), build_guide(config, data)
 
 
 # --- the configuration builds what it names --------------------------------------------------
@@ -170,8 +170,10 @@ def test_new_bounds_train_end_to_end_and_restore(case, tmp_path):
         assert math.isfinite(metrics[key]), key
 
     config = read_config(run)
-    for key in ("objective", "alpha", "beta_norm", "num_particles"):
-        assert key in config, key
+    from pyro_mmvae.registry import BOUND_OPTIONS
+    for key, takers in BOUND_OPTIONS.items():  # only the options of the run's bound, recorded
+        assert (key in config) == (config["bound"] in takers), key
+    assert "num_particles" in config
     for key in set(options) & set(config):  # the values used, defaults included
         assert config[key] == options[key], key
     # the run is restored with the same guide and the same bound
@@ -209,10 +211,10 @@ def test_resumed_multisource_run_keeps_its_objective(tmp_path, monkeypatch):
 
 def test_a_configuration_saved_before_the_options_builds_the_old_bound():
     """No objective / alpha / beta_norm keys and ``num_particles`` as then saved."""
-    args, data, _, _ = built()
-    saved = {k: v for k, v in vars(args).items()
-             if k not in ("objective", "alpha", "beta_norm", "func")} | {"num_particles": 2}
-    old = config_namespace(saved)
+    config, data, _, _ = built()
+    saved = {k: v for k, v in config.to_dict().items()
+             if k not in ("objective", "alpha", "beta_norm")} | {"num_particles": 2}
+    old = RunConfig.from_saved(saved).config
     loss = build_loss(old, data)
     assert type(loss) is MaskedMultimodalELBO and loss.num_particles == 2
     assert bound_options(old) == {"objective": None, "alpha": None, "beta_norm": None,
@@ -223,23 +225,21 @@ def test_mixture_form_is_an_option_of_the_mixture_bound_only(capsys):
     """--mixture-form reaches the mixture bound (default stratified) and is an error with
     another bound; configurations of earlier versions, which recorded its default for every
     bound, still load."""
-    import argparse
-
     def opts(**kw):
-        base = dict(bound="mixture", num_particles=None, aggregator="poe", masking=None)
-        return bound_options(argparse.Namespace(**{**base, **kw}))
+        return RunConfig(**{"bound": "mixture", "aggregator": "poe", **kw}).resolve()
 
-    assert opts()["mixture_form"] == "stratified"
-    assert opts(mixture_form="sampled")["mixture_form"] == "sampled"
-    assert opts(bound="masked")["mixture_form"] is None
+    assert opts().mixture_form == "stratified"
+    assert opts(mixture_form="sampled").mixture_form == "sampled"
+    assert opts(bound="masked").mixture_form is None
     with pytest.raises(ValueError, match="--mixture-form is an option of --bound mixture"):
         opts(bound="masked", mixture_form="sampled")
     with pytest.raises(SystemExit) as info:
         cli.main(["train", *SMALL, "--bound", "masked", "--mixture-form", "average"])
     assert info.value.code == 2 and "--mixture-form" in capsys.readouterr().err
     assert built("--bound", "mixture", "--mixture-form", "average")[2].form == "average"
-    old = config_namespace({**vars(built()[0]), "mixture_form": "stratified"})
-    assert not hasattr(old, "mixture_form") and bound_options(old)["mixture_form"] is None
+    old = RunConfig.from_saved({**built()[0].to_dict(), "mixture_form": "stratified"}).config
+    assert old.mixture_form is None and bound_options(old)["mixture_form"] is None
+    assert "mixture_form" not in old.saved()
 
 
 # --- nonsensical combinations: errors naming the option, before any data is loaded -----------
@@ -301,6 +301,8 @@ def test_too_many_modalities_for_subset_encoders_is_an_error_naming_the_option(c
 ])
 def test_edited_configurations_are_checked_too(config, message):
     with pytest.raises(ValueError, match=message):
+        RunConfig(**config).resolve()
+    with pytest.raises(ValueError, match=message):  # a namespace of the fields, as older callers
         bound_options(argparse.Namespace(**config))
 
 
@@ -308,32 +310,29 @@ def test_component_counts_are_two_options_each_building_what_it_names():
     """--prior-components sets the Gaussian-mixture prior's clusters, --mixture-components the
     mixture aggregator's components; each is an error where it does not apply, and a
     configuration saved with the old --num-components builds both from it."""
-    import argparse
+    from pyro_mmvae.registry import build_prior, make_aggregator
 
-    from pyro_mmvae.runs import build_prior, component_options, make_aggregator
+    def config(**kw):
+        return RunConfig(**{"aggregator": "poe", "latent_dim": 2, "aggregator_width": 8, **kw})
 
-    def ns(**kw):
-        base = dict(prior="normal", aggregator="poe", latent_dim=2, aggregator_width=8,
-                    prior_components=None, mixture_components=None)
-        return argparse.Namespace(**{**base, **kw})
-
-    args = ns(prior="gmm", prior_components=3, aggregator="sumpooling-mixture",
-              mixture_components=5)
-    args.__dict__.update(component_options(args))
-    assert build_prior(args).num_components == 3
-    assert make_aggregator(args, 4).num_components == 5
-    defaults = component_options(ns(prior="gmm", aggregator="selfattention-mixture"))
-    assert defaults == {"prior_components": 10, "mixture_components": 10}
-    assert component_options(ns()) == {"prior_components": None, "mixture_components": None}
+    both = config(prior="gmm", prior_components=3, aggregator="sumpooling-mixture",
+                  mixture_components=5)
+    assert build_prior(both).num_components == 3
+    assert make_aggregator(both, 4, 2).num_components == 5
+    defaults = config(prior="gmm", aggregator="selfattention-mixture").resolve()
+    assert (defaults.prior_components, defaults.mixture_components) == (10, 10)
+    plain = config().resolve()
+    assert (plain.prior_components, plain.mixture_components) == (None, None)
     with pytest.raises(ValueError, match="--prior-components applies to --prior gmm only"):
-        component_options(ns(prior_components=3))
+        config(prior_components=3).resolve()
     with pytest.raises(ValueError, match="--mixture-components applies to --aggregator"):
-        component_options(ns(mixture_components=3, aggregator="sumpooling"))
-    old = argparse.Namespace(prior="gmm", aggregator="sumpooling-mixture", latent_dim=2,
-                             aggregator_width=8, num_components=4)
+        config(mixture_components=3, aggregator="sumpooling").resolve()
+    old = RunConfig.from_saved(dict(dataset="polydigits", prior="gmm",
+                                    aggregator="sumpooling-mixture", latent_dim=2,
+                                    aggregator_width=8, num_components=4)).config
     assert build_prior(old).num_components == 4
-    assert make_aggregator(old, 4).num_components == 4
-    assert component_options(old) == {"prior_components": 4, "mixture_components": 4}
+    assert make_aggregator(old, 4, 2).num_components == 4
+    assert (old.prior_components, old.mixture_components) == (4, 4)
 
 
 def test_component_options_reach_the_command_line(capsys):

@@ -197,13 +197,13 @@ def test_subsets_option_bad_values():
 
 def test_alpha_defaults_to_the_paper_s_working_value_everywhere():
     """One default alpha (0.01) for both bounds and the CLI."""
-    import argparse
-
+    from pyro_mmvae.config import RunConfig
     from pyro_mmvae.infer.recursive_elbo import DEFAULT_ALPHA
     from pyro_mmvae.runs import bound_options
 
     assert DEFAULT_ALPHA == 0.01
     assert RecursiveMultimodalELBO().alpha == JointMultimodalELBO().alpha == DEFAULT_ALPHA
     for bound in ("recursive", "jmvae"):
-        args = argparse.Namespace(bound=bound, alpha=None, num_particles=None)
-        assert bound_options(args)["alpha"] == DEFAULT_ALPHA
+        config = RunConfig(bound=bound).resolve()
+        assert config.alpha == DEFAULT_ALPHA
+        assert bound_options(config)["alpha"] == DEFAULT_ALPHA
