@@ -30,7 +30,8 @@ scikit-learn's bundled 8x8 digits (:func:`digit_images`), modality ``b`` a proce
 rendered, class-labelled, continuously varying 8x8 dataset of ten shapes
 (:func:`procedural_shapes`), since no second labelled image dataset ships offline.
 
-Everything is deterministic given its seed, in memory (no files), and returns the library's
+The CVAE itself is in :mod:`pyro_mmvae.data.conditional_vae` (its names stay importable from
+here). Everything is deterministic given its seed, in memory (no files), and returns the library's
 :class:`~pyro_mmvae.data.MultimodalDataset` (every modality observed), images flattened to
 ``(N, 64)`` as :func:`~pyro_mmvae.data.digit_sources` gives the digits, in
 ``torch.get_default_dtype()`` unless a ``dtype`` is given.
@@ -40,32 +41,20 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
-import pyro
 import torch
-from pyro import poutine
-from pyro.distributions import Bernoulli, Normal
-from torch import nn
 
-from pyro_mmvae.nn import MLP, positive_scale
-from pyro_mmvae.params import NamedPyroModule
-from pyro_mmvae.protocol import DATA_PLATE, LATENT_SITE, observe
-
-from .digits import MultimodalDataset, _sk_digits, split_indices
-
-IMAGE = "image"
-"""The modality name of a unimodal image dataset here (model site ``"x_image"``)."""
-
-LABEL = "label"
-"""The data key of the one-hot class label a CVAE conditions on (never observed)."""
+from .conditional_vae import (  # noqa: F401 (re-exported)
+    IMAGE, LABEL, NUM_CLASSES, ConditionalVAE, ConditionalVAEGuide, ConditionalVAEModel,
+    train_conditional_vae)
+from .dataset import MultimodalDataset
+from .sklearn_images import _sk_digits, split_indices
 
 SHAPE_CLASSES = ("square", "circle", "triangle", "horizontal bar", "vertical bar", "cross",
                  "diagonal", "ring", "L-shape", "dot")
 """The ten classes of :func:`procedural_shapes`, in label order."""
-
-NUM_CLASSES = 10
 
 E_DIGITS_EPOCHS = 150
 """Default CVAE training epochs of :func:`e_digits` (each CVAE, batch 128, Adam 3e-3)."""
@@ -178,199 +167,8 @@ def procedural_shapes(n: int, seed: int = 0, dtype: Optional[torch.dtype] = None
             "half_size": torch.as_tensor(h, dtype=dtype),
             "thickness": torch.as_tensor(t, dtype=dtype)}
     return MultimodalDataset.fully_observed({IMAGE: torch.as_tensor(images, dtype=dtype)},
-                                            labels, "shapes", "train", info=info)
-
-
-# --- the label-conditional VAE ---------------------------------------------------------------
-
-def _one_hot(labels: torch.Tensor, num_classes: int, dtype) -> torch.Tensor:
-    labels = torch.as_tensor(labels)
-    if labels.dim() == 2:  # already one-hot
-        return labels.to(dtype)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got "
-                         f"{int(labels.min())}..{int(labels.max())}")
-    return nn.functional.one_hot(labels.to(torch.long), num_classes).to(dtype)
-
-
-def _label(data) -> torch.Tensor:
-    if LABEL not in data:
-        raise ValueError(f"a conditional VAE needs the one-hot class label in data[{LABEL!r}] "
-                         "(ConditionalVAE.batch(images, labels) builds the dict)")
-    return data[LABEL]
-
-
-class ConditionalVAEModel(NamedPyroModule):
-    r"""``model(data, mask)``: :math:`z\sim\mathcal N(0, I)` and
-    :math:`x\sim\mathrm{Bernoulli}(\mathrm{logits}=f_\theta(z, c))` at ``"x_image"``, inside
-    ``pyro.plate("data", N)``, with :math:`c` = ``data["label"]`` (one-hot, conditioned on,
-    never observed; its mask entry is ignored). The image is observed where ``mask["image"]``
-    is True and generated elsewhere (:func:`~pyro_mmvae.protocol.observe`), so
-    ``pyro.infer.Predictive`` draws class-conditional images. The Bernoulli is not validated:
-    [0, 1] intensities are scored by the binary cross-entropy. ``beta`` scales the latent's
-    log-density (model and guide alike, so the ELBO's KL term is :math:`\beta`-weighted)."""
-
-    def __init__(self, data_dim: int, num_classes: int, latent_dim: int,
-                 hidden: Sequence[int], beta: float = 1.0, *, name: Optional[str] = None):
-        super().__init__(name=name)
-        self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
-        self.beta = float(beta)
-        self.decoder = MLP(latent_dim + num_classes, tuple(hidden), data_dim)
-
-    def logits(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """:math:`f_\theta(z, c)`, ``z`` ``(..., N, D)`` and one-hot ``label`` ``(N, C)``."""
-        return self.decoder(torch.cat([z, label.to(z.dtype).expand(z.shape[:-1]
-                                                                   + label.shape[-1:])], -1))
-
-    def forward(self, data, mask=None):
-        label = _label(data)
-        with pyro.plate(DATA_PLATE, label.shape[0]):
-            prior = Normal(label.new_zeros(self.latent_dim), 1.0).to_event(1)
-            with poutine.scale(scale=self.beta):
-                z = pyro.sample(LATENT_SITE, prior)
-            fn = Bernoulli(logits=self.logits(z, label), validate_args=False).to_event(1)
-            observe(IMAGE, fn, data, mask)
-        return z
-
-
-class ConditionalVAEGuide(NamedPyroModule):
-    r"""``guide(data, mask)``: :math:`q(z\mid x, c)=\mathcal N(\mu, \mathrm{diag}\,\sigma^2)`
-    from an MLP on ``[x, c]`` (:math:`\sigma` = ``min_scale`` + softplus), the prior
-    :math:`\mathcal N(0, I)` where the image is not observed; ``beta`` as the model's."""
-
-    def __init__(self, data_dim: int, num_classes: int, latent_dim: int,
-                 hidden: Sequence[int], beta: float = 1.0, min_scale: float = 1e-3, *,
-                 name: Optional[str] = None):
-        super().__init__(name=name)
-        self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
-        self.beta, self.min_scale = float(beta), min_scale
-        self.encoder = MLP(data_dim + num_classes, tuple(hidden), 2 * latent_dim)
-
-    def distribution(self, data, mask=None):
-        r""":math:`q(z\mid x, c)` (batch ``(N,)``, event ``(D,)``) without sampling."""
-        label = _label(data)
-        x = data.get(IMAGE)
-        n = label.shape[0]
-        seen = None if mask is None or IMAGE not in mask else mask[IMAGE]
-        if x is None:
-            x = label.new_zeros(n, self.data_dim)
-            seen = torch.zeros(n, dtype=torch.bool, device=label.device)
-        if seen is not None:
-            x = torch.where(seen[:, None], x, x.new_zeros(()))
-        loc, raw = self.encoder(torch.cat([x, label.to(x.dtype)], -1)).chunk(2, -1)
-        scale = positive_scale(raw, self.min_scale)
-        if seen is not None:
-            loc = torch.where(seen[:, None], loc, torch.zeros_like(loc))
-            scale = torch.where(seen[:, None], scale, torch.ones_like(scale))
-        return Normal(loc, scale).to_event(1)
-
-    def forward(self, data, mask=None):
-        q = self.distribution(data, mask)
-        with pyro.plate(DATA_PLATE, q.batch_shape[0]):
-            with poutine.scale(scale=self.beta):
-                return {LATENT_SITE: pyro.sample(LATENT_SITE, q)}
-
-
-class ConditionalVAE(nn.Module):
-    r"""A label-conditional VAE for one unimodal dataset (Sohn et al. 2015; the M2VAE paper's
-    Table 3 with MLPs): ``.model`` (:class:`ConditionalVAEModel`) and ``.guide``
-    (:class:`ConditionalVAEGuide`) follow the library's model/guide contract on
-    ``data = {"image": (N, D_x), "label": (N, C) one-hot}`` (:meth:`batch`), so
-    :func:`pyro_mmvae.train.fit` trains them with any Pyro ELBO — e.g.
-    ``fit(cvae.model, cvae.guide, pyro.infer.TraceMeanField_ELBO(), cvae.batch(x, y), ...)``
-    for :math:`\mathbb E_q\log p(x\mid z, c) - \beta\,\mathrm{KL}(q(z\mid x, c)\,\|\,
-    \mathcal N(0, I))` with the KL in closed form.
-
-    :param data_dim: ``D_x`` (64 for 8x8 images). ``num_classes``: ``C``. ``latent_dim``: ``D``.
-    :param hidden: hidden widths of the encoder ``D_x + C -> hidden -> 2 D`` and the decoder
-        ``D + C -> hidden -> D_x``.
-    :param beta: the KL weight (both programs scale the latent site by it).
-    """
-
-    def __init__(self, data_dim: int = 64, num_classes: int = NUM_CLASSES, latent_dim: int = 2,
-                 hidden: Sequence[int] = (128,), *, beta: float = 1.0, min_scale: float = 1e-3):
-        super().__init__()
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta!r}")
-        self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
-        self.model = ConditionalVAEModel(data_dim, num_classes, latent_dim, hidden, beta)
-        self.guide = ConditionalVAEGuide(data_dim, num_classes, latent_dim, hidden, beta,
-                                         min_scale)
-        self.history: Optional[dict] = None  # what train_conditional_vae's fit returned
-
-    def _dtype(self):
-        return next(self.parameters()).dtype
-
-    def batch(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``{"image": images, "label": one_hot(labels)}`` in the CVAE's dtype (``labels``
-        ``(N,)`` class indices or ``(N, C)`` one-hot)."""
-        images = torch.as_tensor(images).to(self._dtype())
-        if images.dim() != 2 or images.shape[1] != self.data_dim:
-            raise ValueError(f"images must have shape (N, {self.data_dim}), got "
-                             f"{tuple(images.shape)}")
-        label = _one_hot(labels, self.num_classes, images.dtype)
-        if label.shape != (images.shape[0], self.num_classes):
-            raise ValueError(f"labels must give one class per image ({images.shape[0]}), got "
-                             f"shape {tuple(torch.as_tensor(labels).shape)}")
-        return {IMAGE: images, LABEL: label}
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        r"""The decoder mean :math:`\sigma(f_\theta(z, c))` ``(N, D_x)``, in [0, 1]."""
-        z = torch.as_tensor(z).to(self._dtype())
-        label = _one_hot(labels, self.num_classes, z.dtype)
-        return torch.sigmoid(self.model.logits(z, label))
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor, labels: torch.Tensor) -> Normal:
-        r""":math:`q(z\mid x, c)` of every image (``.mean`` the encoder mean)."""
-        return self.guide.distribution(self.batch(images, labels))
-
-
-def train_conditional_vae(images: torch.Tensor, labels: torch.Tensor, *, epochs: int,
-                          seed: int = 0, latent_dim: int = 2, hidden: Sequence[int] = (128,),
-                          beta: float = 1.0, batch_size: int = 128, lr: float = 3e-3,
-                          num_classes: int = NUM_CLASSES, dtype: Optional[torch.dtype] = None,
-                          num_threads: Optional[int] = 1, progress: bool = False
-                          ) -> ConditionalVAE:
-    r"""A :class:`ConditionalVAE` on ``images`` ``(N, D_x)`` in [0, 1] and their ``labels``,
-    trained by :func:`pyro_mmvae.train.fit` with ``pyro.infer.TraceMeanField_ELBO`` (the ELBO
-    with the Gaussian KL in closed form) for ``epochs`` epochs of Adam at ``lr``.
-
-    Deterministic given ``seed`` (it seeds the initialisation and :func:`fit`). It trains in a
-    param-store scope of its own and restores the global RNG states afterwards, so the caller's
-    Pyro param store and random streams are as they were. ``cvae.history`` holds what
-    :func:`fit` returned. ``dtype``: the CVAE's (default ``torch.get_default_dtype()``).
-
-    ``num_threads``: torch's intra-op threads while it trains (restored afterwards; None
-    leaves the setting alone). The networks are tiny, so one thread loses nothing, and on a
-    busy machine more can cost a lot: at :func:`e_digits`' defaults 13 s with one thread
-    against 500 s with two on two CPU cores shared with another process.
-    """
-    from pyro.infer import TraceMeanField_ELBO
-
-    from pyro_mmvae.train import fit, rng_state, set_rng_state
-
-    dtype = dtype or torch.get_default_dtype()
-    images = torch.as_tensor(images)
-    state = rng_state()
-    threads = torch.get_num_threads()
-    try:
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
-        torch.manual_seed(seed)
-        cvae = ConditionalVAE(images.shape[-1], num_classes, latent_dim, hidden,
-                              beta=beta).to(dtype)
-        data = cvae.batch(images, labels)
-        with pyro.get_param_store().scope():
-            cvae.history = fit(cvae.model, cvae.guide, TraceMeanField_ELBO(), data,
-                               epochs=epochs, batch_size=min(batch_size, len(images)), lr=lr,
-                               seed=seed, progress=progress)
-    finally:
-        set_rng_state(state)
-        torch.set_num_threads(threads)
-    cvae.eval()
-    return cvae
+                                            labels, "shapes", "train", info=info,
+                                            item_info=tuple(info))
 
 
 # --- the correlated pairs and the controls ---------------------------------------------------
@@ -412,7 +210,8 @@ def correlated_pairs(cvae_a: ConditionalVAE, cvae_b: ConditionalVAE, n: int, *, 
     :param seed: seeds the classes and latents (a private ``torch.Generator``; float64 draws,
         so the same seed gives the same ``z`` and ``c`` whatever the dtype).
     :returns: a :class:`~pyro_mmvae.data.MultimodalDataset` with ``data[modalities[0]]`` and
-        ``data[modalities[1]]``, ``labels`` :math:`c` and ``info["z"]`` ``(n, D)``.
+        ``data[modalities[1]]``, ``labels`` :math:`c` and ``latents`` :math:`z` ``(n, D)``
+        (also as the per-item record ``info["z"]``, the same tensor).
     """
     if cvae_a.latent_dim != cvae_b.latent_dim or cvae_a.num_classes != cvae_b.num_classes:
         raise ValueError("the two CVAEs must share the latent size and the classes, got "
@@ -428,7 +227,9 @@ def correlated_pairs(cvae_a: ConditionalVAE, cvae_b: ConditionalVAE, n: int, *, 
     dtype = dtype or torch.get_default_dtype()
     data = {modalities[0]: cvae_a.decode(z, labels).to(dtype),
             modalities[1]: cvae_b.decode(z, labels).to(dtype)}
-    return MultimodalDataset.fully_observed(data, labels, name, split, info={"z": z.to(dtype)})
+    z = z.to(dtype)
+    return MultimodalDataset.fully_observed(data, labels, name, split, info={"z": z},
+                                            latents=z, item_info=("z",))
 
 
 def within_class_shuffle(dataset: MultimodalDataset, modality: str = "b", *, seed: int,
@@ -441,8 +242,9 @@ def within_class_shuffle(dataset: MultimodalDataset, modality: str = "b", *, see
 
     :returns: a new :class:`~pyro_mmvae.data.MultimodalDataset` (the input is not changed):
         row ``i`` of ``modality`` (and of its mask and ``source_index`` entry) is the input's
-        row ``info["shuffled_from"][i]``, of the same class; labels, the other modalities and
-        the other ``info`` (e.g. ``"z"``, now that of the other modalities) as they were.
+        row ``info["shuffled_from"][i]``, of the same class; labels, the other modalities,
+        ``latents`` and the other ``info`` (e.g. ``"z"``, now the latent of the other
+        modalities only) as they were.
     """
     if modality not in dataset.data:
         raise ValueError(f"modality '{modality}' is not in the dataset {dataset.modalities}")
@@ -457,13 +259,14 @@ def within_class_shuffle(dataset: MultimodalDataset, modality: str = "b", *, see
     data[modality] = data[modality][perm]
     mask = dict(dataset.mask)
     mask[modality] = mask[modality][perm]
-    source = dict(dataset.source_index)
-    if modality in source:
-        source[modality] = source[modality][perm]
     info = {**dataset.info, "shuffled_from": perm}
-    return MultimodalDataset(data, mask, labels.clone(), source, info,
+    if modality in dataset.source_index:
+        info["source_index"] = {**dataset.source_index,
+                                modality: dataset.source_index[modality][perm]}
+    return MultimodalDataset(data, mask, labels.clone(), dataset.latents, info,
                              name if name is not None else f"{dataset.name}-shuffled",
-                             dataset.split, None)
+                             dataset.split, None,
+                             item_info=dataset.item_info + ("shuffled_from",))
 
 
 def class_pairing(images_a: torch.Tensor, labels_a: torch.Tensor, images_b: torch.Tensor,
@@ -568,9 +371,9 @@ def e_digits(n_train: int = 10000, n_test: int = 2000, *, seed: int = 0,
     :returns: ``{"e": (train, test), "me": (train, test), "m": (train, test)}`` of
         :class:`~pyro_mmvae.data.MultimodalDataset` (named ``"e_digits"``, ``"me_digits"``,
         ``"m_digits"``) with modalities ``"a"`` and ``"b"`` ``(N, 64)`` in [0, 1] and
-        ``labels``; e and me have ``info["z"]`` (the latent of ``a``; for e also of ``b``),
-        me ``info["shuffled_from"]``, m ``source_index`` (rows of the digits split and of the
-        shapes).
+        ``labels``; e and me have ``latents`` and ``info["z"]`` (the latent of ``a``; for e
+        also of ``b``), me ``info["shuffled_from"]``, m ``source_index`` (rows of the digits
+        split and of the shapes).
     """
     cvae_a, cvae_b = e_digit_cvaes(seed=seed, epochs=epochs, num_shapes=num_shapes,
                                    latent_dim=latent_dim, beta=beta)

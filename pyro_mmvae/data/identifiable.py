@@ -13,26 +13,23 @@ of ``z`` with leaky-ReLU (slope 0.1) layers:
   matrices, the labels unobserved, and modalities missing completely at random
   (:func:`missingness_mask`, the CPM-Nets generator the authors use).
 
-Everything is seeded; the same seed gives the same arrays.
+Everything is seeded; the same seed gives the same arrays. Both return
+:class:`~pyro_mmvae.data.MultimodalDataset` s with ``data``, ``mask``, the generating
+``latents`` ``(N, d)`` and ``labels`` ``(N,)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
+from .dataset import MultimodalDataset
 
-@dataclass
-class IdentifiableData:
-    """Modalities, their observation masks, and the generating latents and labels."""
-
-    data: Dict[str, torch.Tensor]
-    mask: Dict[str, torch.Tensor]
-    latents: torch.Tensor  # (N, d)
-    labels: torch.Tensor  # (N,)
+IdentifiableData = MultimodalDataset
+"""The former container of these generators, now the library's one dataset type (note its
+argument order: ``data, mask, labels, latents``)."""
 
 
 def _lrelu(x, slope=0.1):
@@ -53,7 +50,7 @@ def _tensor(x, dtype):
 
 def bimodal_label_study(num_labels: int = 5, per_label: int = 800, latent_dim: int = 2,
                         noise: float = 0.1, seed: int = 0,
-                        dtype: Optional[torch.dtype] = None) -> IdentifiableData:
+                        dtype: Optional[torch.dtype] = None) -> MultimodalDataset:
     """Table 3 data: modalities ``"x"`` (``latent_dim`` features) and ``"label"`` (one-hot)."""
     rng = np.random.default_rng(seed)
     z, labels = _label_latents(rng, num_labels, per_label, latent_dim)
@@ -63,8 +60,8 @@ def bimodal_label_study(num_labels: int = 5, per_label: int = 800, latent_dim: i
     z, labels, x = z[order], labels[order], x[order]
     onehot = np.eye(num_labels)[labels]
     data = {"x": _tensor(x, dtype), "label": _tensor(onehot, dtype)}
-    mask = {m: torch.ones(len(z), dtype=torch.bool) for m in data}
-    return IdentifiableData(data, mask, _tensor(z, dtype), torch.as_tensor(labels))
+    return MultimodalDataset(data, None, torch.as_tensor(labels), _tensor(z, dtype),
+                             name="bimodal_label_study")
 
 
 def well_conditioned_mixing(rng, rows: int, cols: int, reference_draws: int = 10000,
@@ -120,7 +117,8 @@ def multimodal_missing_study(num_modalities: int = 5, num_labels: int = 5, per_l
                              latent_dim: int = 10, modality_dim: int = 25, noise: float = 0.5,
                              missing_rate: float = 0.5, seed: int = 0, authors_split: bool = False,
                              dtype: Optional[torch.dtype] = None):
-    """Table 4 data: ``(train, test)`` :class:`IdentifiableData`, half the points each.
+    """Table 4 data: ``(train, test)`` :class:`~pyro_mmvae.data.MultimodalDataset` s, half the
+    points each.
 
     Missing entries hold zeros and are False in the mask; train and test masks are drawn
     separately. ``authors_split=True`` reproduces the authors' unshuffled split (train holds
@@ -137,11 +135,12 @@ def multimodal_missing_study(num_modalities: int = 5, num_labels: int = 5, per_l
     order = np.arange(len(z)) if authors_split else rng.permutation(len(z))
     half = len(z) // 2
     splits = []
-    for idx in (order[:half], order[half:]):
+    for split, idx in (("train", order[:half]), ("test", order[half:])):
         obs = missingness_mask(len(idx), num_modalities, missing_rate, rng)
         mask = {m: torch.as_tensor(obs[:, i]) for i, m in enumerate(data)}
         values = {m: _tensor(np.where(obs[:, i:i + 1], x[idx], 0.0), dtype)
                   for i, (m, x) in enumerate(data.items())}
-        splits.append(IdentifiableData(values, mask, _tensor(z[idx], dtype),
-                                       torch.as_tensor(labels[idx])))
+        splits.append(MultimodalDataset(values, mask, torch.as_tensor(labels[idx]),
+                                        _tensor(z[idx], dtype), name="multimodal_missing_study",
+                                        split=split))
     return tuple(splits)

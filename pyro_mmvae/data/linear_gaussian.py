@@ -1,29 +1,40 @@
 r"""Linear-Gaussian multimodal data (Hirt et al., arXiv:2309.00380, §5.1 and App. J).
 
-:math:`z\sim\mathcal N(0, I_D)`, :math:`x_m = W_m z + b_m + \sigma_m\epsilon_m`.
+:math:`z\sim\mathcal N(0, I_D)`, :math:`x_m = W_m z + b_m + \sigma_m\epsilon_m`. Every
+function returns a :class:`LinearGaussianData`, the library's
+:class:`~pyro_mmvae.data.MultimodalDataset` with the latents and the generating parameters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
 import torch
 
+from .dataset import MultimodalDataset
 
-@dataclass
-class LinearGaussianData:
-    """Simulated data and the parameters that generated it."""
 
-    data: Dict[str, torch.Tensor]  # {m: (N, D_m)}
-    latents: torch.Tensor  # (N, D)
-    weights: Dict[str, torch.Tensor]  # {m: (D_m, D)}
-    biases: Dict[str, torch.Tensor]  # {m: (D_m,)}
-    noise_scales: Dict[str, float]
+class LinearGaussianData(MultimodalDataset):
+    """A :class:`~pyro_mmvae.data.MultimodalDataset` simulated from the linear-Gaussian model:
+    ``data`` ``{m: (N, D_m)}`` (every modality observed), ``latents`` ``(N, D)`` and the
+    generating parameters in ``info``, also readable as attributes:
+
+    :ivar weights: ``info["weights"]``, ``{m: (D_m, D)}``.
+    :ivar biases: ``info["biases"]``, ``{m: (D_m,)}``.
+    :ivar noise_scales: ``info["noise_scales"]``, ``{m: float}``.
+    """
 
     @property
-    def modality_dims(self) -> Dict[str, int]:
-        return {m: x.shape[1] for m, x in self.data.items()}
+    def weights(self) -> Dict[str, torch.Tensor]:
+        return self.info["weights"]
+
+    @property
+    def biases(self) -> Dict[str, torch.Tensor]:
+        return self.info["biases"]
+
+    @property
+    def noise_scales(self) -> Dict[str, float]:
+        return self.info["noise_scales"]
 
 
 def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -34,14 +45,16 @@ def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 
 def simulate(num_points: int, weights: Mapping[str, torch.Tensor],
              biases: Mapping[str, torch.Tensor], noise_scales: Mapping[str, float],
-             gen: torch.Generator) -> LinearGaussianData:
+             gen: torch.Generator, name: str = "linear_gaussian") -> LinearGaussianData:
     """Draw ``num_points`` from the linear-Gaussian model with the given parameters."""
     d = next(iter(weights.values())).shape[1]
     z = torch.randn(num_points, d, generator=gen)
     data = {m: z @ w.T + biases[m] + noise_scales[m] * torch.randn(num_points, w.shape[0],
                                                                    generator=gen)
             for m, w in weights.items()}
-    return LinearGaussianData(data, z, dict(weights), dict(biases), dict(noise_scales))
+    info = {"weights": dict(weights), "biases": dict(biases),
+            "noise_scales": dict(noise_scales)}
+    return LinearGaussianData(data, latents=z, info=info, name=name)
 
 
 def shared_latent_study(num_points: int = 5000, num_modalities: int = 5, latent_dim: int = 5,
@@ -54,7 +67,8 @@ def shared_latent_study(num_points: int = 5000, num_modalities: int = 5, latent_
     dims = torch.randint(dim_range[0], dim_range[1], (num_modalities,), generator=gen).tolist()
     weights = {m: _orthonormal(dm, latent_dim, gen) for m, dm in zip(names, dims)}
     biases = {m: torch.randn(dm, generator=gen) for m, dm in zip(names, dims)}
-    out = simulate(num_points, weights, biases, {m: noise_scale for m in names}, gen)
+    out = simulate(num_points, weights, biases, {m: noise_scale for m in names}, gen,
+                   "shared_latent_study")
     return _cast(out, dtype)
 
 
@@ -82,7 +96,8 @@ def private_latent_study(num_points: int = 5000, num_modalities: int = 5, shared
                   torch.zeros(dm, (num_modalities - i - 1) * private_dim)]
         weights[m] = torch.cat(blocks, dim=1)
         biases[m] = torch.randn(dm, generator=gen)
-    out = simulate(num_points, weights, biases, {m: noise_scale for m in names}, gen)
+    out = simulate(num_points, weights, biases, {m: noise_scale for m in names}, gen,
+                   "private_latent_study")
     return _cast(out, dtype)
 
 
@@ -99,15 +114,11 @@ def illustrative_bimodal(num_points: int = 5000, noise_scales=(0.1, 10.0), laten
     names = ("less_noisy", "more_noisy")
     weights = {m: torch.eye(latent_dim) for m in names}
     biases = {m: torch.zeros(latent_dim) for m in names}
-    out = simulate(num_points, weights, biases, dict(zip(names, noise_scales)), gen)
+    out = simulate(num_points, weights, biases, dict(zip(names, noise_scales)), gen,
+                   "illustrative_bimodal")
     return _cast(out, dtype)
 
 
-def _cast(out: LinearGaussianData, dtype):
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    out.data = {m: x.to(dtype) for m, x in out.data.items()}
-    out.latents = out.latents.to(dtype)
-    out.weights = {m: w.to(dtype) for m, w in out.weights.items()}
-    out.biases = {m: b.to(dtype) for m, b in out.biases.items()}
-    return out
+def _cast(out: LinearGaussianData, dtype) -> LinearGaussianData:
+    """Data, latents, weights and biases in ``dtype`` (default: torch's default dtype)."""
+    return out.to(dtype=dtype or torch.get_default_dtype())

@@ -32,7 +32,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .digits import MultimodalDataset, _sk_digits, split_indices
+from .dataset import MultimodalDataset
+from .sklearn_images import _sk_digits, split_indices
 
 DIGIT_VARIANTS = ("tb", "qu", "no", "tb_labels")
 FLIP_PROBABILITY = 0.05  # MNIST-NO's bit-flip noise
@@ -42,8 +43,9 @@ def _dataset(data: Mapping[str, np.ndarray], labels: np.ndarray, name: str, spli
              dtype: torch.dtype, info: Optional[Dict[str, np.ndarray]] = None
              ) -> MultimodalDataset:
     tensors = {m: torch.as_tensor(np.ascontiguousarray(x), dtype=dtype) for m, x in data.items()}
-    return MultimodalDataset.fully_observed(
-        tensors, labels, name, split, info={k: torch.as_tensor(v) for k, v in (info or {}).items()})
+    info = {k: torch.as_tensor(v) for k, v in (info or {}).items()}
+    return MultimodalDataset.fully_observed(tensors, labels, name, split, info=info,
+                                            item_info=tuple(info))
 
 
 # --- the 2-D toy ---------------------------------------------------------------------------

@@ -15,242 +15,141 @@ loader                 modalities (shape of one data point)                label
 :func:`celeba`         ``image`` (3, S, S), ``attributes`` (A,) {0, 1}     attributes (N, A)
 =====================  ==================================================  ====================
 
-Every loader returns a :class:`RealDataset`: ``data`` (float images in [0, 1], channels
-first), an all-True ``mask``, ``labels``, and ``info`` (the files read, attribute names, the
-pairing indices). Images are kept as ``uint8`` in ``sources`` and converted to float only on
-access, so large sets can be iterated in batches (``ds[idx]``, :meth:`RealDataset.batches`, or a
-:class:`torch.utils.data.DataLoader` over ``ds``) without materialising ``ds.data``.
+Every loader returns a :class:`RealDataset`, the library's
+:class:`~pyro_mmvae.data.MultimodalDataset` with lazily materialised data: ``data`` (float
+images in [0, 1], channels first), an all-True ``mask``, ``labels``, ``name``, ``split``,
+``path`` (the folder read) and ``info`` (the files read, attribute names, the pairing). Images
+are kept as ``uint8`` in ``sources`` and converted to float only for the items asked for, so
+large sets are iterated with :meth:`~pyro_mmvae.data.MultimodalDataset.batches` (or cut with
+``ds[idx]``, itself lazy) without materialising ``ds.data``.
 
-The file readers are this module's own (IDX, MATLAB v5 via :mod:`scipy.io`, PNG/JPEG via PIL),
-not :mod:`torchvision.datasets`: torchvision's SVHN and CelebA classes verify MD5 checksums and
-so reject anything but the byte-identical official files, and its MNIST class reads neither
-gzipped files nor truncated ones with a useful message. The layouts are torchvision's, so a
-``root`` prepared by torchvision works here unchanged.
+The file readers (:mod:`pyro_mmvae.data.real_formats`) are the library's own (IDX, MATLAB v5
+via :mod:`scipy.io`, PNG/JPEG via PIL), not :mod:`torchvision.datasets`: torchvision's SVHN and
+CelebA classes verify MD5 checksums and so reject anything but the byte-identical official
+files, and its MNIST class reads neither gzipped files nor truncated ones with a useful
+message. The layouts are torchvision's, so a ``root`` prepared by torchvision works here
+unchanged.
 """
 
 from __future__ import annotations
 
-import gzip
+import copy
 import os
-import re
-import struct
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .dataset import MultimodalDataset
+from .real_formats import (  # noqa: F401 (DatasetFormatError etc. are re-exported)
+    _CELEBA_HOW, _POLY_HOW, _POLY_NAME, DatasetFormatError, DatasetNotFoundError, PathLike,
+    _celeba_file, _celeba_table, _celeba_transform, _load_index_file, _load_mnist_arrays,
+    _load_svhn_arrays, _not_found, _read_bytes, _read_idx, _read_rgb)
 from .text import DIGIT_WORDS, encode_text
-
-PathLike = Union[str, os.PathLike]
 
 __all__ = ["DatasetNotFoundError", "DatasetFormatError", "RealDataset", "mnist", "svhn",
            "mnist_svhn", "polymnist", "celeba", "CELEBA_ATTRIBUTES"]
 
-_NOTHING_DOWNLOADED = "pyro_mmvae never downloads anything"
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset file or folder is missing; the message names the full expected path."""
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file exists but is truncated or not in the expected format (file named)."""
-
-
-def _not_found(what: str, expected: Sequence[Union[Path, str]],
-               how: str) -> DatasetNotFoundError:
-    paths = " or ".join(str(p) for p in expected)
-    return DatasetNotFoundError(f"{what} not found: expected {paths}. {_NOTHING_DOWNLOADED}; "
-                                f"{how}")
-
 
 # --- the dataset object -----------------------------------------------------------------------
 
-@dataclass(eq=False)
-class RealDataset:
-    """Modalities stored once, optionally indexed into (paired data), plus labels.
+class RealDataset(MultimodalDataset):
+    """A :class:`~pyro_mmvae.data.MultimodalDataset` whose modalities are stored once,
+    optionally indexed into (paired data), and materialised per batch.
 
     :ivar sources: ``{modality: (K_m, ...)}`` distinct items; ``uint8`` images (channels first,
         read back as ``value / 255``) or float tensors (one-hot text, attributes).
-    :ivar labels: ``(N,)`` long class labels, or ``(N, A)`` long {0, 1} attributes (CelebA).
     :ivar index: ``{modality: (N,)}`` long rows of ``sources`` forming data point ``n``; None
         means the identity (``K_m = N``).
     :ivar dtype: the float dtype of ``data`` (default ``torch.float32``).
-    :ivar info: what was read: ``files``, ``pairing`` indices, ``attribute_names``, ...
+    :ivar labels: ``(N,)`` long class labels, or ``(N, A)`` long {0, 1} attributes (CelebA).
+    :ivar info: what was read: ``files``, ``pairing``, ``attribute_names``, ...
+
+    ``data`` (``{modality: (N, ...)}``) is built and kept on first access: for the full
+    MNIST-SVHN-Text training set (about 1.1 M triples at 20 pairs per image) that is about
+    20 GB. :meth:`batches` converts only the rows of each batch, ``ds[idx]`` is a
+    :class:`RealDataset` indexing the same ``sources`` and :meth:`to` moves the ``uint8``
+    sources, so none of them materialises ``data``. A
+    :class:`torch.utils.data.DataLoader` (e.g. for worker processes) reads sub-datasets with
+    ``DataLoader(ds, batch_size=None, sampler=BatchSampler(RandomSampler(ds), 256, False))``.
     """
 
-    sources: Dict[str, torch.Tensor]
-    labels: torch.Tensor
-    index: Optional[Dict[str, torch.Tensor]] = None
-    dtype: torch.dtype = torch.float32
-    info: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        n = self.labels.shape[0]
-        for m, src in self.sources.items():
-            if self.index is None:
-                if src.shape[0] != n:
-                    raise ValueError(f"modality '{m}': {src.shape[0]} items but {n} labels")
-            else:
+    def __init__(self, sources: Dict[str, torch.Tensor], labels: Optional[torch.Tensor] = None,
+                 index: Optional[Dict[str, torch.Tensor]] = None,
+                 dtype: torch.dtype = torch.float32, info: Optional[Dict[str, Any]] = None,
+                 name: str = "", split: str = "", path: Optional[PathLike] = None, *,
+                 mask: Optional[Dict[str, torch.Tensor]] = None,
+                 latents: Optional[torch.Tensor] = None, item_info: Iterable[str] = ()):
+        self.sources = dict(sources)
+        self.index = None if index is None else dict(index)
+        self.dtype = dtype
+        if self.index is not None:
+            for m in self.sources:
                 if m not in self.index:
                     raise ValueError(f"modality '{m}' has no index")
-                if self.index[m].shape != (n,):
-                    raise ValueError(f"modality '{m}': index of shape "
-                                     f"{tuple(self.index[m].shape)}, expected ({n},)")
+            for m, idx in self.index.items():
+                if m not in self.sources:
+                    raise ValueError(f"index names modality '{m}', which has no source")
+                if idx.dim() != 1:
+                    raise ValueError(f"modality '{m}': index of shape {tuple(idx.shape)}, "
+                                     f"expected (N,)")
+        self._setup(mask, labels, latents, info, name, split, path, item_info)
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{m}: {tuple(src.shape[1:])}" for m, src in self.sources.items())
-        return (f"RealDataset(N={len(self)}, {{{shapes}}}, labels {tuple(self.labels.shape)}, "
-                f"paired={self.index is not None})")
+        return super().__repr__()[:-1] + f", paired={self.index is not None})"
 
-    @property
-    def modalities(self) -> List[str]:
-        return list(self.sources)
+    def _lengths(self) -> Dict[str, int]:
+        if self.index is None:
+            return {m: int(src.shape[0]) for m, src in self.sources.items()}
+        return {m: int(self.index[m].shape[0]) for m in self.sources}
 
-    def __len__(self) -> int:
-        return self.labels.shape[0]
+    def _shapes(self) -> Dict[str, Tuple[int, ...]]:
+        return {m: tuple(src.shape[1:]) for m, src in self.sources.items()}
+
+    def _devices(self) -> Dict[str, torch.device]:
+        return {m: src.device for m, src in self.sources.items()}
 
     def _convert(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             return x.to(self.dtype).div_(255)
         return x.to(self.dtype)
 
-    def _rows(self, m: str, idx):
-        return idx if self.index is None else self.index[m][idx]
+    def _rows(self, m: str, idx: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            return idx.to(self.sources[m].device)
+        return self.index[m][idx.to(self.index[m].device)].to(self.sources[m].device)
+
+    def _gather(self, idx: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {m: self._convert(src[self._rows(m, idx)]) for m, src in self.sources.items()}
 
     @cached_property
     def data(self) -> Dict[str, torch.Tensor]:
-        """``{modality: (N, ...)}`` float tensors, built (and kept) on first access.
-
-        For the full MNIST-SVHN-Text training set (about 1.1 M triples at 20 pairs per image)
-        this is about 20 GB; iterate with ``ds[idx]`` or :meth:`batches` instead.
-        """
+        """``{modality: (N, ...)}`` float tensors, built (and kept) on first access."""
         return {m: self._convert(src if self.index is None else src[self.index[m]])
                 for m, src in self.sources.items()}
 
-    @cached_property
-    def mask(self) -> Dict[str, torch.Tensor]:
-        """``{modality: (N,)}`` all True: every modality is observed for every data point."""
-        return {m: torch.ones(len(self), dtype=torch.bool) for m in self.sources}
+    def _select(self, idx: torch.Tensor) -> "RealDataset":
+        out = self._with_items(idx)
+        out.__dict__.pop("data", None)
+        out.index = {m: self._rows(m, idx) for m in self.sources}
+        return out
 
-    def __getitem__(self, idx):
-        """``(data, mask, labels)`` for ``idx``: an int (no leading dim, so a
-        :class:`~torch.utils.data.DataLoader` collates it), a slice, or a long/bool tensor."""
-        if isinstance(idx, (int, np.integer)):
-            idx = int(idx)
-            if not -len(self) <= idx < len(self):
-                raise IndexError(f"index {idx} out of range for {len(self)} data points")
-        data = {m: self._convert(src[self._rows(m, idx)]) for m, src in self.sources.items()}
-        labels = self.labels[idx]
-        lead = () if isinstance(idx, int) else labels.shape[:1]
-        mask = {m: torch.ones(lead, dtype=torch.bool) for m in self.sources}
-        return data, mask, labels
-
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: Optional[torch.Generator] = None,
-                drop_last: bool = False) -> Iterator[Tuple[dict, dict, torch.Tensor]]:
-        """Yield ``(data, mask, labels)`` batches covering the dataset once."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            if drop_last and len(idx) < batch_size:
-                break
-            yield self[idx]
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "RealDataset":
+        """A copy with ``sources`` (still ``uint8``), index, masks and labels on ``device``;
+        ``dtype`` becomes the dtype ``data`` is materialised in."""
+        out = copy.copy(self)
+        out.__dict__.pop("data", None)
+        out.sources = {m: src.to(device) for m, src in self.sources.items()}
+        out.index = None if self.index is None else {m: i.to(device)
+                                                     for m, i in self.index.items()}
+        out.dtype = dtype or self.dtype
+        self._move_rest(out, device, dtype)
+        return out
 
 
-# --- MNIST ------------------------------------------------------------------------------------
-
-_MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-_MNIST_HOW = ("copy the four IDX files (gzipped or not) of the MNIST distribution into that "
-              "folder, e.g. from a machine with internet access run "
-              "torchvision.datasets.MNIST(root, train=True, download=True) and "
-              "(train=False) and copy root/MNIST/raw here")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
-        raise DatasetFormatError(f"{path}: cannot be read ({err}); the file is corrupt or "
-                                 f"truncated, copy it again") from err
-
-
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An unsigned-byte IDX array (magic number 0x00000800 + ndim, big-endian sizes)."""
-    raw = _read_bytes(path)
-    magic = 0x0800 + ndim
-    if len(raw) < 4 or raw[:4] != struct.pack(">I", magic):
-        got = f"{struct.unpack('>I', raw[:4])[0]:#010x}" if len(raw) >= 4 else "none"
-        raise DatasetFormatError(f"{path}: not an unsigned-byte IDX file with {ndim} "
-                                 f"dimension(s): magic number {got}, expected {magic:#010x}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetFormatError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
-    need = header + int(np.prod(dims))
-    if len(raw) != need:
-        problem = "truncated" if len(raw) < need else "longer than its header says"
-        raise DatasetFormatError(f"{path}: {problem}: {len(raw)} bytes, but a header of sizes "
-                                 f"{dims} needs {need}; copy the file again")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
-
-
-def _find_mnist(root: Path, train: bool) -> Tuple[Optional[List[Path]], Optional[Path]]:
-    """(raw IDX paths, legacy processed .pt path), whichever exists (raw first)."""
-    for folder in (root / "MNIST" / "raw", root):
-        found = []
-        for name in _MNIST_FILES[train]:
-            hit = next((folder / n for n in (name, name + ".gz") if (folder / n).is_file()), None)
-            found.append(hit)
-        if all(found):
-            return found, None
-    legacy = root / "MNIST" / "processed" / ("training.pt" if train else "test.pt")
-    return None, legacy if legacy.is_file() else None
-
-
-def _load_mnist_arrays(root: PathLike, train: bool) -> Tuple[torch.Tensor, torch.Tensor, list]:
-    root = Path(root)
-    raw, legacy = _find_mnist(root, train)
-    if raw is None and legacy is None:
-        raw_dir = root / "MNIST" / "raw"
-        missing = [raw_dir / n for n in _MNIST_FILES[train] if not any(
-            (raw_dir / x).is_file() for x in (n, n + ".gz"))]
-        raise _not_found(f"MNIST ({'train' if train else 'test'})",
-                         [missing[0], f"{missing[0]}.gz"],
-                         _MNIST_HOW + f" (the legacy {root / 'MNIST' / 'processed'}/"
-                         f"{'training' if train else 'test'}.pt of older torchvision also works)")
-    if raw is not None:
-        images = _read_idx(raw[0], 3)
-        labels = _read_idx(raw[1], 1)
-        files = [str(p) for p in raw]
-        if images.shape[0] != labels.shape[0]:
-            raise DatasetFormatError(f"{raw[0]} holds {images.shape[0]} images but {raw[1]} "
-                                     f"holds {labels.shape[0]} labels")
-        images, labels = torch.from_numpy(images), torch.from_numpy(labels).long()
-    else:
-        try:
-            images, labels = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling errors come in many types
-            raise DatasetFormatError(f"{legacy}: not a torchvision MNIST (images, labels) "
-                                     f"file ({err})") from err
-        files = [str(legacy)]
-        if images.dim() != 3 or images.dtype != torch.uint8 or labels.shape != images.shape[:1]:
-            raise DatasetFormatError(f"{legacy}: expected uint8 images (N, 28, 28) and labels "
-                                     f"(N,), got {tuple(images.shape)} and "
-                                     f"{tuple(labels.shape)}")
-        labels = labels.long()
-    if labels.numel() and (labels.min() < 0 or labels.max() > 9):
-        raise DatasetFormatError(f"{files[-1]}: labels outside 0..9")
-    return images.unsqueeze(1).contiguous(), labels, files
-
+# --- the loaders ------------------------------------------------------------------------------
 
 def mnist(root: PathLike, train: bool = True, dtype: torch.dtype = torch.float32) -> RealDataset:
     """MNIST as one modality ``"mnist"``: ``(N, 1, 28, 28)`` in [0, 1] and digit labels.
@@ -260,52 +159,8 @@ def mnist(root: PathLike, train: bool = True, dtype: torch.dtype = torch.float32
     ``root/MNIST/processed/{training,test}.pt`` that MoPoE reads.
     """
     images, labels, files = _load_mnist_arrays(root, train)
-    return RealDataset({"mnist": images}, labels, dtype=dtype, info={"files": files})
-
-
-# --- SVHN -------------------------------------------------------------------------------------
-
-_SVHN_SPLITS = ("train", "test", "extra")
-
-
-def _find_svhn(root: Path, split: str) -> Path:
-    if split not in _SVHN_SPLITS:
-        raise ValueError(f"split must be one of {_SVHN_SPLITS}, got {split!r}")
-    name = f"{split}_32x32.mat"
-    for candidate in (root / name, root / "SVHN" / name):
-        if candidate.is_file():
-            return candidate
-    raise _not_found(f"SVHN ({split})", [root / name, root / "SVHN" / name],
-                     f"download {name} (format 2, cropped digits) from "
-                     f"http://ufldl.stanford.edu/housenumbers/ on a machine with internet "
-                     f"access and put it there")
-
-
-def _load_svhn_arrays(root: PathLike, split: str) -> Tuple[torch.Tensor, torch.Tensor, list]:
-    path = _find_svhn(Path(root), split)
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path), variable_names=["X", "y"])
-    except Exception as err:  # scipy raises ValueError, TypeError, OSError... on bad files
-        raise DatasetFormatError(f"{path}: not a readable MATLAB (v5) file ({err}); copy it "
-                                 f"again") from err
-    if "X" not in mat or "y" not in mat:
-        raise DatasetFormatError(f"{path}: expected variables 'X' and 'y', found "
-                                 f"{sorted(k for k in mat if not k.startswith('__'))}")
-    x, y = mat["X"], mat["y"]
-    if x.ndim != 4 or x.shape[2] != 3 or x.dtype != np.uint8:
-        raise DatasetFormatError(f"{path}: 'X' must be uint8 of shape (H, W, 3, N), got "
-                                 f"{x.dtype} {x.shape}")
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    if y.shape[0] != x.shape[3]:
-        raise DatasetFormatError(f"{path}: {x.shape[3]} images in 'X' but {y.shape[0]} labels "
-                                 f"in 'y'")
-    if y.size and (y.min() < 0 or y.max() > 10):
-        raise DatasetFormatError(f"{path}: labels outside 0..10")
-    images = torch.from_numpy(np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))))
-    labels = torch.from_numpy(y % 10)  # SVHN writes the digit 0 as label 10
-    return images, labels, [str(path)]
+    return RealDataset({"mnist": images}, labels, dtype=dtype, info={"files": files},
+                       name="mnist", split="train" if train else "test", path=root)
 
 
 def svhn(root: PathLike, split: str = "train", dtype: torch.dtype = torch.float32) -> RealDataset:
@@ -315,7 +170,8 @@ def svhn(root: PathLike, split: str = "train", dtype: torch.dtype = torch.float3
     (MoPoE's); ``split`` is ``"train"``, ``"test"`` or ``"extra"``. Label 10 becomes 0.
     """
     images, labels, files = _load_svhn_arrays(root, split)
-    return RealDataset({"svhn": images}, labels, dtype=dtype, info={"files": files})
+    return RealDataset({"svhn": images}, labels, dtype=dtype, info={"files": files},
+                       name="svhn", split=split, path=root)
 
 
 # --- MNIST-SVHN(-Text) ------------------------------------------------------------------------
@@ -334,22 +190,6 @@ def _rand_match_on_idx(labels1: torch.Tensor, labels2: torch.Tensor, max_per_cla
             idx2.append(l2[torch.randperm(n, generator=generator)])
     empty = torch.empty(0, dtype=torch.long)
     return torch.cat(idx1) if idx1 else empty, torch.cat(idx2) if idx2 else empty
-
-
-def _load_index_file(path: Path, size: int) -> torch.Tensor:
-    try:
-        idx = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many types
-        raise DatasetFormatError(f"{path}: not a saved index tensor ({err})") from err
-    if not torch.is_tensor(idx) or idx.dim() != 1 or idx.dtype.is_floating_point \
-            or idx.dtype == torch.bool:
-        raise DatasetFormatError(f"{path}: expected a 1-D integer tensor of indices, got "
-                                 f"{type(idx).__name__} {getattr(idx, 'shape', '')}")
-    idx = idx.long()
-    if idx.numel() and (idx.min() < 0 or idx.max() >= size):
-        raise DatasetFormatError(f"{path}: indices outside 0..{size - 1} (the dataset it "
-                                 f"indexes has {size} images)")
-    return idx
 
 
 def _text_table(length: int):
@@ -444,26 +284,11 @@ def mnist_svhn(root: PathLike, train: bool = True, pairs_per_digit: int = 20, te
         sources["text"] = table
         index["text"] = first[labels] + start
         info["text_strings"] = strings
-    return RealDataset(sources, labels, index=index, dtype=dtype, info=info)
+    return RealDataset(sources, labels, index=index, dtype=dtype, info=info,
+                       name="mnist_svhn_text" if text else "mnist_svhn", split=prefix, path=root)
 
 
 # --- PolyMNIST --------------------------------------------------------------------------------
-
-_POLY_NAME = re.compile(r"^(\d+)\.(\d)\.png$")
-_POLY_HOW = ("download PolyMNIST.zip (linked from the README of "
-             "https://github.com/thomassutter/MoPoE) on a machine with internet access and "
-             "unzip it so that root/train/m0 ... root/test/m4 exist, each holding "
-             "{index}.{label}.png files")
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise DatasetFormatError(f"{path}: not a readable image ({err})") from err
 
 
 def polymnist(root: PathLike, train: bool = True, num_modalities: int = 5,
@@ -523,7 +348,8 @@ def polymnist(root: PathLike, train: bool = True, num_modalities: int = 5,
         sources[m] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([parsed[n][1] for n in order], dtype=torch.long)
     return RealDataset(sources, labels, dtype=dtype,
-                       info={"files": order, "split_dir": str(split_dir)})
+                       info={"files": order, "split_dir": str(split_dir)}, name="polymnist",
+                       split=split, path=split_dir, item_info=("files",))
 
 
 # --- CelebA -----------------------------------------------------------------------------------
@@ -539,72 +365,6 @@ CELEBA_ATTRIBUTES = (
 """The 40 CelebA attributes in ``list_attr_celeba.txt`` order."""
 
 _CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2, "all": None}
-_CELEBA_HOW = ("get img_align_celeba.zip (aligned and cropped JPEGs), list_attr_celeba.txt and "
-               "list_eval_partition.txt from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
-               "(or run torchvision.datasets.CelebA(root, download=True) on a machine with "
-               "internet access) and place them as root/celeba/img_align_celeba/*.jpg, "
-               "root/celeba/list_attr_celeba.txt, root/celeba/list_eval_partition.txt")
-
-
-def _celeba_table(path: Path) -> Tuple[List[str], List[Tuple[str, List[str]]]]:
-    """(column names, [(file name, values)]) of a CelebA .txt (count line, header) or .csv."""
-    try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetFormatError(f"{path}: cannot be read as text ({err})") from err
-    if path.suffix == ".csv":
-        rows = [ln.strip().split(",") for ln in lines]
-        if not rows:
-            raise DatasetFormatError(f"{path}: empty")
-        header, body = rows[0][1:], rows[1:]
-        count = None
-    elif path.name == "list_eval_partition.txt":
-        header, body, count = ["partition"], [ln.split() for ln in lines], None
-    else:
-        if len(lines) < 2 or not lines[0].strip().isdigit():
-            raise DatasetFormatError(f"{path}: expected the image count on the first line and "
-                                     f"the attribute names on the second")
-        count, header, body = int(lines[0]), lines[1].split(), [ln.split() for ln in lines[2:]]
-    for row in body:
-        if len(row) != len(header) + 1:
-            raise DatasetFormatError(f"{path}: line {' '.join(row)[:60]!r} has {len(row) - 1} "
-                                     f"values, expected {len(header)}")
-    if count is not None and count != len(body):
-        raise DatasetFormatError(f"{path}: header announces {count} images but the file lists "
-                                 f"{len(body)} (truncated?)")
-    return header, [(row[0], row[1:]) for row in body]
-
-
-def _celeba_file(base: Path, stem: str) -> Path:
-    for ext in (".txt", ".csv"):
-        if (base / (stem + ext)).is_file():
-            return base / (stem + ext)
-    raise _not_found("CelebA annotation file", [base / (stem + ".txt")], _CELEBA_HOW)
-
-
-def _celeba_transform(img, image_size: Optional[int], center_crop: Optional[int]):
-    from PIL import Image
-
-    width, height = img.size
-    if center_crop is not None:
-        # MoPoE: crop a centred square (offsets (H - c) // 2, (W - c) // 2), bicubic resize.
-        c = min(center_crop, width, height)
-        top, left = (height - c) // 2, (width - c) // 2
-        img = img.crop((left, top, left + c, top + c))
-        if image_size is not None and image_size != c:
-            img = img.resize((image_size, image_size), Image.BICUBIC)
-    elif image_size is not None:
-        # MVAE / torchvision: Resize(image_size) on the shorter side, then CenterCrop.
-        short, long_ = min(width, height), max(width, height)
-        new_long = int(image_size * long_ / short)
-        size = (image_size, new_long) if width <= height else (new_long, image_size)
-        if size != (width, height):
-            img = img.resize(size, Image.BILINEAR)
-        width, height = img.size
-        top = int(round((height - image_size) / 2.0))
-        left = int(round((width - image_size) / 2.0))
-        img = img.crop((left, top, left + image_size, top + image_size))
-    return img
 
 
 def celeba(root: PathLike, split: str = "train", image_size: Optional[int] = 64,
@@ -703,4 +463,5 @@ def celeba(root: PathLike, split: str = "train", image_size: Optional[int] = 64,
     return RealDataset({"image": images, "attributes": attrs.to(dtype)}, attrs, dtype=dtype,
                        info={"files": [f for f, _ in selected],
                              "attribute_names": [names[c] for c in columns],
-                             "image_dir": str(img_dir)})
+                             "image_dir": str(img_dir)},
+                       name="celeba", split=split, path=base, item_info=("files",))

@@ -12,6 +12,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+from pyro_mmvae.data import MultimodalDataset
 from pyro_mmvae.data.real import (CELEBA_ATTRIBUTES, DatasetFormatError, DatasetNotFoundError,
                                   RealDataset, celeba, mnist, mnist_svhn, polymnist, svhn)
 from pyro_mmvae.data.text import ALPHABET, DIGIT_WORDS, decode_text, digit_text, encode_text
@@ -113,7 +114,9 @@ def test_mnist_reads_idx_exactly(tmp_path, gz):
     for train, prefix in ((True, "train"), (False, "t10k")):
         ds = mnist(tmp_path, train=train)
         images, labels = written[prefix]
-        assert isinstance(ds, RealDataset) and ds.modalities == ["mnist"]
+        assert isinstance(ds, RealDataset) and isinstance(ds, MultimodalDataset)
+        assert ds.modalities == ("mnist",) and ds.name == "mnist"
+        assert ds.split == ("train" if train else "test") and ds.path == tmp_path
         x = ds.data["mnist"]
         assert x.shape == (len(labels), 1, 28, 28) and x.dtype == torch.float32
         assert torch.equal(x, torch.from_numpy(images).float().unsqueeze(1) / 255)
@@ -223,7 +226,7 @@ def test_mnist_svhn_pairing(ms_root):
     root, m_images, s_x = ms_root
     dm = 3
     ds = mnist_svhn(root, pairs_per_digit=dm, seed=0)
-    assert ds.modalities == ["mnist", "svhn"] and ds.info["pairing"] == "generated"
+    assert ds.modalities == ("mnist", "svhn") and ds.info["pairing"] == "generated"
     # n_l = min(#MNIST_l, #SVHN_l): class 0 -> 3, 1 -> 3, 2 -> 2, 3 -> 0.
     assert len(ds) == dm * (3 + 3 + 2)
     m_idx, s_idx = ds.index["mnist"], ds.index["svhn"]
@@ -266,11 +269,12 @@ def test_mnist_svhn_text(ms_root):
         assert 0 <= s.index(word) <= 8 - 1 - len(word)
         starts.add((label, s.index(word)))
     assert {(0, k) for k in range(4)} <= starts  # all offsets of "zero" are drawn
-    # A batch read through __getitem__ agrees with the materialised data.
-    data, mask, labels = ds[torch.tensor([0, 5, 7])]
+    # A sub-dataset (still lazy) agrees with the materialised data.
+    sub = ds[torch.tensor([0, 5, 7])]
+    assert isinstance(sub, RealDataset) and "data" not in vars(sub)
     for m in ds.modalities:
-        assert torch.equal(data[m], ds.data[m][[0, 5, 7]]) and mask[m].shape == (3,)
-    assert torch.equal(labels, ds.labels[[0, 5, 7]])
+        assert torch.equal(sub.data[m], ds.data[m][[0, 5, 7]]) and sub.mask[m].shape == (3,)
+    assert torch.equal(sub.labels, ds.labels[[0, 5, 7]])
 
 
 def test_mnist_svhn_reads_index_files(ms_root):
@@ -321,7 +325,7 @@ def make_polymnist(root, split="train", num_modalities=3, per_digit=2, digits=(0
 def test_polymnist_reads_pngs_exactly(tmp_path):
     written = make_polymnist(tmp_path, num_modalities=3)
     ds = polymnist(tmp_path, num_modalities=3)
-    assert ds.modalities == ["m0", "m1", "m2"] and len(ds) == 8
+    assert ds.modalities == ("m0", "m1", "m2") and len(ds) == 8
     # Ordered by (index, label): digits interleave.
     assert ds.info["files"][:5] == ["0.0.png", "0.1.png", "0.2.png", "0.3.png", "1.0.png"]
     assert ds.labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
@@ -334,7 +338,8 @@ def test_polymnist_reads_pngs_exactly(tmp_path):
             assert torch.equal(x, expected)
     assert all(ds.mask[m].all() for m in ds.modalities)
     few = polymnist(tmp_path, num_modalities=2, limit=4)
-    assert few.modalities == ["m0", "m1"] and few.labels.tolist() == [0, 1, 2, 3]
+    assert few.modalities == ("m0", "m1") and few.labels.tolist() == [0, 1, 2, 3]
+    assert few[1:3].info["files"] == ["0.1.png", "0.2.png"]  # a per-item record
 
 
 def test_polymnist_nested_folder_and_test_split(tmp_path):
@@ -396,7 +401,7 @@ def test_celeba_reads_images_and_attributes(tmp_path):
     names, attrs = make_celeba(tmp_path)
     img_dir = tmp_path / "celeba" / "img_align_celeba"
     ds = celeba(tmp_path, split="train", image_size=None, center_crop=None)
-    assert ds.modalities == ["image", "attributes"] and len(ds) == 4
+    assert ds.modalities == ("image", "attributes") and len(ds) == 4
     assert ds.info["files"] == [names[i] for i in (0, 1, 2, 5)]
     assert ds.info["attribute_names"] == list(CELEBA_ATTRIBUTES)
     for n, name in enumerate(ds.info["files"]):
@@ -464,17 +469,22 @@ def test_celeba_missing_and_malformed(tmp_path):
 def test_dataset_indexing_batches_and_dataloader(tmp_path):
     make_mnist(tmp_path, list(range(10)) * 2)
     ds = mnist(tmp_path)
-    data, mask, label = ds[3]
-    assert data["mnist"].shape == (1, 28, 28) and mask["mnist"].shape == () and label.dim() == 0
-    assert torch.equal(data["mnist"], ds.data["mnist"][3])
-    data, mask, labels = ds[2:5]
-    assert data["mnist"].shape == (3, 1, 28, 28) and mask["mnist"].shape == (3,)
-    seen = torch.cat([b[2] for b in ds.batches(6, shuffle=True,
+    one = ds[3]  # a sub-dataset of one item, as for every MultimodalDataset
+    assert isinstance(one, RealDataset) and len(one) == 1 and "data" not in vars(ds)
+    assert one.data["mnist"].shape == (1, 1, 28, 28) and one.mask["mnist"].shape == (1,)
+    sub = ds[2:5]
+    assert sub.data["mnist"].shape == (3, 1, 28, 28) and sub.labels.shape == (3,)
+    assert torch.equal(sub.index["mnist"], torch.arange(2, 5))
+    seen = torch.cat([b[2] for b in ds.batches(6, shuffle=True, with_labels=True,
                                                generator=torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == sorted(ds.labels.tolist())
     assert len(list(ds.batches(6, drop_last=True))) == 3
-    loader = torch.utils.data.DataLoader(ds, batch_size=8)
-    data, mask, labels = next(iter(loader))
-    assert torch.equal(data["mnist"], ds.data["mnist"][:8]) and mask["mnist"].all()
+    assert "data" not in vars(ds)  # batches materialise only their own rows
+    sampler = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(range(len(ds))),
+                                            8, False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler)
+    batch = next(iter(loader))
+    assert isinstance(batch, RealDataset)
+    assert torch.equal(batch.data["mnist"], ds.data["mnist"][:8]) and batch.mask["mnist"].all()
     with pytest.raises(IndexError):
         ds[20]
