@@ -68,8 +68,8 @@ from pyro_mmvae.diagnostics.plots import save_generation_grid
 from pyro_mmvae.io import remove_stale_temp_files
 from pyro_mmvae.report import EVALUATION, evaluate_run, headline, summary
 from pyro_mmvae.runs import (RUN_MARKERS, RUNTIME_KEYS, build_guide, build_loss, build_model,
-                             default_run_dir, load_data, load_run, read_config, read_run_config,
-                             run_files, saved_config)
+                             check_same_data, default_run_dir, load_data, load_run, read_config,
+                             read_run_config, run_files, saved_config)
 from pyro_mmvae.train import (CHECKPOINT, METRICS, CheckpointError, TrainingDiverged, fit,
                               load_checkpoint, resolve_device, write_json)
 
@@ -337,11 +337,15 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
     """The body of ``train`` (threads already set): returns 0, or 1 if training diverged."""
     try:
         data = load_data(config)
-    except ValueError as err:  # e.g. an unreadable dataset cache
+        if resume:
+            check_same_data(read_config(run_dir), data, config)
+    except (ValueError, FileNotFoundError) as err:  # an unreadable cache or --data file
         parser.error(str(err))
-    if config.batch_size > data.num_train:
-        parser.error(f"--batch-size {config.batch_size} exceeds the {data.num_train} training "
-                     "points; lower --batch-size or raise --num-points")
+    num_train = data.num_train - (int(round(data.num_train * config.val_fraction))
+                                  if config.val_fraction else 0)
+    if config.batch_size > num_train:
+        parser.error(f"--batch-size {config.batch_size} exceeds the {num_train} training "
+                     "points (after --val-fraction); lower --batch-size or use more data")
     run_dir = run_dir or default_run_dir(config)
     pyro.set_rng_seed(config.seed)  # parameter initialisation (fit re-seeds for training)
     try:
@@ -358,7 +362,9 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
           f"directory: {run_dir}")
     t0 = time.perf_counter()
     try:
-        history = fit(model, guide, loss, data.train, epochs=config.epochs,
+        history = fit(model, guide, loss, data.train, mask=data.train_mask,
+                      val_fraction=config.val_fraction, early_stopping=config.early_stopping,
+                      epochs=config.epochs,
                       batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
                       run_dir=run_dir, seed=config.seed, device=device,
                       progress=not config.no_progress, config=saved_config(config, data),

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -88,6 +89,8 @@ NON_NEGATIVE = Check("a finite number >= 0", float,
                      lambda v: _is_real(v) and 0 <= v < math.inf)
 FRACTION = Check("in [0, 1)", float, lambda v: _is_real(v) and 0 <= v < 1)
 PATH = Check("a path", Path, lambda v: isinstance(v, (str, Path)))
+TEXT = Check("text", str, lambda v: isinstance(v, str))
+OPEN_FRACTION = Check("in (0, 1)", float, lambda v: _is_real(v) and 0 < v < 1)
 
 GROUPS = ("data", "model and guide (defaults depend on --dataset)", "objective", "optimisation",
           "output and evaluation", "runtime")
@@ -116,6 +119,13 @@ class RunConfig:
 
     # data
     dataset: DatasetName = option(DEFAULT_DATASET, 0, _listing(DATASETS))
+    data: Optional[Path] = option(
+        None, 0, "your own data (implies --dataset file): an .npz archive or a folder; "
+        "recorded relative to the working directory, with its SHA-256", PATH, metavar="PATH",
+        runtime="resume")
+    modality_kinds: Optional[str] = option(
+        None, 0, "--data only: kinds of some modalities, e.g. 'a=image,b=vector' (vector, image "
+        "or text; the others are inferred from their shapes)", TEXT, metavar="M=KIND,...")
     data_root: Optional[Path] = option(
         None, 0, "cache directory of the built-in image datasets, built there on first use; not "
         "recorded in the run (default: $PYRO_MMVAE_DATA or ~/.cache/pyro_mmvae)", PATH,
@@ -204,6 +214,13 @@ class RunConfig:
     clip_norm: Optional[float] = option(
         None, 3, "clip gradient norms at this value (ClippedAdam; default: no clipping)",
         POSITIVE)
+    val_fraction: Optional[float] = option(
+        None, 3, "hold out this seeded fraction of the training points and record their loss "
+        "after every epoch (default: none)", OPEN_FRACTION)
+    early_stopping: Optional[int] = option(
+        None, 3, "stop when the validation loss has not improved for PATIENCE epochs and keep "
+        "the best epoch's parameters (best.pt); needs --val-fraction", POSITIVE_INT,
+        metavar="PATIENCE")
     # evaluation
     no_evaluate: bool = option(
         False, 4, "skip the evaluation after training (run `pyro-mmvae evaluate` later)",
@@ -287,6 +304,8 @@ class RunConfig:
         prior's and the aggregator's), after checking each value (type, choice, range) and
         every rule between options; ``ValueError`` naming the option otherwise. Idempotent."""
         self._check_values()
+        if self.data is not None and self.dataset == DEFAULT_DATASET:
+            self = replace(self, dataset="file")  # --data PATH implies --dataset file
         dataset = DATASETS[self.dataset]
         config = replace(self, **{k: v for k, v in dataset.defaults.items()
                                   if getattr(self, k) is None})
@@ -378,6 +397,13 @@ class RunConfig:
                                  "drop --beta")
             if self.iwae:
                 raise ValueError("--beta-norm (a beta per subset) is not supported with --iwae")
+        if self.early_stopping is not None and self.val_fraction is None:
+            raise ValueError("--early-stopping monitors the validation loss: give "
+                             "--val-fraction too")
+        if self.modality_kinds is not None:
+            from pyro_mmvae.data.files import parse_kinds
+
+            parse_kinds(self.modality_kinds)
         registry.check_subset_modalities(self.aggregator, dataset.num_modalities(self))
 
     # --- config.json ------------------------------------------------------------------------
@@ -388,7 +414,10 @@ class RunConfig:
         config = self.resolve()
         skip = set(config.not_applying()) | {f.name for f in fields(config)
                                              if not f.metadata["recorded"]}
-        return {k: v for k, v in config.to_dict().items() if k not in skip}
+        out = {k: v for k, v in config.to_dict().items() if k not in skip}
+        if out.get("data") is not None and Path(out["data"]).is_absolute():
+            out["data"] = os.path.relpath(out["data"])  # no absolute paths in run files
+        return out
 
     @classmethod
     def from_saved(cls, saved: Mapping[str, Any]) -> "SavedConfig":

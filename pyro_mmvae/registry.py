@@ -48,7 +48,7 @@ from pyro_mmvae.models.networks import ImageLikelihood
 if TYPE_CHECKING:  # the configuration imports this module
     from pyro_mmvae.config import RunConfig
 
-DatasetName = Literal["polydigits", "digits-svhn-text", "linear-gaussian"]
+DatasetName = Literal["polydigits", "digits-svhn-text", "linear-gaussian", "file"]
 AggregatorName = Literal["poe", "poe-divide", "moe", "mopoe", "sumpooling", "selfattention",
                          "sumpooling-mixture", "selfattention-mixture", "subset-encoders",
                          "joint"]
@@ -95,6 +95,9 @@ class PreparedData:
     test_labels: Optional[torch.Tensor] = None
     num_classes: Optional[int] = None
     info: Dict[str, object] = field(default_factory=dict)
+    #: ``{modality: (N,)}`` bool, True where observed (None: every modality everywhere)
+    train_mask: Optional[Dict[str, torch.Tensor]] = None
+    test_mask: Optional[Dict[str, torch.Tensor]] = None
 
     @property
     def modality_dims(self) -> Dict[str, int]:
@@ -133,6 +136,43 @@ def load_linear_gaussian(config: RunConfig) -> PreparedData:
     train, test = split(sim.data, config.test_fraction)
     return PreparedData(train, test, {m: "vector" for m in train},
                         info={"generator": "shared_latent_study", "data_seed": config.data_seed})
+
+
+def load_file(config: RunConfig) -> PreparedData:
+    """``--data PATH``: your own data (:func:`~pyro_mmvae.data.files.read_multimodal`), the
+    last ``--test-fraction`` of its data points held out for the test split."""
+    from pyro_mmvae.data.files import parse_kinds, read_multimodal
+
+    if config.data is None:
+        raise ValueError("--dataset file needs --data PATH (an .npz archive or a folder)")
+    dataset, kinds = read_multimodal(config.data, parse_kinds(config.modality_kinds))
+    n = len(dataset.labels) if dataset.labels is not None else \
+        next(iter(dataset.mask.values())).shape[0]
+    n_train = n - int(round(n * config.test_fraction))
+    if not 1 <= n_train < n:
+        raise ValueError(f"--test-fraction {config.test_fraction} of {n} data points leaves "
+                         f"{n_train} for training; both splits need data points")
+
+    def part(tensors, rows):
+        return None if tensors is None else {m: x[rows] for m, x in tensors.items()}
+
+    train, test = slice(0, n_train), slice(n_train, n)
+    labels = dataset.labels
+    return PreparedData(part(dataset.data, train), part(dataset.data, test), kinds,
+                        None if labels is None else labels[train],
+                        None if labels is None else labels[test],
+                        num_classes=None if labels is None else int(labels.max()) + 1,
+                        info=dict(dataset.info), train_mask=part(dataset.mask, train),
+                        test_mask=part(dataset.mask, test))
+
+
+def _count_modalities(config: RunConfig) -> int:
+    """The modalities of ``--data`` (for the checks before loading): read it."""
+    from pyro_mmvae.data.files import parse_kinds, read_multimodal
+
+    if config.data is None:
+        raise ValueError("--dataset file needs --data PATH (an .npz archive or a folder)")
+    return len(read_multimodal(config.data, parse_kinds(config.modality_kinds))[1])
 
 
 def _images(loader, name: str) -> Callable[[RunConfig], PreparedData]:
@@ -207,6 +247,17 @@ DATASETS: Dict[str, DatasetEntry] = _keyed(DatasetName, [
         SIMULATION_OPTIONS, lambda c: c.num_modalities,
         build_model=lambda c, data: LinearGaussianModel(data.modality_dims, c.latent_dim),
         expert_features=True),
+    DatasetEntry(
+        "file", "File",
+        "your own data, --data PATH: an .npz archive of named arrays (labels, mask_<m> and "
+        "NaN rows for missing entries optional), a folder of <m>.npy arrays, or a folder per "
+        "modality of per-point .npy / .png files (pyro_mmvae.data.files)",
+        load_file,
+        dict(latent_dim=8, epochs=30, batch_size=128, lr=1e-3, aggregator="sumpooling",
+             aggregator_width=64, is_samples=16, test_fraction=0.2, hidden=(128, 128),
+             channels=(32, 64), likelihood="gaussian", classifier_epochs=5, eval_points=500),
+        ("data", "modality_kinds", "test_fraction", "hidden", "channels", "likelihood",
+         "classifier_epochs", "eval_points"), _count_modalities),
 ])
 DEFAULT_DATASET = "polydigits"
 #: the options of :class:`~pyro_mmvae.config.RunConfig` that apply to some datasets only

@@ -196,6 +196,34 @@ def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, devi
     return out
 
 
+@torch.no_grad()
+def evaluate_masked(config: RunConfig, data, model, guide, device) -> dict:
+    r"""Log-likelihoods of test data with missing entries (``--data``): the joint
+    :math:`\log p(x_O)` of each point's observed modalities, and for every modality ``m`` the
+    conditional :math:`\log p(x_m\mid x_{O\setminus m})` over the points observing ``m`` and
+    something else, means over the points that have them (with their counts)."""
+    test = _sub(data.test, config.eval_points, device)
+    mask = _sub(data.test_mask, config.eval_points, device)
+    k = config.is_samples
+    joint = log_likelihood(model, guide, test, mask, num_samples=k)
+    out = {"num_eval_points": int(joint.shape[0]), "is_num_samples": k,
+           "test_log_likelihood": joint.nanmean().item(),
+           "test_conditional_log_likelihood": {}, "observed_fraction": {
+               m: float(v.double().mean()) for m, v in mask.items()}}
+    for m in test:
+        if len(test) < 2:
+            break
+        value = log_likelihood(model, guide, test, mask, given=[o for o in test if o != m],
+                               targets=m, num_samples=k)
+        others = torch.stack([mask[o] for o in test if o != m]).any(0)
+        value = torch.where(others, value, torch.full_like(value, float("nan")))
+        scored = ~value.isnan()
+        out["test_conditional_log_likelihood"][m] = {
+            "mean": value.nanmean().item() if scored.any() else None,
+            "num_points": int(scored.sum())}
+    return out
+
+
 def _by_size(curve: Mapping, size: int):
     return curve.get(size, curve.get(str(size)))
 
@@ -230,6 +258,8 @@ def evaluate_run(config: RunConfig, data, model, guide, run_dir, device, progres
     elif data.test_labels is not None:
         metrics = evaluate_labelled(config, data, model, guide, run_dir, device, progress, log)
         metrics["modalities"] = list(data.test)
+    elif data.test_mask is not None:  # your own data, missing entries: likelihoods
+        metrics = evaluate_masked(config, data, model, guide, device)
     else:  # unlabelled data: likelihoods only
         test = _sub(data.test, config.eval_points, device)
         metrics = {"test_log_likelihood": log_likelihood(

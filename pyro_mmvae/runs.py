@@ -43,6 +43,7 @@ from pyro_mmvae.infer import linear_warmup
 from pyro_mmvae.models import MultimodalModel, dimension_likelihood_weights
 from pyro_mmvae.models.decoders import CategoricalDecoder
 from pyro_mmvae.models.networks import ConvImageDecoder, TextDecoder
+from pyro_mmvae.nn import MLP
 from pyro_mmvae.registry import (AGGREGATORS, BOUNDS, DATASET_OPTIONS, DATASETS,  # noqa: F401
                                  DEFAULT_DATASET, GAUSSIAN_AGGREGATORS, LIKELIHOODS,
                                  MIXTURE_AGGREGATORS, PRIORS, PreparedData, build_prior,
@@ -53,7 +54,7 @@ from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, load_chec
 
 __all__ = ["load_data", "build_guide", "build_model", "build_loss", "feature_dim",
            "likelihood_weights", "beta_option", "bound_options", "saved_config", "read_config",
-           "read_run_config", "load_run", "RUNTIME_KEYS"]
+           "read_run_config", "load_run", "check_same_data", "RUNTIME_KEYS"]
 
 
 def load_data(config: RunConfig) -> PreparedData:
@@ -97,8 +98,9 @@ def build_guide(config: RunConfig, data: PreparedData) -> MultimodalGuide:
 def build_model(config: RunConfig, data: PreparedData) -> nn.Module:
     """The dataset's own model if it has one, else ``MultimodalModel`` with the prior named
     by ``--prior`` (:func:`~pyro_mmvae.registry.build_prior`) and one decoder per modality:
-    images through :class:`~pyro_mmvae.models.ConvImageDecoder` with the ``--likelihood``
-    family (:data:`~pyro_mmvae.registry.LIKELIHOODS`), text through a
+    images through :class:`~pyro_mmvae.models.ConvImageDecoder` and vectors through an MLP
+    (the ``--hidden`` sizes reversed) with the ``--likelihood`` family
+    (:data:`~pyro_mmvae.registry.LIKELIHOODS`), text through a
     :class:`~pyro_mmvae.models.TextDecoder` with a categorical likelihood."""
     config = config.resolve()
     dataset = DATASETS[config.dataset]
@@ -112,6 +114,9 @@ def build_model(config: RunConfig, data: PreparedData) -> nn.Module:
             decoders[m] = LIKELIHOODS[config.likelihood](net)
         elif kind == "text":
             decoders[m] = CategoricalDecoder(TextDecoder(config.latent_dim, shape[0], shape[1]))
+        elif kind == "vector":
+            net = MLP(config.latent_dim, tuple(reversed(config.hidden)), shape[0])
+            decoders[m] = LIKELIHOODS[config.likelihood](net)
         else:
             raise ValueError(f"modality '{m}': no decoder for kind {kind!r}")
     return MultimodalModel(build_prior(config), decoders)
@@ -222,6 +227,16 @@ def read_run_config(run_dir, saved: Optional[Mapping] = None) -> SavedConfig:
 RUNTIME_KEYS = RESUME_OPTIONS + ("dataset_info", "pyro_mmvae_version", "command", "output_dir")
 
 
+def check_same_data(saved: Mapping, data: PreparedData, config: RunConfig) -> None:
+    """``ValueError`` if the run of ``saved`` (its ``config.json``) was trained on files
+    (``--data``) whose SHA-256 differs from that of the files just loaded."""
+    trained_on = (saved.get("dataset_info") or {}).get("sha256")
+    if trained_on is not None and data.info.get("sha256") != trained_on:
+        raise ValueError(f"--data {config.data}: these are not the data the run was trained on "
+                         f"(SHA-256 {str(data.info.get('sha256'))[:12]}..., the run's "
+                         f"{trained_on[:12]}...); point --data at them")
+
+
 def load_run(run_dir, device="cpu", data_root=None):
     """``(config, data, model, guide, checkpoint)`` of a trained run, model and guide in eval
     mode on ``device`` with the checkpoint's parameters.
@@ -241,6 +256,7 @@ def load_run(run_dir, device="cpu", data_root=None):
     path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(path, config=saved, ignore=RUNTIME_KEYS)  # checked before the data
     data = load_data(config)
+    check_same_data(saved, data, config)
     pyro.set_rng_seed(config.seed)
     model, guide = build_model(config, data), build_guide(config, data)
     model.to(data.dtype)
