@@ -752,3 +752,21 @@ def test_clamp_gradients_zeroes_nans_and_clips_in_place():
     with pytest.raises(ValueError, match="generator"):
         fit(model, guide, MaskedMultimodalELBO(), {"m0": torch.zeros(4, 3)}, epochs=1,
             batch_size=2, seed=None, progress=False)
+
+
+def test_fit_takes_a_multimodal_dataset_with_its_mask(data):
+    from pyro_mmvae.data import MultimodalDataset
+
+    mask = {m: torch.arange(128) % 3 != i for i, m in enumerate(data)}
+    runs = []
+    for as_dataset in (True, False):
+        model, guide = build(data)
+        args = ((MultimodalDataset(data, mask),), {}) if as_dataset else ((data,), {"mask": mask})
+        hist = fit(model, guide, MaskedMultimodalELBO(), *args[0], epochs=2, batch_size=32,
+                   progress=False, **args[1])
+        runs.append((hist["loss"], state(model)))
+    assert runs[0][0] == runs[1][0]
+    assert_same_state(runs[0][1], runs[1][1])
+    with pytest.raises(ValueError, match="has its own mask"):
+        fit(model, guide, MaskedMultimodalELBO(), MultimodalDataset(data, mask), mask=mask,
+            epochs=1, batch_size=32, progress=False)

@@ -290,6 +290,8 @@ class MultimodalDataset:
             raise ValueError(f"with_labels=True, but the dataset {self.name!r} has no labels")
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        # drawn on the CPU (reproducible), moved once to where the masks live
+        order = order.to(next(iter(self.mask.values())).device) if self.mask else order
         stop = n - batch_size + 1 if drop_last else n
         for start in range(0, max(stop, 0), batch_size):
             idx = order[start:start + batch_size]

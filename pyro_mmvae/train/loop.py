@@ -68,20 +68,20 @@ def iterate_minibatches(data: Mapping[str, torch.Tensor], mask: Optional[Mapping
                         batch_size: int, generator: torch.Generator
                         ) -> Iterator[Tuple[dict, Optional[dict]]]:
     """Yield shuffled ``(batch, mask)`` pairs covering ``data`` once; the last incomplete batch
-    is dropped.
+    is dropped: :meth:`~pyro_mmvae.data.dataset.MultimodalDataset.batches` on dicts (``mask``
+    None stays None).
 
     :param data: ``{modality: (N, ...)}``; ``mask``: ``{modality: (N,)}`` bool or None.
     :param generator: a CPU ``torch.Generator`` that drives the permutation (seeded by
         :func:`fit`, saved in checkpoints).
     :yields: ``({m: (batch_size, ...)}, {m: (batch_size,)} or None)``.
     """
-    n = num_points(data)
-    device = next(iter(data.values())).device
-    perm = torch.randperm(n, generator=generator).to(device)  # drawn on CPU: reproducible
-    for start in range(0, n - batch_size + 1, batch_size):
-        idx = perm[start:start + batch_size]
-        batch = {m: x[idx] for m, x in data.items()}
-        yield batch, (None if mask is None else {m: mk[idx] for m, mk in mask.items()})
+    from pyro_mmvae.data.dataset import MultimodalDataset
+
+    dataset = MultimodalDataset(data, mask)
+    for batch, batch_mask in dataset.batches(batch_size, shuffle=True, generator=generator,
+                                             drop_last=True):
+        yield batch, (None if mask is None else batch_mask)
 
 
 def split_validation(data: Mapping[str, torch.Tensor],
@@ -183,8 +183,10 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     :param guide: Pyro program ``guide(data, mask)`` (an ``nn.Module``).
     :param loss: a ``pyro.infer.ELBO`` (e.g. :class:`~pyro_mmvae.infer.MaskedMultimodalELBO`);
         ``loss_and_grads`` must return the loss *summed* over the batch.
-    :param train_data: ``{modality: (N, ...)}``. ``mask``: ``{modality: (N,)}`` bool, True where
-        observed (None: all observed). Both are moved to ``device``.
+    :param train_data: ``{modality: (N, ...)}``, or a
+        :class:`~pyro_mmvae.data.dataset.MultimodalDataset` (with its mask). ``mask``:
+        ``{modality: (N,)}`` bool, True where observed (None: all observed). Both are moved to
+        ``device``.
     :param epochs: total number of epochs (with ``resume_from``, including those already done).
     :param batch_size: mini-batch size; the last incomplete batch of each epoch is dropped.
     :param lr: Adam learning rate. ``clip_norm``: use ``ClippedAdam`` with this gradient norm.
@@ -248,6 +250,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         raise ValueError(f"validate must be one of {VALIDATE}, got {validate!r}")
     if seed is None and generator is None:
         raise ValueError("seed=None (keep the global RNG state) needs a shuffling generator")
+    train_data, mask = _dataset_parts(train_data, mask, "train_data", "mask")
+    val_data, val_mask = _dataset_parts(val_data, val_mask, "val_data", "val_mask")
     if val_fraction is not None:
         if val_data is not None:
             raise ValueError("give val_data or val_fraction, not both")
@@ -386,6 +390,19 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         history["status"] = "completed"
     _call(hooks, "on_fit_end", run)
     return history
+
+
+def _dataset_parts(data, mask, name: str, mask_name: str):
+    """``(data, mask)`` of a :class:`~pyro_mmvae.data.dataset.MultimodalDataset` (its own mask),
+    or of dicts as given."""
+    from pyro_mmvae.data.dataset import MultimodalDataset
+
+    if not isinstance(data, MultimodalDataset):
+        return data, mask
+    if mask is not None:
+        raise ValueError(f"{name} is a MultimodalDataset, which has its own mask: drop "
+                         f"{mask_name}")
+    return data.data, data.mask
 
 
 def _call(hooks, name: str, run: TrainingRun) -> None:
