@@ -109,6 +109,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 from pyro_mmvae import MixtureMultimodalELBO, SubsampledMultimodalELBO  # noqa: E402
 from pyro_mmvae.eval import log_likelihood  # noqa: E402
+from pyro_mmvae.data import MultimodalDataset  # noqa: E402
 from pyro_mmvae.train import SVIStep, make_optimizer  # noqa: E402
 from _param_store import ParamStoreSlot  # noqa: E402
 from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE  # noqa: E402
@@ -456,11 +457,9 @@ def quiet():
 
 # --- epochs ----------------------------------------------------------------------------------
 def batches(train: Dict[str, torch.Tensor], batch: int, gen: torch.Generator):
-    n = next(iter(train.values())).shape[0]
-    perm = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch):
-        idx = perm[i:i + batch]
-        yield {m: x[idx] for m, x in train.items()}
+    """Shuffled mini-batches (the last one smaller), the library's one iterator."""
+    for data, _ in MultimodalDataset(train).batches(batch, shuffle=True, generator=gen):
+        yield data
 
 
 class Runner:
