@@ -22,14 +22,16 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
+import pyro
+import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
+from pyro.infer import Trace_ELBO
 from torch import nn
-from tqdm.auto import tqdm
 
 from pyro_mmvae.io import atomic_write
 from pyro_mmvae.nn import MLP, ConvImageEncoder, TextEncoder
 from pyro_mmvae.protocol import check_positive_int
+from pyro_mmvae.train import fit
 
 KINDS = ("image", "text", "flat")
 _FORMAT = "pyro_mmvae.classifiers"
@@ -127,6 +129,28 @@ def predict(classifier, x: torch.Tensor, batch_size: Optional[int] = None) -> to
     return torch.cat(out)
 
 
+class _Supervised(nn.Module):
+    """The Pyro model of a classifier ``f``: ``y ~ Categorical(logits=f(x))`` per data point,
+    for :func:`~pyro_mmvae.train.fit` (with :class:`_NoLatents` as the guide)."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, data, mask=None):
+        pyro.module("classifier", self.classifier)
+        with pyro.plate("data", data["y"].shape[0]):
+            pyro.sample("y", dist.Categorical(logits=self.classifier(data["x"])),
+                        obs=data["y"])
+
+
+class _NoLatents(nn.Module):
+    """The guide of a model without latent variables."""
+
+    def forward(self, data, mask=None):
+        return None
+
+
 def train_modality_classifiers(data: Mapping[str, torch.Tensor], labels: torch.Tensor,
                                num_classes: int, epochs: int = 10, batch_size: int = 128,
                                lr: float = 1e-3, seed: int = 0,
@@ -136,9 +160,14 @@ def train_modality_classifiers(data: Mapping[str, torch.Tensor], labels: torch.T
                                kinds: Optional[Mapping[str, str]] = None) -> dict:
     r"""Train one :class:`ModalityClassifier` per modality on (training) data.
 
-    Cross-entropy, Adam (``lr``), ``epochs`` passes in shuffled mini-batches of ``batch_size``.
-    Each classifier's initialisation and shuffling depend only on ``seed`` and its own data
-    (not on the other modalities; the global RNG is left untouched).
+    Cross-entropy, Adam (``lr``), ``epochs`` passes in shuffled mini-batches of ``batch_size``
+    (the last incomplete one dropped): the library's one training loop,
+    :func:`pyro_mmvae.train.fit`, on the Pyro model
+    :math:`y \sim \mathrm{Categorical}(\mathrm{logits}=f(x))` with no latent, whose ELBO is
+    minus the summed cross-entropy, in a param store of its own (``isolate_params``: a
+    model's ``pyro.param`` values are left alone). Each classifier's initialisation and
+    shuffling depend only on ``seed`` and its own data (not on the other modalities; the
+    global RNG is not re-seeded).
 
     :param data: ``{modality: (N, ...)}``; the kind of each classifier follows the tensor's
         rank (:func:`infer_kind`) unless ``kinds`` names it.
@@ -178,22 +207,10 @@ def train_modality_classifiers(data: Mapping[str, torch.Tensor], labels: torch.T
             clf = ModalityClassifier(kinds.get(m) or infer_kind(x), x.shape[1:], num_classes,
                                      **architectures.get(m, {}))
         clf.to(device=dev, dtype=x_m.dtype)
-        gen = torch.Generator().manual_seed(seed)
-        optim = torch.optim.Adam(clf.parameters(), lr=lr)
-        clf.train()
-        steps = -(-len(x_m) // batch_size)
-        bar = tqdm(total=epochs * steps, disable=not progress, desc=f"classifier {m}")
-        for _ in range(epochs):
-            order = torch.randperm(len(x_m), generator=gen).to(dev)
-            for idx in order.split(batch_size):
-                loss = F.cross_entropy(clf(x_m[idx]), y_m[idx])
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-                if progress:  # float() waits for the device: only when someone watches
-                    bar.update()
-                    bar.set_postfix(loss=float(loss.detach()))
-        bar.close()
+        fit(_Supervised(clf), _NoLatents(), Trace_ELBO(), {"x": x_m, "y": y_m}, epochs=epochs,
+            batch_size=min(batch_size, len(x_m)), lr=lr, seed=None,
+            generator=torch.Generator().manual_seed(seed), device=dev, progress=progress,
+            isolate_params=True)
         clf.eval()
         classifiers[m] = clf
     return classifiers

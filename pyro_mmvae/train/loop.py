@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import warnings
@@ -113,10 +114,14 @@ _FROZEN_WARNING = r".* was not registered in the param store because requires_gr
 
 
 def _frozen_warning_silenced(fn):
-    """``fn`` with pyro.module's warning about frozen parameters silenced while it runs."""
+    """``fn`` with pyro.module's warning about frozen parameters silenced while it runs, and,
+    with ``isolate_params=True``, in a fresh param store (``ParamStoreDict.scope``) that leaves
+    the caller's as it was."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with warnings.catch_warnings():
+        scope = (pyro.get_param_store().scope() if kwargs.get("isolate_params")
+                 else contextlib.nullcontext())
+        with warnings.catch_warnings(), scope:
             warnings.filterwarnings("ignore", message=_FROZEN_WARNING, category=UserWarning)
             return fn(*args, **kwargs)
     return wrapper
@@ -176,7 +181,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         callbacks: Sequence = (),
         config: Optional[Mapping] = None,
         resume_from: Optional[PathLike] = None, validate: str = "first",
-        transform: Optional[Callable] = None) -> dict:
+        transform: Optional[Callable] = None, isolate_params: bool = False) -> dict:
     """Train ``model`` and ``guide`` with SVI on shuffled mini-batches; return the history.
 
     :param model: Pyro program ``model(data, mask)`` (an ``nn.Module``, e.g. a ``PyroModule``).
@@ -228,6 +233,10 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         uninterrupted one would): a per-epoch augmentation such as the dynamic binarisation of
         :func:`pyro_mmvae.data.binarization`. The registration pass sees a transformed first
         batch drawn from a copy of the generator.
+    :param isolate_params: train in a fresh Pyro param store and give the caller's back
+        afterwards, untouched (``pyro.get_param_store().scope()``): for training something
+        on the side, such as the coherence classifiers, without clearing a model's
+        ``pyro.param`` values. The modules keep their trained parameters either way.
     :returns: history dict: ``epoch`` (list of 1-based epochs), ``loss`` (mean loss per data
         point of each epoch), ``epoch_time`` (seconds), ``step_loss`` (loss per data point of
         every step), ``terms`` (for the library's bounds: ``{name: [epoch mean per data
@@ -239,8 +248,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     :raises TrainingDiverged: on a non-finite loss or gradient (see the package docstring).
     :raises ValueError: bad arguments or data (before any step).
 
-    The global Pyro param store is cleared at the start. Parameters with
-    ``requires_grad=False`` are held fixed (package docstring).
+    The global Pyro param store is cleared at the start (unless ``isolate_params``).
+    Parameters with ``requires_grad=False`` are held fixed (package docstring).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")

@@ -257,3 +257,25 @@ def test_classifier_input_errors(tmp_path):
         save_classifiers(tmp_path / "c.pt", {"a": nn.Linear(2, 3)})
     with pytest.raises(ValueError, match="unknown modality"):
         conditional_coherence(copy_model(), CopyGuide(), *labelled(4), ARGMAX, subsets=["d"])
+
+
+def test_classifier_training_is_fit_and_leaves_the_param_store_alone():
+    """The classifiers train through the one loop (fit) in a param store of their own: a
+    model's pyro.param values stay, and no classifier parameter is left behind; the global
+    RNG is not re-seeded."""
+    from unittest import mock
+
+    import pyro_mmvae.eval.classifiers as classifiers_module
+
+    data, y = _separable(96, seed=3)
+    pyro.clear_param_store()
+    w = pyro.param("user_weight", torch.tensor([1.5, -2.0]))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with mock.patch.object(classifiers_module, "fit", wraps=classifiers_module.fit) as spy:
+        clfs = train_modality_classifiers({"vec": data["vec"]}, y, 3, epochs=3, batch_size=32)
+    assert spy.call_count == 1 and spy.call_args.kwargs["isolate_params"] is True
+    assert list(pyro.get_param_store().keys()) == ["user_weight"]
+    assert pyro.param("user_weight") is w
+    assert torch.equal(torch.get_rng_state(), before)  # nothing drawn: no latent, no dropout
+    assert clfs["vec"].training is False
