@@ -102,3 +102,53 @@ def load_script(name, folder="experiments"):
         if added:
             sys.path.remove(str(path))
     return module
+
+
+def clamped_adam_loop(loss, model, guide, data, mask=None, *, epochs, batch_size, lr, limit,
+                      generator, eval_fn=None):
+    """The hand-written loop of the aggregation experiments before they used ``fit`` (the
+    reference that ``fit(seed=None, generator=g, gradient_transform=clamp_gradients(limit))``
+    must reproduce): Adam over every trainable parameter on the summed loss, NaN gradients set
+    to 0 and each element clipped to ``[-limit, limit]``, batches shuffled by ``generator``
+    with the incomplete last one dropped, the global RNG as the caller left it. Returns
+    ``fit``'s history keys ``epoch``, ``loss`` (per data point), ``eval``, ``steps_per_epoch``."""
+    params = [p for p in list(model.parameters()) + list(guide.parameters()) if p.requires_grad]
+    optim = torch.optim.Adam(params, lr=lr)
+    n = len(next(iter(data.values())))
+    steps = n // batch_size
+    history = {"epoch": [], "loss": [], "eval": [], "steps_per_epoch": steps}
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n, generator=generator)
+        total = 0.0
+        for i in range(steps):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            optim.zero_grad(set_to_none=True)
+            batch_mask = None if mask is None else {m: o[idx] for m, o in mask.items()}
+            value = loss.differentiable_loss(model, guide, {m: x[idx] for m, x in data.items()},
+                                             batch_mask)
+            value.backward()
+            for p in params:
+                if p.grad is not None:
+                    torch.nan_to_num_(p.grad, nan=0.0).clamp_(-limit, limit)
+            optim.step()
+            total += value.item()
+        history["epoch"].append(epoch)
+        history["loss"].append(total / (steps * batch_size))
+        if eval_fn is not None:
+            history["eval"].append(eval_fn(epoch))
+    return history
+
+
+def linear_model_and_guide(data, latent_dim=2, hidden=(16,), seed=0):
+    """A :class:`LinearGaussianModel` and a PoE guide of MLP experts for ``data``, initialised
+    from ``seed``."""
+    torch.manual_seed(seed)
+    dims = {m: x.shape[1] for m, x in data.items()}
+    return (LinearGaussianModel(dims, latent_dim),
+            MultimodalGuide({m: expert_encoder(d, latent_dim, hidden) for m, d in dims.items()},
+                            PoE()))
+
+
+def module_state(module):
+    """A detached copy of ``module.state_dict()``."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

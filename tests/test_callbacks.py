@@ -5,11 +5,10 @@ import pytest
 import torch
 
 from pyro_mmvae.data import shared_latent_study
-from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.infer import MaskedMultimodalELBO, MixtureMultimodalELBO
-from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae.train import (BEST_CHECKPOINT, CHECKPOINT, Callback, EarlyStopping,
                               TrainingDiverged, fit, load_checkpoint, split_validation)
+from tests.helpers import linear_model_and_guide, module_state
 
 LATENT = 2
 
@@ -21,15 +20,10 @@ def data():
 
 
 def build(data, seed=0):
-    torch.manual_seed(seed)
-    dims = {m: x.shape[1] for m, x in data.items()}
-    return (LinearGaussianModel(dims, LATENT),
-            MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(8,)) for m, d in dims.items()},
-                            PoE()))
+    return linear_model_and_guide(data, LATENT, hidden=(8,), seed=seed)
 
 
-def state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+state = module_state
 
 
 def same(a, b):

@@ -11,14 +11,13 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_mmvae.guides import MultimodalGuide, PoE, SubsetEncoders, expert_encoder
-from pyro_mmvae.models import LinearGaussianModel
+from pyro_mmvae.guides import MultimodalGuide, SubsetEncoders
 from pyro_mmvae.data import shared_latent_study
 from pyro_mmvae.infer import JointMultimodalELBO, MaskedMultimodalELBO
 from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, TrainingDiverged, fit,
                               fit_two_stage, iterate_minibatches, load_checkpoint,
                               resolve_device)
-from tests.helpers import linear_problem
+from tests.helpers import clamped_adam_loop, linear_model_and_guide, linear_problem, module_state
 
 LATENT = 2
 
@@ -31,16 +30,10 @@ def data():
 
 
 def build(data, seed=0):
-    torch.manual_seed(seed)
-    dims = {m: x.shape[1] for m, x in data.items()}
-    model = LinearGaussianModel(dims, LATENT)
-    guide = MultimodalGuide({m: expert_encoder(d, LATENT, hidden=(16,)) for m, d in dims.items()},
-                            PoE())
-    return model, guide
+    return linear_model_and_guide(data, LATENT, hidden=(16,), seed=seed)
 
 
-def state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+state = module_state
 
 
 def assert_same_state(a, b):
@@ -674,31 +667,6 @@ def test_two_stage_frozen_holds_shared_feature_encoders_fixed_in_stage_two():
     assert any(not torch.equal(moved[k], after_joint[k]) for k in moved)
 
 
-def _authors_loop(model, guide, data, *, epochs, batch_size, lr, limit, generator):
-    """The hand-written loop of the aggregation experiments: Adam on the summed loss, NaN
-    gradients -> 0, each element clipped to [-limit, limit]."""
-    elbo = MaskedMultimodalELBO()
-    params = [p for p in list(model.parameters()) + list(guide.parameters()) if p.requires_grad]
-    optim = torch.optim.Adam(params, lr=lr)
-    n = len(next(iter(data.values())))
-    losses = []
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        total = 0.0
-        for i in range(n // batch_size):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            optim.zero_grad(set_to_none=True)
-            loss = elbo.differentiable_loss(model, guide, {m: x[idx] for m, x in data.items()})
-            loss.backward()
-            for p in params:
-                if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0).clamp_(-limit, limit)
-            optim.step()
-            total += loss.item()
-        losses.append(total / (n // batch_size * batch_size))
-    return losses
-
-
 def test_gradient_transform_and_caller_seeded_rng_reproduce_a_hand_written_loop(data):
     """fit(seed=None, generator=g, gradient_transform=clamp_gradients(c)) takes the steps of a
     plain torch loop that shuffles with g, clamps every gradient element and runs Adam, drawing
@@ -717,8 +685,9 @@ def test_gradient_transform_and_caller_seeded_rng_reproduce_a_hand_written_loop(
                        gradient_transform=clamp_gradients(0.05))
             losses = hist["loss"]
         else:
-            losses = _authors_loop(model, guide, data, epochs=3, batch_size=32, lr=1e-2,
-                                   limit=0.05, generator=gen)
+            losses = clamped_adam_loop(MaskedMultimodalELBO(), model, guide, data, epochs=3,
+                                       batch_size=32, lr=1e-2, limit=0.05,
+                                       generator=gen)["loss"]
         runs.append((losses, state(model), state(guide)))
     (la, ma, ga), (lb, mb, gb) = runs
     assert lb == pytest.approx(la, rel=1e-10)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import ROOT, load_script
+from tests.helpers import ROOT, clamped_adam_loop, load_script
 
 RESULTS = ROOT / "experiments" / "results" / "identifiable"
 # numbers a record holds that do not depend on the machine's speed
@@ -122,34 +122,12 @@ def test_paper_numbers_are_read_from_the_data_file(identifiable):
 
 
 def _authors_loop(identifiable, spec):
-    """The script's loop before it used ``fit``: Adam on the summed loss, NaN gradients -> 0,
-    element-wise clip at ``spec["clip"]``, batches shuffled by a generator seeded with the run's
-    seed, the incomplete last batch dropped; the global RNG as the run seeded it."""
+    """The script's loop before it used ``fit`` (:func:`tests.helpers.clamped_adam_loop`)."""
     def loop(model, guide, loss, data, *, mask, **_):
-        elbo = identifiable.make_bound(spec)
-        params = [p for p in list(model.parameters()) + list(guide.parameters())
-                  if p.requires_grad]
-        optim = torch.optim.Adam(params, lr=spec["lr"])
-        n, bsz = len(next(iter(data.values()))), spec["batch_size"]
-        gen = torch.Generator().manual_seed(spec["seed"])
-        losses = []
-        for _ in range(spec["epochs"]):
-            perm = torch.randperm(n, generator=gen)
-            total = 0.0
-            for i in range(n // bsz):
-                idx = perm[i * bsz:(i + 1) * bsz]
-                optim.zero_grad(set_to_none=True)
-                value = elbo.differentiable_loss(model, guide,
-                                                 {m: x[idx] for m, x in data.items()},
-                                                 {m: o[idx] for m, o in mask.items()})
-                value.backward()
-                for p in params:
-                    if p.grad is not None:
-                        torch.nan_to_num_(p.grad, nan=0.0).clamp_(-spec["clip"], spec["clip"])
-                optim.step()
-                total += value.item()
-            losses.append(total / (n // bsz * bsz))
-        return {"loss": losses}
+        return clamped_adam_loop(identifiable.make_bound(spec), model, guide, data, mask,
+                                 epochs=spec["epochs"], batch_size=spec["batch_size"],
+                                 lr=spec["lr"], limit=spec["clip"],
+                                 generator=torch.Generator().manual_seed(spec["seed"]))
     return loop
 
 

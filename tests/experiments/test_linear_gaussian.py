@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import ROOT, load_script
+from tests.helpers import ROOT, clamped_adam_loop, load_script
 
 RESULTS = ROOT / "experiments" / "results" / "linear_gaussian"
 # every committed folder with tables, and the tables it holds
@@ -174,35 +174,14 @@ def test_linear_gaussian_merge_pools_other_seeds_only(linear_gaussian, tmp_path)
 
 
 def _authors_loop(spec):
-    """The script's loop before it used ``fit``: Adam over every parameter on the summed loss,
-    NaN gradients -> 0, each element clipped at ``spec["clip"]``, batches shuffled by a
-    generator seeded with the run's seed, the incomplete last batch dropped, the global RNG as
-    the run seeded it, the gap evaluated after the epochs ``eval_fn`` asks for."""
+    """The script's loop before it used ``fit`` (:func:`tests.helpers.clamped_adam_loop`), the
+    gap evaluated after the epochs ``eval_fn`` asks for."""
     def loop(model, guide, loss, data, *, eval_fn, **_):
-        params = [p for p in list(model.parameters()) + list(guide.parameters())
-                  if p.requires_grad]
-        optim = torch.optim.Adam(params, lr=spec["lr"])
-        n, bsz = len(next(iter(data.values()))), spec["batch_size"]
-        gen = torch.Generator().manual_seed(spec["seed"])
-        history = {"epoch": [], "loss": [], "eval": [], "steps_per_epoch": n // bsz}
-        for epoch in range(1, spec["epochs"] + 1):
-            perm = torch.randperm(n, generator=gen)
-            total = 0.0
-            for i in range(n // bsz):
-                idx = perm[i * bsz:(i + 1) * bsz]
-                optim.zero_grad(set_to_none=True)
-                value = loss.differentiable_loss(model, guide,
-                                                 {m: x[idx] for m, x in data.items()})
-                value.backward()
-                for p in params:
-                    if p.grad is not None:
-                        torch.nan_to_num_(p.grad, nan=0.0).clamp_(-spec["clip"], spec["clip"])
-                optim.step()
-                total += value.item()
-            history["epoch"].append(epoch)
-            history["loss"].append(total / (n // bsz * bsz))
-            history["eval"].append(eval_fn(epoch))
-        return history
+        return clamped_adam_loop(loss, model, guide, data, epochs=spec["epochs"],
+                                 batch_size=spec["batch_size"], lr=spec["lr"],
+                                 limit=spec["clip"],
+                                 generator=torch.Generator().manual_seed(spec["seed"]),
+                                 eval_fn=eval_fn)
     return loop
 
 
