@@ -297,8 +297,9 @@ def summary(metrics: Mapping, run_dir: Path, evaluated: bool = True) -> str:
         lines += [f"  {label:<38} {metrics[key]:.4f}" for key, label in labels.items()
                   if metrics.get(key) is not None]
     if evaluated:
-        lines.append(f"wrote {', '.join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE, EVALUATION))} "
-                     f"(and pictures) to {run_dir}")
+        pictures = any(p.name != LOSS_CURVE for p in Path(run_dir).glob("*.png"))
+        lines.append(f"wrote {', '.join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE, EVALUATION))}"
+                     f"{' (and pictures)' if pictures else ''} to {run_dir}")
     else:
         lines.append(f"wrote {', '.join((CONFIG, METRICS, CHECKPOINT, LOSS_CURVE))} to {run_dir} "
                      f"(not evaluated: run `pyro-mmvae evaluate {run_dir}`)")

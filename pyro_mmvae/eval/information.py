@@ -25,7 +25,7 @@ import torch
 from pyro_mmvae.eval.memory import check_memory_budget, chunks_for_budget, trace_nbytes
 from pyro_mmvae.infer.masked_elbo import MaskedMultimodalELBO
 from pyro_mmvae.infer.masking import Masking, get_masking
-from pyro_mmvae.infer.traces import (latent_sites, local_latents, log_likelihood, rate,
+from pyro_mmvae.infer.traces import (latent_sites, local_latents, reconstruction, rate,
                                      trace_guide, trace_model)
 from pyro_mmvae.protocol import (check_positive_int, scoring, stack_mask, unstack_mask,
                                  validate_batch)
@@ -102,9 +102,9 @@ def _terms(model, guide, data, mask, subset, num_samples, max_plate_nesting) -> 
                               max_plate_nesting)
     guide_o, guide_s, full, cross = traces
     out = {
-        "full_reconstruction": log_likelihood(full, latents),
+        "full_reconstruction": reconstruction(full, latents),
         "full_rate": rate(guide_o, full, local_latents(guide_o), True, False),
-        "cross_reconstruction": log_likelihood(cross, latents),
+        "cross_reconstruction": reconstruction(cross, latents),
     }
     out = {k: v.mean(dim) for k, v in out.items()}
     del traces, guide_o, guide_s, full, cross

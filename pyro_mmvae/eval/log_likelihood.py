@@ -18,9 +18,8 @@ from typing import Iterable, Optional, Union
 import torch
 
 from pyro_mmvae.eval.memory import chunk_for_budget, trace_nbytes
-from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio,
-                                     log_likelihood as trace_log_likelihood, trace_guide,
-                                     trace_model)
+from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio, reconstruction,
+                                     trace_guide, trace_model)
 from pyro_mmvae.protocol import (check_positive_int, scoring, stack_mask, unstack_mask,
                                  validate_batch)
 
@@ -55,7 +54,7 @@ def log_marginal(model, guide, data, mask, num_samples: int = 1000,
     while done < num_samples:
         size = min(chunk, num_samples - done)
         guide_tr, model_tr = traces(size)
-        log_w = trace_log_likelihood(model_tr, latent_sites(guide_tr)) + log_density_ratio(
+        log_w = reconstruction(model_tr, latent_sites(guide_tr)) + log_density_ratio(
             guide_tr, model_tr)
         del guide_tr, model_tr
         part = log_w.logsumexp(dim)

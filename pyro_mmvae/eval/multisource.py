@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import torch
 
 from pyro_mmvae.infer.multisource import OBJECTIVES, MultiSourceELBO
-from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio, log_likelihood,
+from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio, reconstruction,
                                      trace_guide, trace_model)
 from pyro_mmvae.protocol import (LATENT_SITE, num_points, check_positive_int,
                                  obs_site, scoring, validate_batch)
@@ -87,7 +87,7 @@ def importance_resample(model, guide, data: Mapping[str, torch.Tensor],
     guide_tr = _encode(guide, data, {m: v & (m in chosen) for m, v in mask.items()}, plates)
     m_data = {m: data[m] for m in observations if m in data}
     model_tr = trace_model(model, guide_tr, m_data, {m: mask[m] for m in m_data}, plates)
-    log_w = (log_likelihood(model_tr, latent_sites(guide_tr))
+    log_w = (reconstruction(model_tr, latent_sites(guide_tr))
              + log_density_ratio(guide_tr, model_tr))  # (K, N)
     site = guide_tr.nodes.get(latent_site)
     if site is None or site["type"] != "sample":

@@ -24,7 +24,7 @@ import torch
 from pyro import poutine
 
 from pyro_mmvae.eval.coherence import subset_matrix
-from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio, log_likelihood, trace_guide,
+from pyro_mmvae.infer.traces import (latent_sites, log_density_ratio, reconstruction, trace_guide,
                                      trace_model)
 from pyro_mmvae.protocol import (LATENT_SITE, check_positive_int, obs_site, scoring,
                                  validate_batch)
@@ -52,7 +52,7 @@ def subset_elbos(model, guide, data: Mapping[str, torch.Tensor],
     plates = [("subsets", k, -3), ("particles", num_particles, -2)]
     guide_tr = trace_guide(guide, data, g_mask, plates)
     model_tr = trace_model(model, guide_tr, data, mask, plates)
-    log_w = log_likelihood(model_tr, latent_sites(guide_tr)) + log_density_ratio(guide_tr,
+    log_w = reconstruction(model_tr, latent_sites(guide_tr)) + log_density_ratio(guide_tr,
                                                                                  model_tr)
     value = log_w.mean(-2)  # (K, N)
     present = ~(rows.unsqueeze(1) & ~observed.unsqueeze(0)).any(-1)  # (K, N)

@@ -231,7 +231,7 @@ class MultimodalELBO(ELBO):
     def common_terms(self, reduce: Callable, recs: Mapping[str, torch.Tensor], kl,
                      modalities) -> dict:
         """``reconstruction``, ``rate`` and ``reconstruction/<m>`` (see :meth:`terms`) from the
-        per-modality log-likelihoods ``recs`` (:func:`~.traces.log_likelihoods`) and the KL
+        per-modality log-likelihoods ``recs`` (:func:`~.traces.reconstructions`) and the KL
         terms ``kl``, all shaped as the bound's per-(part, particle, data point) values and
         reduced to ``(B,)`` by ``reduce``, as the bound reduces them; detached."""
         with torch.no_grad():

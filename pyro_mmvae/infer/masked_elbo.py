@@ -30,7 +30,7 @@ from torch.distributions import kl_divergence
 from .base import MultimodalELBO
 from .cells import StackedDistribution
 from .traces import (check_model_guide, check_scorable, latent_sites, latent_values, local_latents,
-                     log_likelihoods, rate, stl_distribution, trace_guide, trace_model)
+                     reconstructions, rate, stl_distribution, trace_guide, trace_model)
 
 
 def swap_pair(fn):
@@ -142,7 +142,7 @@ class MaskedMultimodalELBO(MultimodalELBO):
         if is_validation_enabled():
             check_model_guide(model_tr, guide_tr, data)
 
-        recs = log_likelihoods(model_tr, latent_sites(guide_tr),
+        recs = reconstructions(model_tr, latent_sites(guide_tr),
                                self.likelihood_weights)  # {m: (2, S, B)}
         rec = sum(recs.values())
         kl_s = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient,

@@ -81,7 +81,7 @@ from .mixtures import (chunked, components_first, draw_chunk, gather_components,
                        live_components, mixture_logits, select_components)
 from .stratified_dreg import stratified_dreg
 from .traces import (check_model_guide, check_scorable, global_latents, kl_estimate, latent_sites,
-                     latent_values, local_latents, log_likelihoods, prior_factors, rate,
+                     latent_values, local_latents, reconstructions, prior_factors, rate,
                      site_log_prob, stl_distribution, trace_guide, trace_model)
 
 Form = Literal["stratified", "average", "sampled"]
@@ -188,7 +188,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
                               vectorize=self.vectorized(model))
         if is_validation_enabled():
             check_model_guide(model_s, guide_s, data)
-        recs = log_likelihoods(model_s, latent_sites(guide_s), self.likelihood_weights)
+        recs = reconstructions(model_s, latent_sites(guide_s), self.likelihood_weights)
         rec = sum(recs.values())
         values = latent_values(guide_s, latent_sites(guide_s))
         kl = rate(guide_s, model_s, latents, self.analytic_kl, self.stop_gradient, values)
@@ -244,7 +244,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
                                vectorize=self.vectorized(model))
         if is_validation_enabled():
             check_model_guide(model_tr, fake, data)
-        recs = log_likelihoods(model_tr, latent_sites(fake), self.likelihood_weights)
+        recs = reconstructions(model_tr, latent_sites(fake), self.likelihood_weights)
         rec = sum(recs.values())  # (K, S, B)
         p_site = model_tr.nodes[name]
         if drawn:

@@ -52,7 +52,7 @@ from pyro_mmvae.protocol import check_weights, unstack_mask
 
 from .base import MultimodalELBO
 from .stratified_dreg import stratified_dreg
-from .traces import (check_scorable, latent_sites, latent_values, local_latents, log_likelihoods,
+from .traces import (check_scorable, latent_sites, latent_values, local_latents, reconstructions,
                      log_mean_exp, prior_factors, rate, site_log_prob, trace_guide, trace_model)
 
 Objective = Literal["ind", "moe", "poe", "hybrid"]
@@ -187,7 +187,7 @@ class MultiSourceELBO(MultimodalELBO):
             value, recs, kl = self._moe(model, guide_tr, latents[0], m_data, m_mask, plates, pi)
             out = {"moe": value}
         else:
-            recs = log_likelihoods(model_tr, latent_sites(guide_tr),
+            recs = reconstructions(model_tr, latent_sites(guide_tr),
                                    self.likelihood_weights)  # {m: (T, K, B)}
             rec = sum(recs.values())
             values = latent_values(guide_tr, latent_sites(guide_tr))
@@ -230,7 +230,7 @@ class MultiSourceELBO(MultimodalELBO):
         fake = poutine.Trace()  # the guide trace with the samples the model is scored at
         fake.add_node(name, **{**site, "value": z_in})
         model_tr = trace_model(model, fake, data, mask, plates, vectorize=self.vectorized(model))
-        recs = log_likelihoods(model_tr, [name], self.likelihood_weights)
+        recs = reconstructions(model_tr, [name], self.likelihood_weights)
         rec = sum(recs.values())  # (M, K, B)
         log_pi = pi.log().unsqueeze(1)  # (M, 1, B)
         comps = detach(q) if dreg else q

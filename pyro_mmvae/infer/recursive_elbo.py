@@ -66,7 +66,7 @@ from torch.distributions import kl_divergence
 from pyro_mmvae.protocol import check_weights, subset_members, unstack_mask
 
 from .base import MultimodalELBO
-from .traces import latent_sites, latent_values, local_latents, log_likelihoods, rate
+from .traces import latent_sites, latent_values, local_latents, reconstructions, rate
 
 
 # the M2VAE's working value (its (beta, alpha) study: alpha <= 1e-2 works, alpha = 1
@@ -177,7 +177,7 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         masks = unstack_mask(rows.unsqueeze(1), modalities)  # {m: (K, 1, B)}
         guide_tr, model_tr = self.trace_stacked(model, guide, data, masks, k)
         latents = local_latents(guide_tr)
-        recs = log_likelihoods(model_tr, latent_sites(guide_tr), self.likelihood_weights)
+        recs = reconstructions(model_tr, latent_sites(guide_tr), self.likelihood_weights)
         rec = sum(recs.values())  # (K, S, B)
         values = latent_values(guide_tr, latent_sites(guide_tr))
         kl = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient, values)

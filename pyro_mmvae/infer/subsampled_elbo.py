@@ -21,7 +21,7 @@ from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
 from .traces import (check_model_guide, latent_sites, latent_values, local_latents,
-                     log_likelihoods, rate)
+                     reconstructions, rate)
 
 
 class SubsampledMultimodalELBO(MultimodalELBO):
@@ -66,7 +66,7 @@ class SubsampledMultimodalELBO(MultimodalELBO):
         latents = local_latents(guide_tr)
         if is_validation_enabled():
             check_model_guide(model_tr, guide_tr, data)
-        recs = log_likelihoods(model_tr, latent_sites(guide_tr),
+        recs = reconstructions(model_tr, latent_sites(guide_tr),
                                self.likelihood_weights)  # {m: (T, S, B)}
         rec = sum(recs.values())
         values = latent_values(guide_tr, latent_sites(guide_tr))

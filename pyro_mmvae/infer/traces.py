@@ -246,7 +246,7 @@ def check_model_guide(model_trace, guide_trace, data):
                              "modality with pyro_mmvae.observe or pyro.sample('x_<m>', ..., obs=)")
 
 
-def log_likelihoods(model_trace, latents, weights: Optional[Mapping[str, float]] = None) -> dict:
+def reconstructions(model_trace, latents, weights: Optional[Mapping[str, float]] = None) -> dict:
     """``{modality: w_m * log p(x_m | z)}`` over the modality sites ``"x_<m>"`` of a model
     trace (scale and mask applied; a modality with several sites sums them). Other observed
     sites are not likelihoods of a modality: inside the data plate (a ``pyro.factor`` on the
@@ -262,11 +262,11 @@ def log_likelihoods(model_trace, latents, weights: Optional[Mapping[str, float]]
     return out
 
 
-def log_likelihood(model_trace, latents, weights: Optional[Mapping[str, float]] = None):
+def reconstruction(model_trace, latents, weights: Optional[Mapping[str, float]] = None):
     """Sum over the modality sites ``"x_<m>"`` of ``w_m * log p(x_m | z)``
-    (:func:`log_likelihoods` summed; 0.0 when there is none)."""
+    (:func:`reconstructions` summed; 0.0 when there is none)."""
     total = 0.0
-    for value in log_likelihoods(model_trace, latents, weights).values():
+    for value in reconstructions(model_trace, latents, weights).values():
         total = total + value
     return total
 
