@@ -49,8 +49,8 @@ from pyro_mmvae.registry import (AGGREGATORS, BOUNDS, DATASET_OPTIONS, DATASETS,
                                  MIXTURE_AGGREGATORS, PRIORS, PreparedData, build_prior,
                                  make_aggregator, split)
 from pyro_mmvae.report import CLASSIFIERS, EVALUATION
-from pyro_mmvae.train import (CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, load_checkpoint,
-                              restore_checkpoint)
+from pyro_mmvae.train import (BEST_CHECKPOINT, CHECKPOINT, CONFIG, LOSS_CURVE, METRICS,
+                              load_checkpoint, restore_checkpoint)
 
 __all__ = ["load_data", "build_guide", "build_model", "build_loss", "feature_dim",
            "likelihood_weights", "beta_option", "bound_options", "saved_config", "read_config",
@@ -239,7 +239,8 @@ def check_same_data(saved: Mapping, data: PreparedData, config: RunConfig) -> No
 
 def load_run(run_dir, device="cpu", data_root=None):
     """``(config, data, model, guide, checkpoint)`` of a trained run, model and guide in eval
-    mode on ``device`` with the checkpoint's parameters.
+    mode on ``device`` with the checkpoint's parameters (with ``--early-stopping``, those of
+    the best epoch, ``best.pt``, which the run ended with).
 
     The built-in image datasets are read from (or rebuilt into) ``data_root`` (ignored for the
     datasets without a cache), else the
@@ -254,6 +255,8 @@ def load_run(run_dir, device="cpu", data_root=None):
     if data_root is not None and "data_root" in DATASETS[config.dataset].options:
         config = replace(config, data_root=Path(data_root))
     path = run_dir / CHECKPOINT
+    if config.early_stopping is not None and (run_dir / BEST_CHECKPOINT).is_file():
+        path = run_dir / BEST_CHECKPOINT  # the parameters the run ended with
     ckpt = load_checkpoint(path, config=saved, ignore=RUNTIME_KEYS)  # checked before the data
     data = load_data(config)
     check_same_data(saved, data, config)
@@ -272,8 +275,8 @@ def load_run(run_dir, device="cpu", data_root=None):
 # the files whose presence makes a directory a run
 RUN_MARKERS = (CONFIG, CHECKPOINT, METRICS)
 # every file pyro-mmvae train and evaluate write into a run directory (what --overwrite deletes)
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOSS_CURVE, EVALUATION, CLASSIFIERS, "coherence.png",
-             "rate_distortion.png", "samples.png")
+RUN_FILES = (CONFIG, CHECKPOINT, BEST_CHECKPOINT, METRICS, LOSS_CURVE, EVALUATION, CLASSIFIERS,
+             "coherence.png", "rate_distortion.png", "samples.png")
 RUN_FILE_PATTERNS = ("generation_*.png", "generate_*.png")
 
 

@@ -211,3 +211,29 @@ def test_bad_data_options_are_one_line_errors(npz, argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_an_early_stopped_run_is_evaluated_with_its_best_epoch(npz, monkeypatch):
+    from pyro_mmvae.runs import load_run
+    from pyro_mmvae.train import load_checkpoint
+
+    path, _ = npz
+    assert cli.main(["train", "--data", str(path), "--epochs", "6", "--batch-size", "16",
+                     "--lr", "0.05", "--output-dir", "run", "--no-progress", "--no-evaluate",
+                     "--val-fraction", "0.3", "--early-stopping", "1"]) == 0
+    run = path.parent / "run"
+    best = load_checkpoint(run / "best.pt")
+    last = load_checkpoint(run / "checkpoint.pt")
+    metrics = json.loads((run / "metrics.json").read_text())["history"]
+    assert best["epoch"] == metrics["best_epoch"]
+    _, _, _, guide, ckpt = load_run(run)
+    assert ckpt["epoch"] == best["epoch"]
+    state = {k: v for k, v in guide.state_dict().items()}
+    assert all(torch.equal(state[k], best["guide"][k]) for k in state)
+    assert metrics["status"] == "stopped_early" and best["epoch"] < last["epoch"]  # lr 0.05
+    assert not all(torch.equal(best["guide"][k], last["guide"][k]) for k in state)
+    # --overwrite removes best.pt with the rest
+    assert cli.main(["train", "--data", str(path), "--epochs", "1", "--batch-size", "16",
+                     "--output-dir", "run", "--overwrite", "--no-progress",
+                     "--no-evaluate"]) == 0
+    assert not (run / "best.pt").exists()
