@@ -68,9 +68,10 @@ from .callbacks import (BEST_CHECKPOINT, Callback, Checkpoint, EarlyStopping, Ev
 from .checkpoints import (CHECKPOINT, CHECKSUMS, CONFIG, LOSS_CURVE, METRICS, CheckpointError,
                           config_differences, load_checkpoint, restore_checkpoint, rng_state,
                           save_checkpoint, set_rng_state, state_digest, write_json)
-from .loop import (VALIDATE, TrainingDiverged, fit, fit_two_stage, iterate_minibatches,
-                   resolve_device, split_validation, to_device)
+from .loop import (VALIDATE, TrainingDiverged, fit, iterate_minibatches, resolve_device,
+                   split_validation, to_device)
 from .step import NonFiniteStep, SVIStep, clamp_gradients, clear_param_grads, make_optimizer
+from .two_stage import fit_two_stage
 
 __all__ = [
     "BEST_CHECKPOINT", "CHECKPOINT", "CHECKSUMS", "CONFIG", "LOSS_CURVE", "METRICS", "VALIDATE",
