@@ -251,7 +251,7 @@ def setup_lines(args, t, rows):
         f"noise {'learned' if args.learn_noise else 'fixed at the true value'}.",
         f"- **Bounds:** masked = `MaskedMultimodalELBO(masking='{args.masking}')`; mixture = "
         f"`MixtureMultimodalELBO(masking='{args.masking}', form='{args.mixture_form}')` "
-        "(seed-004 form: the masked bound's rho, S = empty set allowed"
+        "(the authors' form: the masked bound's rho, S = empty set allowed"
         + (", one draw from the mixture guide" if args.mixture_form == "sampled" else "") + ")."]
     if t == "2e":
         return lines + [

@@ -3,20 +3,25 @@ r"""Tables and figures of the image/text experiments (``polydigits.py``,
 results payload, the classifiers' line, and the coherence / latent-accuracy figure.
 
 Everything here reads a results payload (``results.json``) only, so ``--render`` rewrites the
-tables and figure of an earlier run without training.
+tables and figure of an earlier run without training. :func:`paper_cell` writes a paper's
+number as printed (the ``*_paper.json`` files beside the scripts), and :func:`rerender_readme`
+rewrites the README of any script whose results have a :func:`pyro_mmvae.tables.header`
+(the MSNVI and M2VAE scripts) from its ``results.json``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from pyro_mmvae.registry import AGGREGATORS
-from pyro_mmvae.tables import mean_std
+from pyro_mmvae.io import atomic_write
+from pyro_mmvae.tables import command_line, mean_std
 
 #: the aggregators' names in tables (the registry's display names)
 NAMES: Dict[str, str] = {name: entry.display for name, entry in AGGREGATORS.items()}
@@ -170,3 +175,48 @@ def plot_curves(path: Path, records, title: str, max_inputs: int, names: Dict[st
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Papers' numbers and re-rendered READMEs, for every experiment script
+
+
+def paper_cell(value, digits: Optional[int] = None) -> str:
+    """A number of a ``*_paper.json`` file as the paper prints it: ``digits`` decimals (None:
+    as Python writes it, for cells whose precision varies), ``[mean, std]`` as ``mean (std)``,
+    None (no number) as ``NA``."""
+    if value is None:
+        return "NA"
+    if isinstance(value, (list, tuple)):
+        mean, std = value
+        return f"{paper_cell(mean, digits)} ({paper_cell(std, digits)})"
+    return str(value) if digits is None else f"{value:.{digits}f}"
+
+
+def recorded_run(payload: Mapping, readme: Path, script: str) -> Dict[str, str]:
+    """``{"command": ..., "machine": ...}`` of the run that wrote ``payload``: its own entries;
+    for results written before they were recorded, ``argv``, or the header of the README that
+    run wrote (``- Command: `...` ``, ``- Wall time: N s (machine)``)."""
+    out = {k: payload[k] for k in ("command", "machine") if payload.get(k)}
+    if "command" not in out and payload.get("argv") is not None:
+        out["command"] = command_line(f"experiments/{script}", payload["argv"])
+    if len(out) < 2 and readme.is_file():
+        for line in readme.read_text(encoding="utf-8").splitlines():
+            if line.startswith("- Command: `") and line.endswith("`"):
+                out.setdefault("command", line[len("- Command: `"):-1])
+            elif line.startswith("- Wall time: ") and line.endswith(")") and "(" in line:
+                out.setdefault("machine", line[line.index("(") + 1:-1])
+    out.setdefault("command", command_line(f"experiments/{script}", None))
+    return out
+
+
+def rerender_readme(folder, script: str, readme: Callable[[dict], Sequence[str]]) -> dict:
+    """Rewrite ``folder/README.md`` from ``folder/results.json`` (left as it is) with
+    ``readme(payload)``, keeping the command and machine of the run that wrote them
+    (:func:`recorded_run`); returns the payload with those two entries."""
+    folder = Path(folder)
+    payload = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    payload.update(recorded_run(payload, folder / "README.md", script))
+    text = "\n".join(readme(payload)) + "\n"
+    atomic_write(folder / "README.md", lambda f: f.write(text.encode("utf-8")))
+    return payload

@@ -1,9 +1,11 @@
-r"""Seed 004 §5.3 (MNIST-SVHN-Text, Tables 5, 6, 8 and 13) in miniature on DigitsSVHNText.
+r"""Hirt et al. 2024, §5.3 (MNIST-SVHN-Text, Tables 5, 6, 8 and 13) in miniature on DigitsSVHNText.
 
-Hirt et al., *Learning multi-modal generative models with permutation-invariant encoders and
-tighter variational bounds* (arXiv 2309.00380), Sec. 5.3; numbers from the reconstructed spec
-(``research/paper-004-masked-bound-spec.md`` §9.5, §10), external baselines from the MoPoE paper
-(Sutter et al. 2021, Tables 2–4, 6).
+Marcel Hirt, Domenico Campolo, Victoria Leong, Juan-Pablo Ortega, *Learning multi-modal
+generative models with permutation-invariant encoders and tighter variational bounds* (TMLR
+2024, arXiv:2309.00380), Sec. 5.3; external baselines from the MoPoE paper (Thomas M. Sutter,
+Imant Daunhawer, Julia E. Vogt, *Generalized Multimodal ELBO*, ICLR 2021, arXiv:2105.02470,
+Tables 2–4). The papers' numbers are read from ``digits_svhn_text_paper.json`` beside this
+script.
 
 DigitsSVHNText (:func:`pyro_mmvae.data.load_digits_svhn_text`) is the MNIST-SVHN-Text recipe on
 scikit-learn's bundled 8×8 digits: ``mnist`` (a grey digit, 1×16×16), ``svhn`` (a *different*
@@ -16,7 +18,7 @@ the masked bound ("ours" in the paper) and the mixture bound (``--bounds``), sev
 run is ``pyro-mmvae train --dataset digits-svhn-text --aggregator A --bound B --seed S
 --epochs E`` plus this script's recipe and the ``pyro-mmvae train`` options given to the script
 (for every run; β = 1 as in Tables 5, 6, 8, 13 is the CLI default), trained with
-:func:`pyro_mmvae.train.fit`. The recipe follows seed 004: likelihood weights D_max / D_m
+:func:`pyro_mmvae.train.fit`. The recipe follows Hirt et al.: likelihood weights D_max / D_m
 (``--likelihood-weights dimension``), and the mixture bound trained with the same masking
 distribution as the masked bound (``--masking iid_half``: every subset equally likely) and one
 draw from a mixture guide (``--mixture-form sampled``, for the mixture bound's runs). Each run
@@ -44,6 +46,7 @@ inputs), and the shared ``classifiers.pt`` / ``classifiers.json``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import _multimodal_common as common  # siblings: the script's own folder is importable
@@ -57,84 +60,60 @@ AGGREGATORS = ("poe", "moe", "sumpooling", "selfattention", "mopoe")
 BOUNDS = ("masked", "mixture")
 ALL_BOUNDS = ("masked", "mixture", "subsampled")
 DEFAULT_EPOCHS = 50
-# Seed 004 §9.5 (and MoPoE): likelihood weights lambda_m = D_max / D_m. Seed 004 §2.5: the
-# mixture bound is trained with the masked bound's rho (iid_half) and one draw from a mixture
-# guide (mixture_form, the mixture bound's runs only), as in its code; the CLI's mixture bound
-# defaults to rho = all and the stratified form instead.
+# Hirt et al. (and MoPoE): likelihood weights lambda_m = D_max / D_m. Hirt et al.: the mixture
+# bound is trained with the masked bound's rho (iid_half) and one draw from a mixture guide
+# (mixture_form, the mixture bound's runs only), as in the authors' code; the CLI's mixture
+# bound defaults to rho = all and the stratified form instead.
 RECIPE = {"likelihood_weights": "dimension", "masking": "iid_half", "mixture_form": "sampled"}
 NAMES = tables.NAMES
-PAPER_BOUND = {"masked": "Ours", "mixture": "Mixture"}
-
-# --- the paper's numbers (seed 004 spec §10, verbatim; shared latents, beta = 1) -------------
-
-# Table 5: (M+S+T, M, S, T) test LLHs, mean (std) over seeds.
-PAPER_TABLE5 = {
-    ("poe", "masked"): ("6775 (54.9)", "2585 (18.7)", "4250 (8.1)", "-10 (2.2)"),
-    ("poe", "mixture"): ("5813 (1.2)", "2432 (11.6)", "3390 (17.5)", "-19 (0.1)"),
-    ("moe", "masked"): ("5597 (26.7)", "2449 (7.6)", "3557 (26.4)", "-11 (0.1)"),
-    ("moe", "mixture"): ("5485 (4.6)", "2343 (1.8)", "3415 (5.0)", "-17 (0.4)"),
-    ("sumpooling", "masked"): ("7056 (124)", "2478 (9.3)", "4640 (114)", "-6 (0.0)"),
-    ("sumpooling", "mixture"): ("6130 (4.4)", "2470 (10.3)", "3660 (1.5)", "-16 (1.6)"),
-    ("selfattention", "masked"): ("7011 (57.9)", "2508 (18.2)", "4555 (38.1)", "-7 (0.5)"),
-    ("selfattention", "mixture"): ("6127 (26.1)", "2510 (12.7)", "3621 (8.5)", "-13 (0.2)"),
-}
-# Table 6 columns (generated modality <- input), in the paper's order.
+PAPER_FILE = Path(__file__).with_name("digits_svhn_text_paper.json")
+# Table 6 columns (generated modality <- input), in the paper's order; Table 8: each target
+# from each pair of inputs; Table 13 (and the MoPoE paper's Table 2): every subset.
 TABLE6_COLUMNS = [(src, tgt) for tgt in MODALITIES for src in MODALITIES]
-PAPER_TABLE6 = {
-    ("poe", "masked"): "0.97 0.22 0.56 0.29 0.60 0.36 0.78 0.43 1.00",
-    ("poe", "mixture"): "0.96 0.83 0.99 0.11 0.57 0.10 0.44 0.39 1.00",
-    ("moe", "masked"): "0.96 0.80 0.99 0.11 0.59 0.11 0.44 0.37 1.00",
-    ("moe", "mixture"): "0.94 0.81 0.97 0.10 0.54 0.10 0.45 0.39 1.00",
-    ("sumpooling", "masked"): "0.97 0.48 0.87 0.25 0.72 0.36 0.73 0.48 1.00",
-    ("sumpooling", "mixture"): "0.97 0.86 0.99 0.10 0.63 0.10 0.45 0.40 1.00",
-    ("selfattention", "masked"): "0.97 0.44 0.79 0.20 0.71 0.36 0.61 0.43 1.00",
-    ("selfattention", "mixture"): "0.97 0.86 0.99 0.10 0.63 0.11 0.45 0.40 1.00",
-}
-# Table 8 columns: each target from each pair of inputs.
 PAIRS = ("mnist+svhn", "mnist+text", "svhn+text")
 TABLE8_COLUMNS = [(src, tgt) for tgt in MODALITIES for src in PAIRS]
-PAPER_TABLE8 = {
-    ("poe", "masked"): "0.98 0.98 0.60 0.75 0.58 0.77 0.82 1.00 1.00",
-    ("poe", "mixture"): "0.96 0.97 0.95 0.61 0.11 0.61 0.45 0.99 0.98",
-    ("moe", "masked"): "0.88 0.97 0.90 0.35 0.11 0.35 0.41 0.72 0.69",
-    ("moe", "mixture"): "0.88 0.96 0.89 0.32 0.10 0.33 0.42 0.72 0.69",
-    ("sumpooling", "masked"): "0.97 0.97 0.86 0.78 0.30 0.80 0.76 0.99 1.00",
-    ("sumpooling", "mixture"): "0.97 0.97 0.95 0.65 0.10 0.65 0.45 0.99 0.97",
-    ("selfattention", "masked"): "0.97 0.97 0.82 0.76 0.30 0.78 0.69 1.00 1.00",
-    ("selfattention", "mixture"): "0.97 0.97 0.99 0.66 0.10 0.65 0.45 0.99 1.00",
-}
-# Table 13: latent classification from (M+S+T, M, S, T).
 LATENT_COLUMNS = ["mnist+svhn+text", "mnist", "svhn", "text", "mnist+svhn", "mnist+text",
                   "svhn+text"]
-PAPER_TABLE13 = {
-    ("poe", "masked"): ("0.988 (0.000)", "0.940 (0.009)", "0.649 (0.039)", "0.998 (0.001)"),
-    ("poe", "mixture"): ("0.991 (0.004)", "0.977 (0.002)", "0.845 (0.000)", "1.000 (0.000)"),
-    ("moe", "masked"): ("0.841 (0.008)", "0.974 (0.000)", "0.609 (0.032)", "1.000 (0.000)"),
-    ("moe", "mixture"): ("0.940 (0.001)", "0.980 (0.001)", "0.843 (0.001)", "1.000 (0.000)"),
-    ("sumpooling", "masked"): ("0.981 (0.000)", "0.962 (0.000)", "0.704 (0.014)",
-                               "0.992 (0.008)"),
-    ("sumpooling", "mixture"): ("0.994 (0.000)", "0.983 (0.000)", "0.866 (0.002)",
-                                "1.000 (0.000)"),
-    ("selfattention", "masked"): ("0.985 (0.001)", "0.954 (0.002)", "0.693 (0.037)",
-                                  "0.986 (0.006)"),
-    ("selfattention", "mixture"): ("0.991 (0.000)", "0.981 (0.001)", "0.864 (0.003)",
-                                   "1.000 (0.000)"),
-}
-# External baselines, MoPoE paper (beta = 5, its own objectives and networks): Table 6 columns,
-# Table 8 leave-one-out columns, joint coherence (its Table 3), latent accuracy (its Table 2,
-# LATENT_COLUMNS order) and joint LLH (its Table 4, other likelihood conventions).
-EXTERNAL = {
-    "MVAE": {"table6": "NA 0.24 0.20 0.43 NA 0.30 0.28 0.17 NA",
-             "table8": "NA NA 0.32 NA 0.43 NA 0.29 NA NA", "joint": "0.12",
-             "latent": "0.96 0.90 0.44 0.85 0.89 0.97 0.81", "llh": "-1790 (3.3)"},
-    "MMVAE": {"table6": "NA 0.75 0.99 0.31 NA 0.30 0.96 0.76 NA",
-              "table8": "NA NA 0.87 NA 0.31 NA 0.84 NA NA", "joint": "0.28",
-              "latent": "0.86 0.95 0.79 0.99 0.87 0.93 0.84", "llh": "-1941 (5.7)"},
-    "MoPoE": {"table6": "NA 0.74 0.99 0.36 NA 0.34 0.96 0.76 NA",
-              "table8": "NA NA 0.94 NA 0.36 NA 0.93 NA NA", "joint": "0.31",
-              "latent": "0.98 0.95 0.80 0.99 0.97 0.98 0.99", "llh": "-1819 (5.7)"},
-}
-EXTERNAL_ROWS = {"MVAE": "PoE, subsampled", "MMVAE": "MoE, mixture", "MoPoE": "MoPoE, mixture"}
+
+
+def load_paper(path: Path = PAPER_FILE) -> dict:
+    """The paper's numbers (``digits_svhn_text_paper.json``: Hirt et al. 2024, Tables 5, 6, 8
+    and 13, and the MoPoE paper's baselines) as the tables print them: ``table5`` and
+    ``table13`` ``{(aggregator, bound): (cell, ...)}``, ``table6`` and ``table8``
+    ``{(aggregator, bound): "cell cell ..."}``, ``external`` ``{model: {"table6", "table8",
+    "joint", "latent", "llh"}}`` (cells as one string), ``external_rows`` ``{model:
+    "Aggregator, bound"}``, ``bounds`` (the paper's names of our bounds' rows)."""
+    paper = json.loads(path.read_text(encoding="utf-8"))
+    columns = {"table5": [abbreviate(s) for s in LATENT_COLUMNS[:4]],
+               "table6": [f"{abbreviate(s)}→{SHORT[t]}" for s, t in TABLE6_COLUMNS],
+               "table8": [f"{abbreviate(s)}→{SHORT[t]}" for s, t in TABLE8_COLUMNS],
+               "table13": [abbreviate(s) for s in LATENT_COLUMNS[:4]]}
+    out = {"bounds": paper["bounds"]}
+    for key, names in columns.items():
+        table = paper[key]
+        if table["columns"] != names:
+            raise ValueError(f"{path.name}: {key} has columns {table['columns']}, not {names}")
+        out[key] = {(agg, bound): tuple(tables.paper_cell(v, table["digits"]) for v in row)
+                    for agg, rows in table.items() if agg not in ("digits", "columns")
+                    for bound, row in rows.items()}
+        if key in ("table6", "table8"):
+            out[key] = {k: " ".join(v) for k, v in out[key].items()}
+    mopoe, digits = paper["mopoe"], paper["mopoe"]["digits"]
+    out["external"] = {name: {key: (" ".join(tables.paper_cell(v, digits[key]) for v in value)
+                                    if key in ("table6", "table8", "latent")
+                                    else tables.paper_cell(value, digits[key]))
+                              for key, value in entry.items() if key in digits}
+                       for name, entry in mopoe["baselines"].items()}
+    out["external_rows"] = {name: f"{NAMES[entry['aggregator']]}, {entry['bound']}"
+                            for name, entry in mopoe["baselines"].items()}
+    return out
+
+
+def abbreviate(subset: str) -> str:
+    return "+".join(SHORT[m] for m in subset.split("+"))
+
+
+PAPER = load_paper()
 
 
 def parse_args(argv=None):
@@ -153,7 +132,8 @@ def main(argv=None):
     args = parse_args(argv)
     return common.run_experiment(
         args, argv, "digits_svhn_text.py",
-        "seed 004 MNIST-SVHN-Text Tables 5, 6, 8, 13 on DigitsSVHNText; see table.md",
+        "Hirt et al. 2024 (arXiv:2309.00380) MNIST-SVHN-Text Tables 5, 6, 8, 13 on "
+        "DigitsSVHNText; see table.md",
         llh_subsets(), render)
 
 
@@ -170,10 +150,6 @@ def render(out: Path, payload: dict) -> None:
                            NAMES)
 
 
-def abbreviate(subset: str) -> str:
-    return "+".join(SHORT[m] for m in subset.split("+"))
-
-
 def _runs(runs, aggregator, bound):
     return [r for r in runs if (r["aggregator"], r["bound"]) == (aggregator, bound)]
 
@@ -184,7 +160,8 @@ def _ours(aggregator, bound, values):
 
 
 def _paper(aggregator, bound, values):
-    return f"| {NAMES.get(aggregator, aggregator)} | {bound} | paper ({PAPER_BOUND[bound]}) | " \
+    label = PAPER["bounds"][bound]
+    return f"| {NAMES.get(aggregator, aggregator)} | {bound} | paper ({label}) | " \
         + " | ".join(values) + " |"
 
 
@@ -198,16 +175,20 @@ def write_table(path: Path, payload: dict) -> None:
     cfg = payload.get("config", {})
     loo = [(m, "+".join(x for x in MODALITIES if x != m)) for m in MODALITIES]
     lines = [
-        "# DigitsSVHNText: seed 004 MNIST-SVHN-Text Tables 5, 6, 8 and 13 in miniature", "",
+        "# DigitsSVHNText: Hirt et al. 2024 MNIST-SVHN-Text Tables 5, 6, 8 and 13 in miniature",
+        "",
         *tables.budget_lines(payload), "",
         "Data: DigitsSVHNText (mnist 1×16×16, svhn 3×16×16, text 8×71 one-hot; 7,190 training "
         "/ 1,795 test triples built from disjoint scikit-learn digits). Evaluation on the first "
         f"{cfg.get('eval_points', '?')} test triples. M = mnist, S = svhn, T = text. Ours: "
         "mean (std) over the seeds. **Paper rows are MNIST-SVHN-Text numbers (28×28 / 32×32 "
-        "images, ~1.1M triples, other networks, learned Laplace scales) from seed 004 §10, for "
+        "images, ~1.1M triples, other networks, learned Laplace scales) from Hirt et al., "
+        "*Learning multi-modal generative models with permutation-invariant encoders and "
+        "tighter variational bounds* (TMLR 2024, arXiv:2309.00380), §5.3, for "
         "reference only: the data differ, so compare orderings, not values.** \"paper (Ours)\" "
         "is the masked bound, \"paper (Mixture)\" the mixture bound; the paper has no MoPoE row "
-        "(MoPoE-paper baselines are listed under each table).", "",
+        "(the baselines of the MoPoE paper, Sutter et al., *Generalized Multimodal ELBO*, ICLR "
+        "2021, arXiv:2105.02470, are listed under each table).", "",
         tables.classifier_line(payload), "",
         "## Table 5: test log-likelihoods", "",
         f"Importance-sampled (K = {cfg.get('is_samples', '?')}) log-likelihood per test triple "
@@ -229,11 +210,11 @@ def write_table(path: Path, payload: dict) -> None:
                  for m, rest in loo]
         vals.append(tables.cell(rs, lambda r: r["final_loss_per_point"], 1))
         lines.append(_ours(aggregator, bound, vals))
-        if (aggregator, bound) in PAPER_TABLE5:
+        if (aggregator, bound) in PAPER["table5"]:
             lines.append(_paper(aggregator, bound,
-                                list(PAPER_TABLE5[aggregator, bound]) + ["—"] * 4))
+                                list(PAPER["table5"][aggregator, bound]) + ["—"] * 4))
     lines += ["", "MoPoE paper (β = 5, other likelihood conventions), joint LLH: "
-              + ", ".join(f"{k} {v['llh']}" for k, v in EXTERNAL.items()) + ".", ""]
+              + ", ".join(f"{k} {v['llh']}" for k, v in PAPER["external"].items()) + ".", ""]
 
     def coherence_table(title, note, columns, paper, key):
         header = " | ".join(f"{abbreviate(src)}→{SHORT[tgt]}" for src, tgt in columns)
@@ -250,8 +231,8 @@ def write_table(path: Path, payload: dict) -> None:
         out += ["", "MoPoE-paper baselines (β = 5; NA where the input is the target):", "",
                 f"| Baseline (our row) | {header} | joint |",
                 "|---|" + "---|" * (len(columns) + 1)]
-        for name, ext in EXTERNAL.items():
-            out.append(f"| {name} ({EXTERNAL_ROWS[name]}) | "
+        for name, ext in PAPER["external"].items():
+            out.append(f"| {name} ({PAPER['external_rows'][name]}) | "
                        + " | ".join(ext[key].split()) + f" | {ext['joint']} |")
         return out + [""]
 
@@ -260,12 +241,12 @@ def write_table(path: Path, payload: dict) -> None:
         "A→B: fraction of test triples whose modality B, generated (decoder mean) from one "
         "z ~ q(z | x_A), its classifier labels correctly; A = B is self-coherence "
         f"(reconstruction). Joint: {cfg.get('joint_samples', '?')} unconditional samples on "
-        "which all three classifiers agree (the paper's seed-004 tables have no joint "
-        "coherence).", TABLE6_COLUMNS, PAPER_TABLE6, "table6")
+        "which all three classifiers agree (Hirt et al.'s tables have no joint "
+        "coherence).", TABLE6_COLUMNS, PAPER["table6"], "table6")
     lines += coherence_table(
         "Table 8: coherence from two inputs",
         "A+B→C as above, from q(z | x_A, x_B); S+T→M, M+T→S and M+S→T are the leave-one-out "
-        "coherences.", TABLE8_COLUMNS, PAPER_TABLE8, "table8")
+        "coherences.", TABLE8_COLUMNS, PAPER["table8"], "table8")
     full = "+".join(MODALITIES)
     lines += ["## Coherence from all three inputs", "",
               "| Aggregation | Bound | M+S+T→M | M+S+T→S | M+S+T→T |", "|---|---|---|---|---|"]
@@ -285,14 +266,14 @@ def write_table(path: Path, payload: dict) -> None:
         lines.append(_ours(aggregator, bound, [tables.cell(
             rs, lambda r, s=s: r["latent_classification"]["accuracy"][s], 3)
             for s in LATENT_COLUMNS]))
-        if (aggregator, bound) in PAPER_TABLE13:
-            lines.append(_paper(aggregator, bound, list(PAPER_TABLE13[aggregator, bound])
+        if (aggregator, bound) in PAPER["table13"]:
+            lines.append(_paper(aggregator, bound, list(PAPER["table13"][aggregator, bound])
                                 + ["—"] * 3))
     lines += ["", "MoPoE-paper baselines (its Table 2, β = 5):", "",
               f"| Baseline (our row) | {header} |", "|---|" + "---|" * len(LATENT_COLUMNS)]
-    for name, ext in EXTERNAL.items():
-        lines.append(f"| {name} ({EXTERNAL_ROWS[name]}) | " + " | ".join(ext["latent"].split())
-                     + " |")
+    for name, ext in PAPER["external"].items():
+        lines.append(f"| {name} ({PAPER['external_rows'][name]}) | "
+                     + " | ".join(ext["latent"].split()) + " |")
     lines += ["", "## Training", "",
               "| Aggregation | Bound | s per epoch | train s | eval s | parameters |",
               "|---|---|---|---|---|---|"]

@@ -1,4 +1,5 @@
-r"""Seed 004 §5.2: identifiable non-linear models (Tables 3 and 4).
+r"""Identifiable non-linear models of Hirt et al. 2024 (TMLR, arXiv:2309.00380), §5.2: Tables 3
+and 4.
 
 Hirt et al., *Learning multi-modal generative models with permutation-invariant encoders and
 tighter variational bounds* (TMLR 2024, arXiv:2309.00380), Sec. 5.2 and App. K/M. The data

@@ -1,8 +1,10 @@
-r"""Seed 004 §5.1: the linear-Gaussian experiments (Table 1 and both halves of Table 2).
+r"""The linear-Gaussian experiments of Hirt et al. 2024 (TMLR, arXiv:2309.00380), §5.1: Table 1
+and both halves of Table 2.
 
 Hirt et al., arXiv 2309.00380, Sec. 5.1 and App. J: :math:`z\sim\mathcal N(0,I_D)`,
 :math:`x_m=W_mz+b_m+\sigma_m\epsilon_m` learned with the masked bound (the paper's "ours") and
-the mixture bound in its seed-004 form (same masking distribution, ``form="sampled"``), with
+the mixture bound in the form of the authors' code (same masking distribution,
+``form="sampled"``), with
 PoE / MoE / MoPoE / learnable aggregators (``--tables 1``: the bi-modal example; ``2``:
 :func:`~pyro_mmvae.data.linear_gaussian.shared_latent_study`) or the permutation-equivariant
 guides with private latents (``2e``: :func:`~pyro_mmvae.data.linear_gaussian.private_latent_study`).
@@ -314,7 +316,7 @@ def parse_args(argv=None):
     add("--beta", type=float, default=1.0)
     add("--masking", default="iid_half", help="rho of both bounds")
     add("--mixture-form", default="sampled", choices=("sampled", "stratified", "average"),
-        help="MixtureMultimodalELBO form ('sampled' is the seed-004 code)")
+        help="MixtureMultimodalELBO form ('sampled' is the authors' code)")
     add("--learn-noise", action="store_true", help="learn the decoder noise")
     add("--noise1", type=float, nargs=2, default=[0.1, 10.0], help="Table 1 noise scales")
     add("--eval-every", type=int, help="epochs between exact-LLH evaluations (default: ~30)")

@@ -1,5 +1,6 @@
-"""MSNVI's MNIST variants on the bundled 8x8 digits (Kurle, Günnemann and van der Smagt, AAAI
-2019, §5.2): Table 1, Fig. 3 and Fig. 4 in miniature.
+"""MSNVI's MNIST variants (§5.2: Table 1, Figs. 3 and 4) in miniature on the bundled 8x8 digits:
+Richard Kurle, Stephan Günnemann, Patrick van der Smagt, *Multi-Source Neural Variational
+Inference* (AAAI 2019, arXiv:1811.04451).
 
 Three variants of the digits, dynamically binarised (:func:`pyro_mmvae.data.digit_sources`):
 
@@ -20,7 +21,8 @@ all parts re-encoding its own imputation) and with the IWAE baseline (a standard
 full image, as Rezende et al.'s).
 
 Writes ``experiments/results/msnvi_digits/`` (README.md with the tables beside the paper's
-MNIST numbers, results.json, samples.png, imputation.png).
+MNIST numbers from ``msnvi_digits_paper.json``, results.json, samples.png, imputation.png);
+``--render RESULTS_JSON`` rewrites that README from its results.json without training.
 
     python experiments/msnvi_digits.py           # about 20 minutes on 2 CPU cores
     python experiments/msnvi_digits.py --quick   # seconds (the test suite's smoke run)
@@ -29,6 +31,7 @@ MNIST numbers, results.json, samples.png, imputation.png).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -49,6 +52,8 @@ from pyro_mmvae.tables import (beside, command_line, header, machine_summary, ma
                                repository_relative, write_results)
 from pyro_mmvae.train import fit
 
+from _multimodal_tables import rerender_readme  # a sibling: the script's folder is on the path
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = {"tb": ("top", "bottom"), "qu": ("q0", "q1", "q2", "q3")}
 # (sources, observations) of each variant; "full" is the IWAE baseline's hard-wired image
@@ -57,17 +62,18 @@ ROLES = {"tb": (PARTS["tb"], PARTS["tb"]), "qu": (PARTS["qu"], PARTS["qu"]),
 BASELINE_SOURCE = {"tb": "full", "qu": "full", "no": "noisy0"}
 TRAINED = (("ind", 16), ("moe", 16), ("poe", 16), ("hybrid", 16), ("hybrid", 1))
 EVALUATED = ("ind", "moe", "poe")
-# Table 1 (MNIST, 28x28): PAPER[variant][eval objective] = the row over TRAINED, then the IWAE
-PAPER = {
-    "tb": {"ind": (102.20, 102.40, 265.59, 104.03, 108.97, None),
-           "moe": (101.51, 101.82, 264.48, 103.37, 108.30, None),
-           "poe": (94.38, 94.39, 87.59, 90.07, 90.81, 88.79)},
-    "qu": {"ind": (120.46, 120.37, 447.67, 129.63, 140.61, None),
-           "moe": (119.10, 119.98, 446.02, 128.16, 139.19, None),
-           "poe": (108.07, 107.85, 87.67, 89.20, 90.17, 88.79)},
-    "no": {"ind": (94.81, 94.86, 101.20, 96.27, 95.31, None),
-           "moe": (93.98, 94.03, 100.36, 95.58, 94.55, None),
-           "poe": (94.52, 94.65, 92.27, 92.21, 94.49, 94.95)}}
+
+
+def load_paper(path: Path = Path(__file__).with_name("msnvi_digits_paper.json")):
+    """Table 1 of the paper (MNIST, 28x28): ``{variant: {eval objective: (the row over TRAINED,
+    then the IWAE; None: no such cell)}}``, the decimals it prints and the reference."""
+    paper = json.loads(path.read_text(encoding="utf-8"))
+    assert paper["columns"] == [f"{o} K={k}" for o, k in TRAINED] + ["IWAE"], path
+    table = {v: {e: tuple(r) for e, r in rows.items()} for v, rows in paper["table1"].items()}
+    return table, paper["digits"], paper["source"]
+
+
+PAPER, PAPER_DIGITS, PAPER_SOURCE = load_paper()
 IMPUTED = {"tb": ("bottom",), "qu": ("q3",)}
 LABEL = {"ind": "ind", "moe": "MoE", "poe": "PoE", "hybrid": "hybrid"}
 
@@ -104,8 +110,7 @@ def train(variant, sources, observations, objective, k, train_data, args):
     model, guide = build(sources, observations, dims, args, args.seed)
     history = fit(model, guide, MultiSourceELBO(k, objective=objective), train_data,
                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  progress=False,
-                  transform=with_full(variant, binarization(variant)))
+                  progress=False, transform=with_full(variant, binarization(variant)))
     model.eval()
     guide.eval()
     return model, guide, history["loss"]
@@ -202,8 +207,7 @@ def _images(model, z):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variants", nargs="+", choices=("tb", "qu", "no"),
-                   default=["tb", "qu", "no"])
+    p.add_argument("--variants", nargs="+", choices=list(ROLES), default=list(ROLES))
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -223,18 +227,14 @@ def main(argv=None) -> dict:
                    help="only rewrite the README beside RESULTS_JSON from its numbers")
     args = p.parse_args(argv)
     if args.render:
-        render(args.render)
-        return json.loads(Path(args.render).read_text())
+        return rerender_readme(Path(args.render).parent, "msnvi_digits.py", _readme)
     if args.quick:
         args.epochs, args.chain_steps, args.hidden, args.eval_particles = 2, 5, [16], 4
     torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-
-    def log(msg):
-        print(msg, flush=True)
-
+    log = functools.partial(print, flush=True)
     tables, curves, imputations, fused = {}, {}, {}, None
     for variant in args.variants:
         table, models, curves[variant], test, labels = run_variant(variant, args, log)
@@ -248,9 +248,10 @@ def main(argv=None) -> dict:
     wall = time.time() - t0
     payload = {"args": dict(vars(args), output_dir=repository_relative(out, ROOT)),
                "negative_bounds": tables, "imputation": imputations, "train_loss": curves,
-               "wall_s": wall, "argv": list(argv or [])}
+               "wall_s": wall, "command": command_line("experiments/msnvi_digits.py", argv),
+               "machine": machine_summary(args.threads)}
     _figures(out, fused, generated, imputations)
-    write_results(out, payload, _readme(payload, argv))
+    write_results(out, payload, _readme(payload))
     return payload
 
 
@@ -284,10 +285,9 @@ def _figures(out, fused, generated, imputations):
         for name, block in blocks:
             for s in range(block.shape[1]):
                 for c in range(10):
-                    ax = axes[r, c]
-                    ax.imshow(block[c, s].reshape(8, 8).numpy(), cmap="gray_r", vmin=0, vmax=1)
-                    ax.set_xticks([])
-                    ax.set_yticks([])
+                    axes[r, c].imshow(block[c, s].reshape(8, 8).numpy(), cmap="gray_r", vmin=0,
+                                      vmax=1)
+                    axes[r, c].set(xticks=[], yticks=[])
                 axes[r, 0].set_ylabel(name if s == 0 else "", fontsize=7, rotation=0,
                                       ha="right")
                 r += 1
@@ -302,38 +302,37 @@ def _figures(out, fused, generated, imputations):
             ax.plot(steps, r["chain"], label="Markov chain, same model (PoE of all parts)")
             ax.plot(steps, r["chain_iwae"], label="Markov chain, IWAE on the full image")
             ax.axhline(r["one_shot"], color="C1", label="one shot from the PoE (MSNVI)")
-            ax.set_xlabel("Markov-chain step")
-            ax.set_ylabel("log-likelihood of the missing part")
-            ax.set_title(f"Digits-{variant.upper()}: {' + '.join(IMPUTED[variant])} missing")
+            ax.set(xlabel="Markov-chain step", ylabel="log-likelihood of the missing part",
+                   title=f"Digits-{variant.upper()}: {' + '.join(IMPUTED[variant])} missing")
             ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "imputation.png", dpi=100)
 
 
-def _readme(payload, argv):
+def _readme(payload):
     a = payload["args"]
     names = [f"{o} K={k}" for o, k in TRAINED] + ["IWAE"]
     columns = [f"L({LABEL[o]})" + ("" if k == 16 else f" K={k}") for o, k in TRAINED] + ["IWAE"]
     lines = header(
         "MSNVI on the digits variants (Kurle et al. 2019, §5.2, Table 1, Figs. 3-4)",
-        command=command_line("experiments/msnvi_digits.py", argv),
+        command=payload["command"],
         budget=(f"{a['epochs']} epochs of the 1,438 training digits (dynamic binarisation), "
                 f"batch {a['batch_size']}, Adam {a['lr']}, latent {a['latent']}, MLPs "
                 f"{a['hidden']}; evaluation K = {a['eval_particles']} on one binarisation of "
                 f"the 359 test digits"),
-        seeds=[a["seed"]], wall_s=payload["wall_s"],
-        machine=machine_summary(a["threads"]))
+        seeds=[a["seed"]], wall_s=payload["wall_s"], machine=payload.get("machine"))
     lines += ["Negative bounds in nats per digit (lower is better). Rows: the objective of the "
               "evaluation; columns: the objective of training. In parentheses the paper's "
-              "28x28 MNIST numbers: a digit here has 64 pixels against 784, so compare the "
-              "pattern, not the values. The IWAE is the baseline of one source: the full "
-              "image into one encoder (TB, QU), one noisy copy (NO).", ""]
+              f"numbers ({PAPER_SOURCE}; `experiments/msnvi_digits_paper.json`): a digit here "
+              "has 64 pixels against 784, so compare the pattern, not the values. The IWAE is "
+              "the baseline of one source: the full image into one encoder (TB, QU), one noisy "
+              "copy (NO).", ""]
     for variant, table in payload["negative_bounds"].items():
         lines += [f"## Digits-{variant.upper()}", ""]
         rows = []
         for e in EVALUATED:
             cells = [beside(table[n].get(e) if n != "IWAE" or e == "poe" else None,
-                            PAPER[variant][e][j]) for j, n in enumerate(names)]
+                            PAPER[variant][e][j], PAPER_DIGITS) for j, n in enumerate(names)]
             rows.append([f"L({LABEL[e]})", *cells])
         lines += markdown_table(["eval \\ train", *columns], rows) + [""]
         lines += _verdict(variant, table) + [""]
@@ -353,11 +352,10 @@ def _readme(payload, argv):
                                  "chain, same model", "chain, IWAE"], rows)
         lines += ["", "Against the paper (Fig. 4: the one-shot imputation beats the chain by a "
                   "large margin):"]
+        imputed = payload["imputation"]
         for name, chain in (("IWAE", "chain_iwae"), ("same model", "chain")):
-            beaten = [v.upper() for v, r in payload["imputation"].items()
-                      if r["one_shot"] > max(r[chain])]
-            lost = [v.upper() for v, r in payload["imputation"].items()
-                    if r["one_shot"] <= max(r[chain])]
+            wins = {v.upper(): r["one_shot"] > max(r[chain]) for v, r in imputed.items()}
+            beaten, lost = [v for v, w in wins.items() if w], [v for v, w in wins.items() if not w]
             lines.append(f"- the chain with the {name}: " + (
                 f"beaten at every step on {', '.join(beaten)}" if beaten else "") +
                 ("; " if beaten and lost else "") +
@@ -366,13 +364,6 @@ def _readme(payload, argv):
         lines += ["", "![imputation](imputation.png)", ""]
     lines += ["![samples](samples.png)", ""]
     return lines
-
-
-def render(path):
-    """Rewrite the README beside ``path`` (a results.json) from its numbers."""
-    path = Path(path)
-    payload = json.loads(path.read_text())
-    write_results(path.parent, payload, _readme(payload, payload.get("argv")))
 
 
 def _verdict(variant, table):

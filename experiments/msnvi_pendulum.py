@@ -11,7 +11,8 @@ fails (pure noise) after two, the script reports, before and after the failure:
   that one fuses only the two healthy cameras.
 
 Writes ``experiments/results/msnvi_pendulum/`` (README.md, results.json, sweep.png). The paper
-shows figures only.
+shows figures only. ``--rerender DIR`` rewrites ``DIR/README.md`` from ``DIR/results.json``
+without training.
 
     python experiments/msnvi_pendulum.py           # a few minutes on 2 CPU cores
     python experiments/msnvi_pendulum.py --quick   # seconds (the test suite's smoke run)
@@ -33,11 +34,15 @@ from pyro_mmvae.eval import conflict_matrix, decode_means
 from pyro_mmvae.guides import MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.models import GaussianDecoder, MultimodalModel, StandardNormalPrior
 from pyro_mmvae.nn import MLP
-from pyro_mmvae.tables import (command_line, fmt, header, markdown_table, repository_relative,
-                               write_results)
+from pyro_mmvae.tables import (command_line, fmt, header, machine_summary, markdown_table,
+                               repository_relative, write_results)
 from pyro_mmvae.train import fit
 
+from _multimodal_tables import rerender_readme  # a sibling: the script's folder is on the path
+
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ("Richard Kurle, Stephan Günnemann, Patrick van der Smagt, *Multi-Source Neural "
+             "Variational Inference*, AAAI 2019, arXiv:1811.04451")
 CAMERAS = ("camera0", "camera1", "camera2")
 FUSIONS = {"camera 0": ("camera0",), "camera 1": ("camera1",), "camera 2": ("camera2",),
            "PoE(0, 1, 2)": CAMERAS, "PoE(1, 2)": ("camera1", "camera2")}
@@ -68,7 +73,11 @@ def main(argv=None) -> dict:
     p.add_argument("--output-dir",
                    default=str(ROOT / "experiments" / "results" / "msnvi_pendulum"))
     p.add_argument("--quick", action="store_true", help="smoke run")
+    p.add_argument("--rerender", metavar="DIR",
+                   help="only rewrite DIR/README.md from DIR/results.json (no training)")
     args = p.parse_args(argv)
+    if args.rerender:
+        return rerender_readme(args.rerender, "msnvi_pendulum.py", _readme)
     if args.quick:
         args.epochs, args.points, args.samples, args.hidden = 2, 256, 20, 16
         args.image_size, args.steps_per_rotation = 8, 6
@@ -116,10 +125,12 @@ def main(argv=None) -> dict:
                 "camera 1 vs 2, after": float(c12[split:].mean())}
     recorded = dict(vars(args), output_dir=repository_relative(out, ROOT))
     payload = {"args": recorded, "rows": rows, "conflict": conflict,
-               "final_loss": history["loss"][-1], "wall_s": time.time() - t0}
+               "final_loss": history["loss"][-1], "wall_s": time.time() - t0,
+               "command": command_line("experiments/msnvi_pendulum.py", argv),
+               "machine": machine_summary()}
     _figure(out / "sweep.png", sweep, curves, c0, split)
     write_results(out, {**payload, "curves": curves, "conflict_curve": c0.tolist()},
-                  _readme(payload, argv))
+                  _readme(payload))
     return payload
 
 
@@ -150,18 +161,19 @@ def _figure(path, sweep, curves, c0, split):
     fig.savefig(path, dpi=100)
 
 
-def _readme(payload, argv):
+def _readme(payload):
     a = payload["args"]
     lines = header(
         "MSNVI pendulum: fusion and conflict (Kurle et al. 2019, §5.3, Fig. 5)",
-        command=command_line("experiments/msnvi_pendulum.py", argv),
+        command=payload["command"],
         budget=(f"{a['epochs']} epochs of {a['points']} renders ({a['image_size']}x"
                 f"{a['image_size']} px; the paper's are 32x32), batch 128, Adam 1e-3, L(ind) "
                 f"with K = {a['particles']}, latent {a['latent_dim']}, encoders {a['hidden']} "
                 f"wide; sweep: 3 rotations of {a['steps_per_rotation']} steps, camera 0 pure "
                 f"noise after two; {a['samples']} latent samples per angle"),
-        seeds=[a["seed"]], wall_s=payload["wall_s"])
+        seeds=[a["seed"]], wall_s=payload["wall_s"], machine=payload.get("machine"))
     columns = ("error before", "error after", "spread before", "spread after")
+    lines += [f"Paper: {REFERENCE}.", ""]
     lines += markdown_table(["belief", *columns],
                             [[name, *(fmt(r[k], 3) for k in columns)]
                              for name, r in payload["rows"].items()])

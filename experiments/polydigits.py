@@ -1,13 +1,18 @@
 r"""MoPoE's PolyMNIST experiment (Sutter et al. 2021, Fig. 3) on PolyDigits, for every aggregator
 and bound.
 
+Thomas M. Sutter, Imant Daunhawer, Julia E. Vogt, *Generalized Multimodal ELBO* (ICLR 2021,
+arXiv:2105.02470); the masked bound of Marcel Hirt, Domenico Campolo, Victoria Leong,
+Juan-Pablo Ortega, *Learning multi-modal generative models with permutation-invariant encoders
+and tighter variational bounds* (TMLR 2024, arXiv:2309.00380).
+
 PolyDigits (:func:`pyro_mmvae.data.load_poly_digits`) is the PolyMNIST recipe rebuilt from
 scikit-learn's bundled 8×8 digits: five image modalities ``m0``..``m4`` (3×16×16), each tuple
 five different digits of the same class on five modality-specific backgrounds; 10,000 training
 and 2,000 test tuples built from disjoint digits (PolyMNIST: 60,000 / 10,000 tuples of 3×28×28).
 
 Rows: the guide aggregators PoE, MoE, MoPoE, SumPooling and SelfAttention (``--aggregators``)
-× the masked bound of seed 004 and the mixture bound of MMVAE/MoPoE (``--bounds``; MVAE's
+× the masked bound of Hirt et al. and the mixture bound of MMVAE/MoPoE (``--bounds``; MVAE's
 ``subsampled`` bound is available too), several seeds (``--seeds``). Each run is exactly
 ``pyro-mmvae train --dataset polydigits --aggregator A --bound B --seed S --epochs E`` plus this
 script's recipe (``--beta 2.5``, MoPoE's PolyMNIST value) and the ``pyro-mmvae train`` options
@@ -15,9 +20,9 @@ given to the script (for every run), trained with :func:`pyro_mmvae.train.fit`. 
 keep the CLI's defaults: the masked bound with ρ = iid_half; the mixture bound with S = all
 modalities and the stratified estimator, which with the MoE guide is MMVAE's objective and with
 the MoPoE guide MoPoE's (the paper's rows), and with PoE, SumPooling or SelfAttention the plain
-joint ELBO (``--masking iid_half --mixture-form sampled`` trains seed 004's mixture bound
-instead). MoPoE under the stratified mixture bound decodes all 31 subset components per data
-point: ~30× the cost of any other run. Each run is then evaluated on the first
+joint ELBO (``--masking iid_half --mixture-form sampled`` trains the mixture bound in Hirt et
+al.'s form instead). MoPoE under the stratified mixture bound decodes all 31 subset components
+per data point: ~30× the cost of any other run. Each run is then evaluated on the first
 ``--eval-points`` test tuples:
 
 - cross coherence against the number of input modalities (1..4; a generated modality outside
@@ -32,7 +37,8 @@ point: ~30× the cost of any other run. Each run is then evaluated on the first
 
 The paper reports PolyMNIST only as curves (no numbers) except the joint coherence of MVAE,
 MMVAE and MoPoE; ``table.md`` prints those beside ours, labelled as PolyMNIST (28×28, latent
-512, 300 epochs) numbers for reference — the data and budgets are not the same.
+512, 300 epochs) numbers for reference — the data and budgets are not the same. The paper's
+numbers are read from ``polydigits_paper.json`` beside this script.
 
 Run ``python experiments/polydigits.py --help``; ``--quick`` is a seconds-long smoke run.
 Outputs (``--output-dir``): ``table.md`` (our numbers, mean (std) over seeds, beside the
@@ -43,6 +49,7 @@ paper's), ``results.json`` (every run: all subsets and targets, loss curves, tim
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import _multimodal_common as common  # siblings: the script's own folder is importable
@@ -58,20 +65,22 @@ DEFAULT_EPOCHS = 30
 RECIPE = {"beta": 2.5}  # MoPoE App. D.2: beta = 2.5 for all PolyMNIST models
 NAMES = tables.NAMES
 
-# MoPoE paper (Sutter et al. 2021), PolyMNIST: Fig. 3 has curves only; the caption gives the
-# joint coherence, mean (std) over 5 runs, in % (research notes A4.3). The paper's models map to
-# our (aggregator, bound) as MVAE = PoE + subsampled, MMVAE = MoE + mixture, MoPoE = MoPoE +
-# mixture.
-PAPER_JOINT_COHERENCE = {
-    ("poe", "subsampled"): ("MVAE", "0.036 (0.015)"),
-    ("moe", "mixture"): ("MMVAE", "0.200 (0.019)"),
-    ("mopoe", "mixture"): ("MoPoE", "0.121 (0.016)"),
-}
-PAPER_PATTERN = (
-    "MoPoE matches MMVAE with one input and MVAE's log-likelihood with all five, and is best on "
-    "latent accuracy and coherence; MVAE and MoPoE improve with more inputs while MMVAE stays "
-    "flat (the extracted text contradicts itself here; this is the reading consistent with the "
-    "method); MMVAE has the highest joint coherence and MVAE the lowest.")
+PAPER_FILE = Path(__file__).with_name("polydigits_paper.json")
+
+
+def load_paper(path: Path = PAPER_FILE) -> dict:
+    """The MoPoE paper's PolyMNIST numbers (``polydigits_paper.json``: Sutter et al., ICLR 2021,
+    arXiv:2105.02470; Fig. 3 has curves only, its caption the joint coherence, mean (std) over
+    5 runs): ``joint_coherence`` ``{(aggregator, bound): (paper model, "mean (std)")}`` (MVAE =
+    PoE + subsampled, MMVAE = MoE + mixture, MoPoE = MoPoE + mixture) and ``pattern``, the
+    reported pattern of its curves."""
+    paper = json.loads(path.read_text(encoding="utf-8"))
+    return {"joint_coherence": {(e["aggregator"], e["bound"]): (model, tables.paper_cell(
+                e["value"], paper["digits"])) for model, e in paper["joint_coherence"].items()},
+            "pattern": paper["pattern"]}
+
+
+PAPER = load_paper()
 
 
 def parse_args(argv=None):
@@ -146,9 +155,9 @@ def write_table(path: Path, payload: dict) -> None:
         "is in its caption:", "",
         "| Paper model (our aggregator, bound) | joint coherence |", "|---|---|",
     ]
-    for (aggregator, bound), (model, value) in PAPER_JOINT_COHERENCE.items():
+    for (aggregator, bound), (model, value) in PAPER["joint_coherence"].items():
         lines.append(f"| {model} ({NAMES[aggregator]}, {bound}) | {value} |")
-    lines += ["", f"Reported pattern: {PAPER_PATTERN}", "",
+    lines += ["", f"Reported pattern: {PAPER['pattern']}", "",
               "## Latent linear classification vs number of input modalities", "",
               "Accuracy of a logistic regression on the posterior means of q(z | x_S), fitted on "
               f"{cfg.get('latent_train_points', '?')} random training tuples, on the test "

@@ -1,11 +1,13 @@
 """Experiment scripts: helper checks and one tiny-budget smoke run per script."""
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
 
-from tests.helpers import load_script
+from tests.helpers import ROOT, load_script
 
 
 def test_msnvi_toy_smoke(tmp_path):
@@ -153,3 +155,89 @@ def test_m2vae_scripts_train_what_they_name(script, monkeypatch):
     else:  # one beta everywhere
         assert m2loss.beta == jzloss.beta == 0.5 and tvloss == "default losses"
         assert tvkw["beta"] == 0.5
+
+
+# --- the papers' numbers in data files; committed READMEs re-render byte for byte -----------
+
+EXPERIMENTS = ROOT / "experiments"
+# script -> how it re-renders a results folder DIR (argv)
+RERENDER = {"msnvi_digits": lambda d: ["--render", str(d / "results.json")],
+            "m2vae_digits": lambda d: ["--rerender", str(d)],
+            "m2vae_mog": lambda d: ["--rerender", str(d)],
+            "msnvi_toy": lambda d: ["--rerender", str(d)],
+            "msnvi_pendulum": lambda d: ["--rerender", str(d)]}
+OWN = ["msnvi_digits", "m2vae_digits", "m2vae_mog", "msnvi_toy", "msnvi_pendulum",
+       "digits_svhn_text", "polydigits"]
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*_paper.json")), ids=lambda p: p.name)
+def test_each_paper_file_names_a_real_reference(path):
+    paper = json.loads(path.read_text(encoding="utf-8"))
+    assert (EXPERIMENTS / path.name.replace("_paper.json", ".py")).is_file()
+    source = paper["source"]
+    assert "arXiv:" in source or "OpenReview" in source, source
+    assert "seed 004" not in source.lower() and "spec" not in source
+
+
+def test_msnvi_digits_paper_file_holds_what_the_table_prints():
+    digits = load_script("msnvi_digits")
+    table, decimals, source = digits.load_paper()
+    assert table == digits.PAPER and decimals == 2 and "arXiv:1811.04451" in source
+    assert table["tb"]["poe"][2] == 87.59 and table["tb"]["ind"][0] == 102.20
+    assert table["qu"]["ind"][-1] is None  # the IWAE baseline has one number, its bound
+    raw = (EXPERIMENTS / "msnvi_digits_paper.json").read_text(encoding="utf-8")
+    assert "102.20" in raw  # written as printed
+    readme = (EXPERIMENTS / "results" / "msnvi_digits" / "README.md").read_text()
+    assert "(87.59)" in readme and "(102.20)" in readme and "arXiv:1811.04451" in readme
+
+
+def test_m2vae_digits_paper_file_holds_what_the_table_prints():
+    m2 = load_script("m2vae_digits")
+    table, validation, decimals, source = m2.load_paper()
+    assert list(table) == list(m2.MODELS) and table["M2VAE"] == (-10.75, -10.91, -16.01)
+    assert validation == {"e": -199.23, "me": -204.48} and decimals == 2
+    assert "ICLR 2019" in source and "Korthals" in source
+    readme = (EXPERIMENTS / "results" / "m2vae_digits" / "README.md").read_text()
+    assert "(-10.75)" in readme and "(-199.23)" in readme and "(-23.60)" in readme
+
+
+@pytest.mark.parametrize("script", list(RERENDER))
+def test_committed_readme_rerenders_byte_for_byte(script, tmp_path):
+    """Re-rendering a committed folder (a copy: results.json and the README whose header
+    records the command and machine of the run) writes the committed README again, and
+    leaves results.json as it is."""
+    committed = EXPERIMENTS / "results" / script
+    for name in ("results.json", "README.md"):
+        shutil.copyfile(committed / name, tmp_path / name)
+    (tmp_path / "README.md").write_text(  # a stale body under the recorded header
+        (committed / "README.md").read_text().split("\n\n")[1] + "\n\nstale\n")
+    module = load_script(script)
+    payload = module.main(RERENDER[script](tmp_path))
+    assert (tmp_path / "README.md").read_bytes() == (committed / "README.md").read_bytes()
+    assert (tmp_path / "results.json").read_bytes() == (committed / "results.json").read_bytes()
+    assert payload["command"].startswith(f"python experiments/{script}.py")
+
+
+def test_rerender_prefers_the_recorded_command_and_machine(tmp_path):
+    tables = load_script("_multimodal_tables")
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\n- Command: `python experiments/x.py --quick`\n- Budget: b\n"
+                      "- Seeds: 0\n- Wall time: 3 s (2 CPU cores, one torch thread)\n")
+    assert tables.recorded_run({}, readme, "x.py") == {
+        "command": "python experiments/x.py --quick",
+        "machine": "2 CPU cores, one torch thread"}
+    assert tables.recorded_run({"command": "c", "machine": "m"}, readme, "x.py") == {
+        "command": "c", "machine": "m"}
+    assert tables.recorded_run({"argv": ["--seed", "1"]}, tmp_path / "none", "x.py") == {
+        "command": "python experiments/x.py --seed 1"}
+
+
+@pytest.mark.parametrize("script", OWN)
+def test_no_internal_note_names(script):
+    """Citations are real references, not the names of internal notes."""
+    files = [EXPERIMENTS / f"{script}.py"] + sorted(
+        (EXPERIMENTS / "results" / script).rglob("*.md"))
+    for path in files:
+        text = path.read_text(encoding="utf-8").lower()
+        for name in ("seed 004", "seed-004", "seed's", "spec §", "research notes", "research/"):
+            assert name not in text, (path.name, name)

@@ -88,12 +88,56 @@ def test_each_run_is_the_configuration_of_its_train_command(script):
 
 @pytest.mark.parametrize("script", list(COMMITTED))
 def test_committed_results_render_to_the_committed_tables(script, tmp_path):
+    """Byte for byte: the committed tables are what --render writes from results.json."""
     module = load_script(script)
     for folder in COMMITTED[script]:
         out = tmp_path / folder.replace("/", "_")
         module.main(["--render", str(RESULTS / folder / "results.json"), "--output-dir",
                      str(out)])
-        assert (out / "table.md").read_text() == (RESULTS / folder / "table.md").read_text()
+        assert (out / "table.md").read_bytes() == (RESULTS / folder / "table.md").read_bytes()
+
+
+# --- the papers' numbers: data files beside the scripts -----------------------------------------
+
+def test_digits_svhn_text_paper_file_holds_what_the_table_prints(digits_svhn_text):
+    path = ROOT / "experiments" / "digits_svhn_text_paper.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert "arXiv:2309.00380" in raw["source"] and "Hirt" in raw["source"]
+    assert "arXiv:2105.02470" in raw["mopoe"]["source"]
+    paper = digits_svhn_text.load_paper(path)
+    assert paper == digits_svhn_text.PAPER
+    # the printed precision survives: a std of 124 next to 54.9, trailing zeros
+    assert paper["table5"]["sumpooling", "masked"] == ("7056 (124)", "2478 (9.3)", "4640 (114)",
+                                                       "-6 (0.0)")
+    assert paper["table6"]["poe", "masked"].split()[-1] == "1.00"
+    assert paper["table13"]["poe", "masked"][0] == "0.988 (0.000)"
+    assert paper["external"]["MVAE"]["table6"].split()[:2] == ["NA", "0.24"]
+    assert paper["external_rows"] == {"MVAE": "PoE, subsampled", "MMVAE": "MoE, mixture",
+                                      "MoPoE": "MoPoE, mixture"}
+    table = (RESULTS / "digits_svhn_text" / "table.md").read_text(encoding="utf-8")
+    assert "| SumPooling | masked | paper (Ours) | 7056 (124) | 2478 (9.3) |" in table
+    assert "| MVAE (PoE, subsampled) | NA | 0.24 |" in table
+    assert "arXiv:2309.00380" in table and "seed 004" not in table
+
+
+def test_polydigits_paper_file_holds_what_the_table_prints(polydigits):
+    path = ROOT / "experiments" / "polydigits_paper.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert "Sutter" in raw["source"] and "arXiv:2105.02470" in raw["source"]
+    paper = polydigits.load_paper(path)
+    assert paper["joint_coherence"]["moe", "mixture"] == ("MMVAE", "0.200 (0.019)")
+    assert paper["pattern"] == raw["pattern"]
+    table = (RESULTS / "polydigits" / "table.md").read_text(encoding="utf-8")
+    assert "| MMVAE (MoE, mixture) | 0.200 (0.019) |" in table
+
+
+def test_a_paper_file_with_other_columns_is_refused(digits_svhn_text, tmp_path):
+    path = ROOT / "experiments" / "digits_svhn_text_paper.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["table6"]["columns"] = raw["table6"]["columns"][::-1]
+    (tmp_path / "paper.json").write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ValueError, match="table6"):
+        digits_svhn_text.load_paper(tmp_path / "paper.json")
 
 
 @pytest.mark.parametrize("script", list(COMMITTED))
