@@ -220,8 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The (unresolved) configuration of the options given in a parsed ``train`` namespace."""
-    return RunConfig.from_dict({k: v for k, v in vars(args).items() if k in FIELDS})
+    """The (unresolved) configuration of the options given in a parsed ``train`` namespace
+    (``--data PATH`` without ``--dataset`` means ``--dataset file``)."""
+    values = {k: v for k, v in vars(args).items() if k in FIELDS}
+    if values.get("data") is not None and "dataset" not in values:
+        values["dataset"] = "file"
+    return RunConfig.from_dict(values)
 
 
 def config_from_argv(argv: Sequence[str]) -> RunConfig:
@@ -324,6 +328,8 @@ def run_train(args, parser: argparse.ArgumentParser) -> int:
                              f"{', '.join(map(RunConfig.flag, RESUME_OPTIONS))} apply)")
         config, output_dir = resumed_config(Path(resume), given, parser), Path(resume)
     else:
+        if given.get("data") is not None and "dataset" not in given:
+            given["dataset"] = "file"  # --data PATH means --dataset file
         config = _resolved(RunConfig.from_dict(given), parser)
         check_output_dir(output_dir, overwrite, parser)
     device = _device(config.device, parser)

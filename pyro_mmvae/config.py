@@ -120,7 +120,8 @@ class RunConfig:
     # data
     dataset: DatasetName = option(DEFAULT_DATASET, 0, _listing(DATASETS))
     data: Optional[Path] = option(
-        None, 0, "your own data (implies --dataset file): an .npz archive or a folder; "
+        None, 0, "your own data (--dataset file, which --data alone implies on the command "
+        "line): an .npz archive or a folder; "
         "recorded relative to the working directory, with its SHA-256", PATH, metavar="PATH",
         runtime="resume")
     modality_kinds: Optional[str] = option(
@@ -304,8 +305,6 @@ class RunConfig:
         prior's and the aggregator's), after checking each value (type, choice, range) and
         every rule between options; ``ValueError`` naming the option otherwise. Idempotent."""
         self._check_values()
-        if self.data is not None and self.dataset == DEFAULT_DATASET:
-            self = replace(self, dataset="file")  # --data PATH implies --dataset file
         dataset = DATASETS[self.dataset]
         config = replace(self, **{k: v for k, v in dataset.defaults.items()
                                   if getattr(self, k) is None})

@@ -66,13 +66,21 @@ def linears(module):
 # --- serialisation ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dataset", list(registry.DATASETS))
-def test_json_round_trip_for_every_dataset(dataset):
-    for config in (RunConfig(dataset=dataset), RunConfig(dataset=dataset).resolve()):
+def test_json_round_trip_for_every_dataset(dataset, tmp_path, monkeypatch):
+    extra = {}
+    if dataset == "file":  # your own data: a small archive in the working directory
+        import numpy as np
+
+        monkeypatch.chdir(tmp_path)
+        np.savez("d.npz", a=np.zeros((10, 3)), b=np.ones((10, 2)))
+        extra = {"data": Path("d.npz")}
+    for config in (RunConfig(dataset=dataset, **extra),
+                   RunConfig(dataset=dataset, **extra).resolve()):
         text = config.to_json()
         assert json.loads(text) == config.to_dict()
         assert RunConfig.from_json(text) == config
         assert RunConfig.from_dict(config.to_dict()) == config
-    resolved = RunConfig(dataset=dataset).resolve()
+    resolved = RunConfig(dataset=dataset, **extra).resolve()
     # what config.json records reads back as the same configuration
     assert RunConfig.from_saved(resolved.saved()).config.resolve() == resolved
     # and the command line that gives it
@@ -114,9 +122,19 @@ def test_from_dict_rejects_unknown_keys():
 
 # --- defaults in one place -----------------------------------------------------------------
 
-def test_dataset_defaults_come_from_the_registry():
+@pytest.fixture
+def own_data(tmp_path, monkeypatch):
+    """A small .npz archive in the working directory, for --dataset file."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("d.npz", a=np.zeros((10, 3)), b=np.ones((10, 2)))
+    return Path("d.npz")
+
+
+def test_dataset_defaults_come_from_the_registry(own_data):
     for name, entry in registry.DATASETS.items():
-        resolved = RunConfig(dataset=name).resolve()
+        resolved = RunConfig(dataset=name, data=own_data if name == "file" else None).resolve()
         for key, value in entry.defaults.items():
             assert getattr(resolved, key) == value, (name, key)
         for key in registry.DATASET_OPTIONS:
@@ -128,7 +146,7 @@ def test_dataset_defaults_come_from_the_registry():
             "is_samples", "eval_points", "channels", "hidden"} <= dependent
     assert all(RunConfig.__dataclass_fields__[k].default is None for k in dependent)
     assert default_help("latent_dim") == ("(default: polydigits, digits-svhn-text: 16; "
-                                          "linear-gaussian: 5)")
+                                          "linear-gaussian: 5; file: 8)")
     assert default_help("beta") == "(default: 1.0)"
 
 
@@ -274,16 +292,18 @@ def test_the_command_line_gives_the_same_errors_before_loading_data(options, mes
     assert re.search(message, err), err
 
 
-def test_every_option_that_does_not_apply_somewhere_is_an_error_there():
+def test_every_option_that_does_not_apply_somewhere_is_an_error_there(own_data):
     """Each dataset-specific option with each dataset it does not apply to, each bound option
     with each bound that takes none."""
     values = dict(image_size=8, train_points=5, channels=(4,), likelihood="gaussian",
                   classifier_epochs=2, eval_points=5, data_root=Path("c"), num_modalities=2,
                   num_points=50, test_fraction=0.5, hidden=(4,), objective="moe",
-                  alpha=0.5, beta_norm=0.5, mixture_form="average")
+                  alpha=0.5, beta_norm=0.5, mixture_form="average", data=own_data,
+                  modality_kinds="a=vector")
     for dataset, entry in registry.DATASETS.items():
         for key in registry.DATASET_OPTIONS:
-            config = RunConfig(dataset=dataset, **{key: values[key]})
+            base = {"data": own_data} if dataset == "file" else {}
+            config = RunConfig(dataset=dataset, **{**base, key: values[key]})
             if key in entry.options:
                 config.resolve()
             else:

@@ -169,8 +169,8 @@ def test_a_run_on_your_own_data_builds_vector_and_image_networks(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     np.savez("mix.npz", v=rng.normal(size=(40, 3)), img=rng.random((40, 8, 8)))
-    config = RunConfig(data="mix.npz", likelihood="bernoulli").resolve()
-    assert config.dataset == "file"
+    config = RunConfig(dataset="file", data="mix.npz", likelihood="bernoulli").resolve()
+    assert cli.config_from_argv(["--data", "mix.npz"]).dataset == "file"
     data = load_data(config)
     assert data.kinds == {"v": "vector", "img": "image"}
     model, guide = build_model(config, data), build_guide(config, data)
