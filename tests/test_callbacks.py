@@ -132,6 +132,7 @@ def test_min_delta_and_monitoring_the_training_loss(data):
     assert hist["best_epoch"] == hist["epoch"][0] + hist["loss"].index(min(hist["loss"]))
 
 
+@pytest.mark.slow
 def test_early_stopping_resumes_where_the_uninterrupted_run_stops(data, tmp_path):
     values = [5.0, 4.0, 4.5, 4.2, 4.1, 3.0]
     model, guide = build(data)

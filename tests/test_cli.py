@@ -212,6 +212,7 @@ def polydigits_run(data_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_default_train_on_polydigits_writes_every_promised_file(polydigits_run, data_root):
     out = polydigits_run
     for name in ("config.json", "metrics.json", "checkpoint.pt", "loss_curve.png",
@@ -244,6 +245,7 @@ def test_default_train_on_polydigits_writes_every_promised_file(polydigits_run, 
     assert all(v["rate"] >= 0 and v["cross_rate"] >= 0 for v in by_size.values())
 
 
+@pytest.mark.slow
 def test_evaluate_and_generate_a_saved_run(polydigits_run, data_root, capsys):
     out = polydigits_run
     before = json.loads((out / "evaluation.json").read_text())
@@ -262,6 +264,7 @@ def test_evaluate_and_generate_a_saved_run(polydigits_run, data_root, capsys):
     assert "unknown modality 'm9'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(data_root, tmp_path):
     args = tiny_images(data_root, "--no-evaluate")
     args[args.index("--epochs") + 1] = "2"
@@ -299,6 +302,7 @@ def test_corrupted_checkpoint_is_a_clear_error(polydigits_run, tmp_path, capsys)
     ["--dataset", "digits-svhn-text", "--aggregator", "poe-divide", "--bound", "multisource",
      "--objective", "hybrid", "--num-particles", "2"],
 ])
+@pytest.mark.slow
 def test_other_image_configurations(data_root, tmp_path, extra):
     assert cli.main(["train", *tiny_images(data_root, *extra), "--output-dir",
                      str(tmp_path)]) == 0

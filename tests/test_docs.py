@@ -42,6 +42,7 @@ def test_custom_model_trains_and_cross_generates(capsys):
     assert re.search(r"x_m1 generated from x_m0: \(1, 5, \d+\)", out)
 
 
+@pytest.mark.slow
 def test_missing_modalities_train_and_conditioning_helps(capsys):
     summary = load_tutorial("missing_modalities").main(
         ["--epochs", "30", "--num-points", "400", "--batch-size", "25", "--num-samples", "64"])
@@ -71,6 +72,7 @@ def test_arviz_tutorial_matches_the_exact_posterior(tmp_path, capsys):
     assert "Pareto k-hat per data point" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_paper_table_tutorial_writes_table1(tmp_path, capsys):
     table = load_tutorial("paper_table").main(["--output-dir", str(tmp_path)])
     assert table == tmp_path / "table1.md"

@@ -23,6 +23,7 @@ def run(args, cwd):
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_library_imports_its_own_packages_beside_user_files(user_folder):
     code = ("import pyro_mmvae.cli, pyro_mmvae.models as m, pyro_mmvae.guides as g\n"
             "from pyro_mmvae.guides import MultimodalGuide, PoE\n"
@@ -36,6 +37,7 @@ def test_library_imports_its_own_packages_beside_user_files(user_folder):
     assert "the user's own models.py" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_runs_from_a_folder_with_user_models_and_guides(user_folder):
     exe = Path(sys.executable).with_name("pyro-mmvae")
     args = [str(exe)] if exe.exists() else [sys.executable, "-m", "pyro_mmvae.cli"]

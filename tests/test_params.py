@@ -255,6 +255,7 @@ print(json.dumps({"names": [[m.pyro_name, g.pyro_name] for m, g in pairs],
 """
 
 
+@pytest.mark.slow
 def test_names_follow_the_order_of_first_calls_and_are_the_same_in_a_fresh_process():
     scope = {"__name__": "names_script"}
     out = io.StringIO()

@@ -68,6 +68,7 @@ def test_digit_images_are_the_bundled_split_in_the_unit_interval():
 
 # --- the CVAE -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_cvae_trains_with_fit_and_follows_the_protocol():
     """fit lowers its ELBO loss; with the image masked out the model generates one (in the
     Bernoulli's support) and the guide falls back to the prior."""

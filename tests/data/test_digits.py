@@ -102,6 +102,7 @@ def test_poly_digits_shapes_ranges_and_labels(poly):
     assert set(train.labels.tolist()) == set(range(10))
 
 
+@pytest.mark.slow
 def test_poly_digits_inverts_the_background_crop_where_the_digit_is(poly):
     train = poly[0]
     backgrounds = poly_backgrounds(16)

@@ -186,6 +186,7 @@ def counted(program, sizes):
     return wrapper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_conditional_coherence_is_the_same_under_any_budget(num_samples):
     model, guide, data, y, classifiers = classified_linear_problem()

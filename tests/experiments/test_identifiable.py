@@ -38,6 +38,7 @@ def _assert_same_record(a, b, rel=1e-9):
             assert x == y, key
 
 
+@pytest.mark.slow
 def test_identifiable_smoke(identifiable, tmp_path):
     payload = identifiable.main(["--quick", "--rows", "poe", "selfattention_mix+gmm",
                                  "--observed", "partial", "--output-dir", str(tmp_path)])
@@ -133,6 +134,7 @@ def _authors_loop(identifiable, spec):
 
 @pytest.mark.parametrize("row, bound", [("poe", "masked"),
                                         ("sumpooling-mixture+gmm", "mixture")])
+@pytest.mark.slow
 def test_training_takes_the_steps_of_the_authors_loop(identifiable, monkeypatch, row, bound):
     # a clip small enough to bind, 4 epochs of 10 batches
     spec = _spec(identifiable, "--rows", row, "--bounds", bound, "--clip", "0.5",

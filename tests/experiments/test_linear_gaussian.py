@@ -92,6 +92,7 @@ def test_true_private_model_matches_the_stacked_loadings(linear_gaussian):
     assert min(linear_gaussian.latent_usage(model)) == pytest.approx(1.0, abs=1e-8)
 
 
+@pytest.mark.slow
 def test_linear_gaussian_learnable_and_equivariant_smoke(linear_gaussian, tmp_path):
     payload = linear_gaussian.main(["--quick", "--tables", "2", "2e", "--aggregators",
                                     "selfattention", "--pe-guides", "pe-sumpooling",
@@ -189,6 +190,7 @@ def _authors_loop(spec):
     ("--tables", "1", "--aggregators", "moe", "--bounds", "mixture"),
     ("--tables", "2", "--aggregators", "sumpooling_mix", "--bounds", "masked"),
     ("--tables", "2e", "--pe-guides", "pe-selfattention", "--bounds", "mixture")])
+@pytest.mark.slow
 def test_training_takes_the_steps_of_the_authors_loop(linear_gaussian, monkeypatch, options):
     # a clip small enough to bind, 4 epochs of 4 batches, the gap after every second epoch
     spec = dict(_spec(linear_gaussian, *options, "--clip", "0.5", "--eval-every", "2"),

@@ -77,6 +77,7 @@ def test_uniform_gate_is_the_moe_aggregator():
         assert torch.allclose(a[a.isfinite()], b[b.isfinite()])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gated", [False, True])
 def test_expected_loss_equals_the_stratified_mixture_bound(gated):
     """Stratifying over c is the exact expectation over c: E[TraceGraph loss] equals
@@ -110,6 +111,7 @@ def exact_gate_gradient(model, guide, data, mask, num_samples=20000):
     return torch.autograd.grad((weights * value).sum(), gate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["decaying_avg", "nn"])
 def test_gate_gradient_is_unbiased(baseline):
     model, data = linear_problem(n=8)

@@ -189,6 +189,7 @@ def pooled_guide(dims, n, seed=1):
     pytest.param(lambda: MaskedMultimodalELBO(K, iwae=True, estimator="dreg"), 40000,
                  id="dreg"),
 ])
+@pytest.mark.slow
 def test_estimators_are_unbiased_for_a_pooled_private_head(elbo, n):
     """Masked bound (random subsets, conditional priors) with the library's guide."""
     model, data = problem(DIMS, n)

@@ -283,6 +283,7 @@ def test_leave_one_out_logsumexp():
     assert torch.allclose(leave_one_out_logsumexp(big, 0)[0], torch.logaddexp(big[1], big[2]))
 
 
+@pytest.mark.slow
 def test_mmvae_trains_a_moe_guide_under_svi():
     _, data = linear_problem(n=32)
     model, _ = linear_problem(seed=1)

@@ -249,6 +249,7 @@ def test_objectives_equal_their_equations(objective, estimator, monkeypatch):
         assert torch.allclose(terms["elbo"], 0.2 * terms["ind"] + 1.5 * terms["poe"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["ind", "moe", "poe", "hybrid"])
 def test_objectives_are_lower_bounds_on_log_p(objective):
     """In expectation over the draws, any guide's objective is below the exact log p(x); more
@@ -515,6 +516,7 @@ def test_one_shot_imputation_decodes_the_missing_part_from_the_fused_belief():
         one_shot_imputation(model, exact_guide(model), data, "d")
 
 
+@pytest.mark.slow
 def test_markov_chain_imputation_reaches_the_same_expectation():
     """With the exact full-data posterior as the guide the chain is a Gibbs sampler of
     p(z, x_c | x_a, x_b): after burn-in its log-likelihood trace averages to the one-shot

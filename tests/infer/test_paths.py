@@ -345,6 +345,7 @@ def test_global_sigma_trains_with_an_autonormal_beside_the_library_guide(bound):
         assert 0.3 < scale < 0.9  # the data's noise is 0.5 (plus what z does not explain)
 
 
+@pytest.mark.slow
 def test_autoguidelist_holds_an_autonormal_and_a_multimodal_guide():
     model, data, _ = sigma_problem(n=64)
     guide = make_guide(PoE(), dims=DIMS, hidden=(16,))

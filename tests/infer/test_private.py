@@ -44,6 +44,7 @@ def test_masked_bound_with_private_latents_is_exact_at_the_exact_posterior(maski
     assert torch.allclose(t["elbo"], exact, atol=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vectorize", [None, False])
 def test_other_bounds_with_private_latents_at_the_exact_posterior(vectorize):
     model, data = private_problem(n=5, dims={"a": 3, "b": 4})

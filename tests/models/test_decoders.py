@@ -54,6 +54,7 @@ def test_bernoulli_decoder_and_image_event_dims():
     assert torch.isfinite(p.log_prob(x)).all()
 
 
+@pytest.mark.slow
 def test_mixed_likelihood_model_trains_with_mlp_decoders():
     n, latent = 64, 2
     torch.manual_seed(0)
