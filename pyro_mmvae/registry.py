@@ -167,12 +167,13 @@ def load_file(config: RunConfig) -> PreparedData:
 
 
 def _count_modalities(config: RunConfig) -> int:
-    """The modalities of ``--data`` (for the checks before loading): read it."""
-    from pyro_mmvae.data.files import parse_kinds, read_multimodal
+    """The number of modalities of ``--data`` (for the checks before loading), from the names
+    in the file alone: every ``resolve()`` asks, so the values are not read here."""
+    from pyro_mmvae.data.files import modality_names
 
     if config.data is None:
         raise ValueError("--dataset file needs --data PATH (an .npz archive or a folder)")
-    return len(read_multimodal(config.data, parse_kinds(config.modality_kinds))[1])
+    return len(modality_names(config.data))
 
 
 def _images(loader, name: str) -> Callable[[RunConfig], PreparedData]:

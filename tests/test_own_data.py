@@ -82,7 +82,8 @@ def write(tmp_path, name="d.npz", **arrays):
     ({"a": np.zeros((5, 2)), "b": np.zeros((4, 2))}, "different numbers of data points: 'a' 5"),
     ({"a": np.array(["x"] * 5)}, "modality 'a'.*dtype"),
     ({"a": np.array([[1.0, np.inf]] * 5)}, "modality 'a': infinite"),
-    ({"a": np.array([[1.0, np.nan]] + [[0.0, 0.0]] * 4)}, "a"),  # a partly-NaN row
+    ({"a": np.array([[1.0, np.nan]] + [[0.0, 0.0]] * 4)},
+     r"modality 'a': data point\(s\) \[0\] are partly NaN"),
     ({"a": np.zeros((5, 2)), "mask_c": np.ones(5, bool)}, "mask_c masks no modality"),
     ({"a": np.zeros((5, 2)), "mask_a": np.ones(4, bool)}, r"mask_a: expected \(5,\)"),
     ({"a": np.zeros((5, 2)), "mask_a": np.zeros(5, bool)}, "'a' is observed at no data point"),
@@ -115,6 +116,18 @@ def test_nan_under_a_mask_that_says_observed_and_other_errors(tmp_path):
     assert parse_kinds("a=image, b=text") == {"a": "image", "b": "text"}
     with pytest.raises(ValueError, match="MODALITY=KIND"):
         parse_kinds("a:image")
+
+
+def test_modality_names_read_no_values(tmp_path):
+    from pyro_mmvae.data.files import modality_names
+
+    path = write(tmp_path, b=np.zeros((3, 2)), a=np.full((3, 1), np.inf), labels=np.zeros(3, int),
+                 mask_a=np.ones(3, bool))
+    assert modality_names(path) == ["a", "b"]  # the infinite values are read_multimodal's
+    (tmp_path / "items" / "x").mkdir(parents=True)
+    assert modality_names(tmp_path / "items") == ["x"]
+    with pytest.raises(FileNotFoundError):
+        modality_names(tmp_path / "nope.npz")
 
 
 def test_given_kinds_override_the_inferred_ones(tmp_path):

@@ -195,6 +195,28 @@ def digest(path: PathLike) -> str:
     return h.hexdigest()
 
 
+def modality_names(path: PathLike) -> list:
+    """The modalities of a data file or folder (module docstring) from its names alone, without
+    reading or checking the values (:func:`read_multimodal` does that)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {path}: no such file or folder")
+    if path.is_dir():
+        names = [p.stem for p in path.glob("*.npy")] or [p.name for p in path.iterdir()
+                                                         if p.is_dir()]
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                names = list(archive.files)
+        except Exception as err:
+            raise ValueError(f"{path.name}: cannot be read as an .npz archive of arrays "
+                             f"({type(err).__name__}: {err})") from err
+    else:
+        raise ValueError(f"--data {path.name}: expected an .npz archive or a folder "
+                         "(<modality>.npy files, or one folder per modality)")
+    return sorted(n for n in names if n != "labels" and not n.startswith("mask_"))
+
+
 def read_multimodal(path: PathLike, kinds: Optional[Mapping[str, str]] = None,
                     dtype: Optional[torch.dtype] = None):
     """Read a multimodal dataset from ``path`` (module docstring), checked.
@@ -242,6 +264,12 @@ def read_multimodal(path: PathLike, kinds: Optional[Mapping[str, str]] = None,
         if np.isinf(a).any():
             raise ValueError(f"modality '{m}': infinite values; mark missing entries with NaN "
                              "or a mask")
+        nan = np.isnan(a).reshape(a.shape[0], -1)
+        partly = nan.any(1) & ~nan.all(1)
+        if partly.any():
+            raise ValueError(f"modality '{m}': data point(s) {np.flatnonzero(partly)[:5].tolist()} "
+                             "are partly NaN; a missing entry is NaN throughout (or give "
+                             f"mask_{m})")
         sizes[m] = a.shape[0]
     n = next(iter(sizes.values()))
     if any(s != n for s in sizes.values()):
