@@ -10,7 +10,7 @@ Times one ``pyro.infer.SVI.step`` (forward, backward, ``pyro.optim.Adam``) of
   attention and MLP width 256, one block), and their mixture variants ``SumPoolingMixture``
   and ``SelfAttentionMixture`` (``--components`` components),
 
-each built by :func:`pyro_mmvae.registry.make_aggregator` (the network the command line and
+each built by :func:`pyro_mmvae.registry.build_aggregator` (the network the command line and
 the experiments build for the same options), at ``M = 2, 5, 10, 20`` modalities, on
 ``pyro_mmvae.models.LinearGaussianModel`` with ``D_m = 32`` per modality, latent 8, batch 256,
 every modality observed, one MLP ``pyro_mmvae.guides.expert_encoder`` per modality. Reported:
@@ -43,11 +43,8 @@ Aggregators are named as on the command line (``sumpooling-mixture``; the table'
 from __future__ import annotations
 
 import argparse
-import cProfile
 import datetime
-import io
 import math
-import pstats
 import resource
 import shlex
 import sys
@@ -58,18 +55,18 @@ import pyro.optim
 import torch
 from pyro.infer import SVI
 
-from bench_bounds import (Variant, environment, library_revision, make_data, median_ms,  # noqa
-                          time_interleaved)
+from bench_bounds import (Variant, add_run_options, add_timing_options,  # noqa: E402
+                          environment, library_revision, make_data, median_ms, profile_steps,
+                          quick, run_benchmark, time_interleaved)
 from pyro_mmvae import MaskedMultimodalELBO  # noqa: E402
-from pyro_mmvae.config import RunConfig  # noqa: E402
 from pyro_mmvae.guides import MultimodalGuide, expert_encoder  # noqa: E402
 from pyro_mmvae.models import LinearGaussianModel  # noqa: E402
-from pyro_mmvae import registry  # noqa: E402
 from pyro_mmvae.registry import AGGREGATORS as REGISTRY  # noqa: E402
-from pyro_mmvae.registry import ATTENTION, canonical  # noqa: E402
+from pyro_mmvae.registry import (AggregatorSizes, build_aggregator,  # noqa: E402
+                                 canonical)
 
-REGISTRY_ATTENTION_TEXT = ("{num_heads} heads, attention and MLP width {attention_dim}, one "
-                           "block").format(**ATTENTION)
+REGISTRY_ATTENTION_TEXT = ("{num_heads} heads, attention and MLP width {attention_width}, one "
+                           "block").format(**vars(AggregatorSizes()))
 AGGREGATORS = ["poe", "mopoe", "sumpooling", "selfattention", "sumpooling-mixture",
                "selfattention-mixture"]
 
@@ -80,18 +77,12 @@ def feature_size(name: str, args) -> int:
     return 2 * args.latent_dim if REGISTRY[name].experts else args.feature_dim
 
 
-def aggregator_config(name: str, args) -> RunConfig:
-    """The run configuration whose aggregator is benchmarked (widths ``--agg-width``,
-    ``--components`` mixture components)."""
-    return RunConfig(dataset="linear-gaussian", aggregator=name, latent_dim=args.latent_dim,
-                     aggregator_width=args.agg_width,
-                     mixture_components=args.components if REGISTRY[name].mixture else None)
-
-
 def make_aggregator(name: str, args, num_modalities: int) -> torch.nn.Module:
-    """The registry's aggregator ``name`` (:func:`pyro_mmvae.registry.make_aggregator`)."""
-    return registry.make_aggregator(aggregator_config(name, args), feature_size(name, args),
-                                    num_modalities)
+    """The registry's aggregator ``name`` (:func:`pyro_mmvae.registry.build_aggregator`;
+    widths ``--agg-width``, ``--components`` mixture components)."""
+    sizes = AggregatorSizes(width=args.agg_width, num_components=args.components)
+    return build_aggregator(name, feature_size(name, args), args.latent_dim, num_modalities,
+                            sizes)
 
 
 def make_model_guide(data, name: str, args):
@@ -316,18 +307,7 @@ def profile(args, spec: str) -> None:
     data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
     model, guide = make_model_guide(data, name, args)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=MaskedMultimodalELBO())
-    for _ in range(args.warmup):
-        svi.step(data, mask)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(args.repeats):
-        svi.step(data, mask)
-    prof.disable()
-    out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats(args.profile_sort).print_stats(args.profile_lines)
-    print(f"cProfile of {args.repeats} SVI steps, masked bound, {name}, M={m_count}, batch "
-          f"{args.batch}, sorted by {args.profile_sort}")
-    print(out.getvalue())
+    profile_steps(args, svi, data, mask, f"masked bound, {name}, M={m_count}")
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -357,53 +337,20 @@ def parse_args(argv=None):
     p.add_argument("--components", type=int, default=5, help="components of the mixtures")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=3, help="discarded rounds")
-    p.add_argument("--repeats", type=int, default=40, help="most timed steps per variant")
-    p.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per variant")
-    p.add_argument("--max-seconds", type=float, default=8.0,
-                   help="stop timing a case once its timed steps exceed this")
-    p.add_argument("--prime-below-ms", type=float, default=100.0,
-                   help="run an untimed step before each timed step of a case faster than this "
-                   "(0: never)")
+    add_timing_options(p, repeats=40, max_seconds=8.0)
     p.add_argument("--max-mixture-mb", type=float, default=1024.0,
                    help="skip MoPoE where its (2, 1, B, K, D) tensors exceed this")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tables", nargs="+", choices=["step", "aggregator"],
                    default=["step", "aggregator"])
-    p.add_argument("--output", help="write the markdown report here")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: M = 2 3, batch 32, 1 warm-up, 3 repeats")
-    p.add_argument("--profile", metavar="AGGREGATOR/M",
-                   help="cProfile --repeats SVI steps of one case (e.g. selfattention/20) "
-                        "instead")
-    p.add_argument("--profile-sort", default="tottime", help="pstats sort key")
-    p.add_argument("--profile-lines", type=int, default=25)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.modalities, args.batch, args.warmup, args.repeats = [2, 3], 32, 1, 3
-        args.min_repeats = 1
-    return args
+    add_run_options(p, "AGGREGATOR/M", "selfattention/20")
+    return quick(p.parse_args(argv))
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.set_default_dtype(torch.float32)
-    pyro.enable_validation(False)
-    if args.profile:
-        profile(args, args.profile)
-        return None
-    t0 = time.perf_counter()
-    steps = step_table(args) if "step" in args.tables else None
-    alone = aggregator_table(args) if "aggregator" in args.tables else None
-    report = render(args, argv, steps, alone, time.perf_counter() - t0)
-    print(report)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(report)
-    return {"step": steps, "aggregator": alone}
+    return run_benchmark(
+        parse_args(argv), argv, {"step": step_table, "aggregator": aggregator_table}, profile,
+        lambda args, argv, r, seconds: render(args, argv, r["step"], r["aggregator"], seconds))
 
 
 if __name__ == "__main__":

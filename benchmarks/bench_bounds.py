@@ -585,12 +585,8 @@ def render(args, argv, bounds, overhead, elapsed) -> str:
 
 
 # --- profiling -------------------------------------------------------------------------------
-def profile(args, spec: str) -> None:
-    bound, agg, m_count = spec.split("/")
-    m_count = int(m_count)
-    data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
-    model, guide = make_model_guide(data, args.latent_dim, args.hidden, agg, args.seed)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=BOUNDS[bound]())
+def profile_steps(args, svi, data, mask, what: str) -> None:
+    """Print cProfile's table of ``--repeats`` SVI steps (after ``--warmup`` untimed ones)."""
     for _ in range(args.warmup):
         svi.step(data, mask)
     prof = cProfile.Profile()
@@ -599,11 +595,19 @@ def profile(args, spec: str) -> None:
         svi.step(data, mask)
     prof.disable()
     out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out).sort_stats(args.profile_sort)
-    stats.print_stats(args.profile_lines)
-    print(f"cProfile of {args.repeats} SVI steps, {bound} bound, {agg}, M={m_count}, "
-          f"batch {args.batch}, sorted by {args.profile_sort}")
+    pstats.Stats(prof, stream=out).sort_stats(args.profile_sort).print_stats(args.profile_lines)
+    print(f"cProfile of {args.repeats} SVI steps, {what}, batch {args.batch}, sorted by "
+          f"{args.profile_sort}")
     print(out.getvalue())
+
+
+def profile(args, spec: str) -> None:
+    bound, agg, m_count = spec.split("/")
+    m_count = int(m_count)
+    data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
+    model, guide = make_model_guide(data, args.latent_dim, args.hidden, agg, args.seed)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=BOUNDS[bound]())
+    profile_steps(args, svi, data, mask, f"{bound} bound, {agg}, M={m_count}")
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -617,38 +621,55 @@ def parse_args(argv=None):
                    help="encoder hidden layer widths")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
+    add_timing_options(p, repeats=50, max_seconds=10.0)
+    p.add_argument("--max-pairwise-mb", type=float, default=256.0,
+                   help="largest (K, S, B, K, D) stratified-mixture tensor to run at full batch; "
+                   "larger cases run at the batch that fits")
+    p.add_argument("--tables", nargs="+", choices=["bounds", "overhead"],
+                   default=["bounds", "overhead"])
+    add_run_options(p, "BOUND/AGGREGATOR/M", "mixture/MoPoE/10")
+    return quick(p.parse_args(argv))
+
+
+def add_timing_options(p, repeats: int, max_seconds: float) -> None:
+    """The timing options of the step benchmarks (defaults ``repeats``, ``max_seconds``)."""
     p.add_argument("--warmup", type=int, default=3, help="discarded rounds")
-    p.add_argument("--repeats", type=int, default=50, help="most timed steps per variant")
+    p.add_argument("--repeats", type=int, default=repeats, help="most timed steps per variant")
     p.add_argument("--min-repeats", type=int, default=5, help="fewest timed steps per variant")
-    p.add_argument("--max-seconds", type=float, default=10.0,
+    p.add_argument("--max-seconds", type=float, default=max_seconds,
                    help="stop timing a case once its timed steps exceed this")
     p.add_argument("--prime-below-ms", type=float, default=100.0,
                    help="run an untimed step before each timed step of a case faster than this "
                    "(0: never)")
-    p.add_argument("--max-pairwise-mb", type=float, default=256.0,
-                   help="largest (K, S, B, K, D) stratified-mixture tensor to run at full batch; "
-                   "larger cases run at the batch that fits")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tables", nargs="+", choices=["bounds", "overhead"],
-                   default=["bounds", "overhead"])
+
+
+def add_run_options(p, profile_metavar: str, profile_example: str) -> None:
+    """``--output``, ``--quick`` and the profiler's options."""
     p.add_argument("--output", help="write the markdown report here")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: M = 2 3, batch 32, 1 warm-up, 3 repeats")
-    p.add_argument("--profile", metavar="BOUND/AGGREGATOR/M",
-                   help="cProfile --repeats SVI steps of one case (e.g. mixture/MoPoE/10) instead")
+    p.add_argument("--profile", metavar=profile_metavar,
+                   help=f"cProfile --repeats SVI steps of one case (e.g. {profile_example}) "
+                   "instead")
     p.add_argument("--profile-sort", default="tottime", help="pstats sort key")
     p.add_argument("--profile-lines", type=int, default=25)
-    args = p.parse_args(argv)
+
+
+def quick(args):
+    """``--quick``'s budget."""
     if args.quick:
         args.modalities, args.batch, args.warmup, args.repeats = [2, 3], 32, 1, 3
         args.min_repeats = 1
     return args
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+def run_benchmark(args, argv, tables: Dict[str, Callable], profile: Callable,
+                  render: Callable) -> Optional[dict]:
+    """Run the ``tables`` that ``--tables`` names (in the order given here) with one thread
+    count and Pyro's validation off, print ``render(args, argv, results, seconds)`` and write
+    it to ``--output``; or only profile one case (``--profile``)."""
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float32)
     pyro.enable_validation(False)
@@ -656,14 +677,20 @@ def main(argv=None):
         profile(args, args.profile)
         return None
     t0 = time.perf_counter()
-    overhead = overhead_table(args) if "overhead" in args.tables else None
-    bounds = bounds_table(args) if "bounds" in args.tables else None
-    report = render(args, argv, bounds, overhead, time.perf_counter() - t0)
+    results = {name: fn(args) if name in args.tables else None for name, fn in tables.items()}
+    report = render(args, argv, results, time.perf_counter() - t0)
     print(report)
     if args.output:
         with open(args.output, "w") as f:
             f.write(report)
-    return {"bounds": bounds, "overhead": overhead}
+    return results
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_benchmark(
+        parse_args(argv), argv, {"overhead": overhead_table, "bounds": bounds_table}, profile,
+        lambda args, argv, r, seconds: render(args, argv, r["bounds"], r["overhead"], seconds))
 
 
 if __name__ == "__main__":

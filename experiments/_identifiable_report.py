@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyro_mmvae import registry
 from pyro_mmvae.eval import CCA
 from pyro_mmvae.io import atomic_write
 from pyro_mmvae.tables import beside, fmt, header, markdown_table, mean_std
@@ -31,23 +32,17 @@ ROWS = {
     "sumpooling-mixture+gmm": ("sumpooling-mixture", "gmm", "SumPoolingMixture"),
     "selfattention-mixture+gmm": ("selfattention-mixture", "gmm", "SelfAttentionMixture"),
 }
-# The earlier spelling, used by the committed results and their commands.
-ALIASES = {"sumpooling_mix": "sumpooling-mixture", "selfattention_mix": "selfattention-mixture"}
 BOUNDS = ("masked", "mixture")
 OBSERVED = ("partial", "full")
 PAPER = json.loads((Path(__file__).resolve().parent / "identifiable_paper.json").read_text())
 PAPER_EPOCHS = 4000
 
 
-def aggregator_key(name: str) -> str:
-    """An aggregator's name in the CLI's spelling (``sumpooling_mix`` -> ``sumpooling-mixture``)."""
-    return ALIASES.get(name, name)
-
-
 def row_key(name: str) -> str:
-    """A row key in the current spelling; ``argparse.ArgumentTypeError`` if unknown."""
+    """A row key in the registry's spelling (the committed results' commands use the earlier
+    ``sumpooling_mix``); ``argparse.ArgumentTypeError`` if unknown."""
     agg, plus, prior = name.partition("+")
-    key = aggregator_key(agg) + plus + prior
+    key = registry.ALIASES["aggregator"].get(agg, agg) + plus + prior
     if key not in ROWS:
         raise argparse.ArgumentTypeError(f"unknown row {name!r}; one of {', '.join(ROWS)}")
     return key

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyro_mmvae import registry
 from pyro_mmvae.io import atomic_write
 from pyro_mmvae.tables import MISSING, beside, command_line, fmt, header, markdown_table, mean_std
 from pyro_mmvae.train import write_json
@@ -18,8 +19,8 @@ from pyro_mmvae.train import write_json
 SCRIPT = "experiments/linear_gaussian.py"
 PAPER = json.loads((Path(__file__).resolve().parent / "linear_gaussian_paper.json").read_text())
 AGGREGATOR_NAMES = {"poe": "PoE", "moe": "MoE", "mopoe": "MoPoE", "sumpooling": "SumPooling",
-                    "selfattention": "SelfAttention", "sumpooling_mix": "SumPoolingMixture",
-                    "selfattention_mix": "SelfAttentionMixture"}
+                    "selfattention": "SelfAttention", "sumpooling-mixture": "SumPoolingMixture",
+                    "selfattention-mixture": "SelfAttentionMixture"}
 PE_GUIDES = {"pe-poe": "PE-PoE", "pe-sumpooling": "PE-SumPooling",
              "pe-selfattention": "PE-SelfAttention"}
 NAMES = {**AGGREGATOR_NAMES, **PE_GUIDES}
@@ -149,11 +150,24 @@ def diag_table(t, summary, refs, true_sv):
 
 
 # --- provenance of other results files -----------------------------------------------------
+def aggregator_name(name: str) -> str:
+    """The registry's spelling (earlier runs and commands spelled ``sumpooling_mix``)."""
+    return registry.ALIASES["aggregator"].get(name, name)
+
+
+def read_results(path) -> dict:
+    """A ``results.json``, its runs' aggregators in the registry's spelling."""
+    payload = json.loads(Path(path).read_text())
+    for r in payload["runs"]:
+        r["aggregator"] = aggregator_name(r["aggregator"])
+    return payload
+
+
 def load_included(args):
     """Runs of earlier ``results.json`` files for rows this run does not train."""
     out = []
     for path in args.include:
-        payload = json.loads(Path(path).read_text())
+        payload = read_results(path)
         own = {t: set(rows_of(args, t)) for t in args.table_keys}
         runs = [r for r in payload["runs"]
                 if r["table"] in own and r["aggregator"] not in own[r["table"]]]
@@ -176,7 +190,7 @@ def load_merged(args, records):
     have_refs = {(t, s) for t in args.table_keys for s in seeds_of(args, t)}
     out = []
     for path in args.merge or []:
-        payload = json.loads(Path(path).read_text())
+        payload = read_results(path)
         cfg = payload.get("config", {})
         diff = [k for k in SETTINGS if k in cfg and cfg[k] != getattr(args, k)]
         if diff:
@@ -262,7 +276,7 @@ def setup_lines(args, t, rows):
             "masked-out modality's w_m comes from its prior N(0, I) (eq. 10)." + learnable]
     mixtures = (f" Mixture versions: ρ outputs K = {args.num_components} components; "
                 "`DiagNormalMixture` samples with implicit reparameterisation."
-                if any(r.endswith("_mix") for r in rows) else "")
+                if any(r.endswith("-mixture") for r in rows) else "")
     return lines + [
         f"- **Aggregators:** MLP experts D_m -> {experts} -> E = 2D (ReLU) feed every aggregator "
         "(the authors' code). PoE with the prior expert, MoE (uniform over the unimodal "
@@ -370,7 +384,7 @@ def rerender(out, parse_args, merge=None):
     """Rewrite the tables and plots of an earlier run from its ``results.json`` (with the
     stored command, runs and wall time); the file is rewritten only when ``merge`` replaces its
     list of merged files."""
-    payload = json.loads((Path(out) / "results.json").read_text())
+    payload = read_results(Path(out) / "results.json")
     args = parse_args(payload["config"]["argv"])
     args.table_keys = [t for t in args.table_keys  # runs from before Table 2e have none
                        if f"table{t}" in payload["reference_exact_posterior"]]

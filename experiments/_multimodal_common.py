@@ -161,6 +161,8 @@ def run_config(args, aggregator: str, bound: str, seed: int) -> RunConfig:
     options = dict(args.run_options)
     if bound != "mixture":
         options.pop("mixture_form", None)  # --mixture-form: the mixture bound's runs
+    if AGGREGATORS[aggregator].experts:
+        options.pop("aggregator_width", None)  # the learnable aggregators' runs
     return RunConfig(dataset=args.dataset, aggregator=aggregator, bound=bound, seed=seed,
                      num_threads=args.threads, no_evaluate=True, no_progress=True, **options)
 

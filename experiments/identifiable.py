@@ -62,17 +62,17 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from _identifiable_report import (BOUNDS, OBSERVED, PAPER, ROWS, aggregator_key, plot_figures,
+from _identifiable_report import (BOUNDS, OBSERVED, PAPER, ROWS, plot_figures,
                                   row_key, run_key, write_tables)
 from pyro_mmvae import MaskedMultimodalELBO, MixtureMultimodalELBO
 from pyro_mmvae.data.identifiable import bimodal_label_study, multimodal_missing_study
 from pyro_mmvae.eval import clustering_accuracy, log_likelihood, mcc
-from pyro_mmvae.guides import (MLPEncoder, MoE, MultimodalGuide, PoE, SelfAttention,
-                               SelfAttentionMixture, SumPooling, SumPoolingMixture)
+from pyro_mmvae.guides import MLPEncoder, MultimodalGuide
 from pyro_mmvae.models import (GaussianDecoder, GaussianMixturePrior, MultimodalModel,
                                StandardNormalPrior)
 from pyro_mmvae.models.decoders import CategoricalDecoder
 from pyro_mmvae.nn import MLP
+from pyro_mmvae.registry import AGGREGATORS, AggregatorSizes, build_aggregator
 from pyro_mmvae.tables import command_line, machine_summary, repository_relative
 from pyro_mmvae.train import clamp_gradients, fit, write_json
 
@@ -118,30 +118,15 @@ def make_model(spec, dims, latent_dim):
     return MultimodalModel(prior, decoders)
 
 
-def make_aggregator(name, feature_dim, latent_dim, width, num_components, min_scale):
-    """The aggregator ``name`` (the CLI's spelling, or the earlier ``sumpooling_mix``)."""
-    common = dict(hidden_dim=width, pooling_dim=width, min_scale=min_scale)
-    attention = dict(common, num_heads=4, attention_dim=width, mlp_dim=width)
-    k = num_components
-    return {
-        "poe": lambda: PoE(min_scale=min_scale),
-        "moe": lambda: MoE(min_scale=min_scale),
-        "sumpooling": lambda: SumPooling(feature_dim, latent_dim, **common),
-        "selfattention": lambda: SelfAttention(feature_dim, latent_dim, **attention),
-        "sumpooling-mixture": lambda: SumPoolingMixture(feature_dim, latent_dim,
-                                                        num_components=k, **common),
-        "selfattention-mixture": lambda: SelfAttentionMixture(feature_dim, latent_dim,
-                                                              num_components=k, **attention),
-    }[aggregator_key(name)]()
-
-
 def make_guide(spec, dims, latent_dim):
-    """MLP encoders ``D_s -> H -> H -> E`` and the row's aggregator."""
+    """MLP encoders ``D_s -> H -> H -> E`` and the row's aggregator (the registry's, of width
+    H throughout: hidden, pooling, attention and MLP)."""
     agg, h = ROWS[row_key(spec["row"])][0], spec["width"]
-    e = 2 * latent_dim if agg in ("poe", "moe") else h
+    e = 2 * latent_dim if AGGREGATORS[agg].experts else h
     encoders = {m: MLPEncoder(d, e, (h, h)) for m, d in dims.items()}
-    return MultimodalGuide(encoders, make_aggregator(agg, e, latent_dim, h,
-                                                     spec["num_components"], spec["min_scale"]))
+    sizes = AggregatorSizes(width=h, attention_width=h, num_components=spec["num_components"],
+                            min_scale=spec["min_scale"])
+    return MultimodalGuide(encoders, build_aggregator(agg, e, latent_dim, len(dims), sizes))
 
 
 def make_bound(spec):

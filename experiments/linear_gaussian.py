@@ -43,20 +43,18 @@ from pyro_mmvae.data.linear_gaussian import (illustrative_bimodal, private_laten
                                              shared_latent_study)
 from pyro_mmvae.eval import rate_distortion
 from pyro_mmvae.eval.mcc import mcc, mean_corr_coef
-from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MoE, MoPoE, MultimodalGuide,
-                               PoE, PooledPrivate, SelfAttention, SelfAttentionMixture,
-                               SumPooling, SumPoolingMixture, expert_encoder)
+from pyro_mmvae.guides import (AttentionPrivate, IndependentPrivate, MultimodalGuide,
+                               PooledPrivate, expert_encoder)
 from pyro_mmvae.models import (ExactPosteriorGuide, LinearGaussianModel, pca_maximum_likelihood,
                                relative_llh_gap)
 from pyro_mmvae.protocol import full_mask, private_site, stack_mask
+from pyro_mmvae.registry import AggregatorSizes, build_aggregator
 from pyro_mmvae.tables import repository_relative
 from pyro_mmvae.train import clamp_gradients, fit, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "experiments" / "results" / "linear_gaussian"
-FIXED = {"poe": PoE, "moe": MoE, "mopoe": MoPoE}
-POOLING = {"sumpooling": (SumPooling, SumPoolingMixture, PooledPrivate),
-           "selfattention": (SelfAttention, SelfAttentionMixture, AttentionPrivate)}
+PRIVATE = {"sumpooling": PooledPrivate, "selfattention": AttentionPrivate}
 AGGREGATORS = tuple(report.AGGREGATOR_NAMES)
 TABLES = ("1", "2", "2e")
 
@@ -143,28 +141,24 @@ def make_data(spec):
 
 
 def make_guide(spec, dims, latent_dim: int, private_dim: int = 0) -> MultimodalGuide:
-    """MLP experts ``D_m -> hidden -> E = 2(D + P)`` and the aggregator (the authors' code)."""
+    """MLP experts ``D_m -> hidden -> E = 2(D + P)`` and the registry's aggregator (the
+    authors' code); the ``pe-`` guides add a private head (Table 2 equivariant)."""
     agg, code = spec["aggregator"], latent_dim + private_dim
     encoders = {m: expert_encoder(d, code, tuple(spec["hidden"])) for m, d in dims.items()}
-    if agg in FIXED:
-        return MultimodalGuide(encoders, FIXED[agg]())
+    sizes = AggregatorSizes(width=spec["agg_hidden"], pooling_width=spec["pooling_dim"],
+                            attention_width=spec["attention_dim"], mlp_width=spec["mlp_dim"],
+                            num_heads=spec["num_heads"], num_components=spec["num_components"])
     if agg == "pe-poe":  # first 2D features: shared PoE expert; last 2P: private expert
-        return MultimodalGuide(encoders, PoE(),
+        return MultimodalGuide(encoders, build_aggregator("poe", 2 * latent_dim, latent_dim),
                                private=IndependentPrivate(2 * latent_dim, private_dim),
                                shared_features=2 * latent_dim)
-    kind = agg.removeprefix("pe-").removesuffix("_mix")
-    single, mixture, private = POOLING[kind]
-    kw = dict(hidden_dim=spec["agg_hidden"], pooling_dim=spec["pooling_dim"])
-    if kind == "selfattention":
-        kw.update(num_heads=spec["num_heads"], attention_dim=spec["attention_dim"],
-                  mlp_dim=spec["mlp_dim"])
-    if agg.endswith("_mix"):
-        return MultimodalGuide(encoders, mixture(2 * code, latent_dim,
-                                                 num_components=spec["num_components"], **kw))
-    aggregator = single(2 * code, latent_dim, **kw)  # (built before the private head)
-    head = ({"private": private(2 * code, latent_dim, private_dim, **kw)}
-            if agg.startswith("pe-") else {})
-    return MultimodalGuide(encoders, aggregator, **head)
+    kind = agg.removeprefix("pe-")
+    aggregator = build_aggregator(kind, 2 * code, latent_dim, len(dims), sizes)
+    if kind == agg:
+        return MultimodalGuide(encoders, aggregator)
+    private = PRIVATE[kind](2 * code, latent_dim, private_dim,  # (built after the aggregator)
+                            **sizes.pooled(attention=kind == "selfattention"))
+    return MultimodalGuide(encoders, aggregator, private=private)
 
 
 def make_bound(spec):
@@ -290,8 +284,8 @@ def parse_args(argv=None):
     add = p.add_argument
     add("--tables", nargs="+", choices=TABLES, default=list(TABLES),
         help="1: Table 1; 2: Table 2 invariant; 2e: Table 2 equivariant")
-    add("--aggregators", nargs="+", choices=AGGREGATORS, default=list(AGGREGATORS),
-        help="aggregators of Tables 1 and 2")
+    add("--aggregators", nargs="+", type=report.aggregator_name, choices=AGGREGATORS,
+        default=list(AGGREGATORS), help="aggregators of Tables 1 and 2")
     add("--pe-guides", nargs="+", choices=tuple(PE_GUIDES), default=list(PE_GUIDES),
         help="permutation-equivariant guides of Table 2e")
     add("--bounds", nargs="+", choices=BOUNDS, default=list(BOUNDS))

@@ -62,10 +62,11 @@ import pyro
 import torch
 
 from pyro_mmvae import __version__
-from pyro_mmvae.config import (FIELDS, GROUPS, PER_COMMAND, POSITIVE_INT, RESUME_OPTIONS,
-                               TUPLE_FIELDS, RunConfig, choices, default_help, field_type)
+from pyro_mmvae.config import (FIELDS, PER_COMMAND, RESUME_OPTIONS, TUPLE_FIELDS, RunConfig,
+                               choices, default_help, field_type)
 from pyro_mmvae.diagnostics.plots import save_generation_grid
 from pyro_mmvae.io import remove_stale_temp_files
+from pyro_mmvae.options import GROUPS, POSITIVE_INT
 from pyro_mmvae.report import EVALUATION, evaluate_run, headline, summary
 from pyro_mmvae.runs import (RUN_MARKERS, RUNTIME_KEYS, build_guide, build_loss, build_model,
                              check_same_data, default_run_dir, load_data, load_run, read_config,
@@ -121,7 +122,7 @@ def add_option(group, name: str, suppress: bool = False) -> None:
 def add_config_options(parser: argparse.ArgumentParser, names: Iterable[str] = FIELDS,
                        suppress: bool = True, groups: Optional[dict] = None) -> dict:
     """The options of the fields ``names`` in their argument groups (``groups``: those made
-    already, by title; the others are made here in :data:`~pyro_mmvae.config.GROUPS` order);
+    already, by title; the others are made here in :data:`~pyro_mmvae.options.GROUPS` order);
     returns the groups by title."""
     groups = dict(groups or {})
     names = list(names)

@@ -34,14 +34,12 @@ that record, converting what earlier versions saved (:data:`LEGACY_KEYS`):
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import (Any, Callable, Dict, Literal, Mapping, NamedTuple, Optional, Tuple, Union,
+from typing import (Any, Dict, Literal, Mapping, NamedTuple, Optional, Tuple, Union,
                     get_args, get_origin, get_type_hints)
 
 from pyro_mmvae import registry
@@ -51,61 +49,8 @@ from pyro_mmvae.registry import (AGGREGATORS, BOUNDS, DATASETS, DEFAULT_COMPONEN
                                  LikelihoodWeights, MaskingName, MixtureForm, Objective,
                                  PriorName, Scale)
 
-# --- value checks: the argparse types of the command line, and RunConfig.resolve's ----------
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class Check:
-    """A field's values: ``ok(value)``, described as ``words`` (``"must be " + words``);
-    :meth:`parse` is the command line's ``type=``."""
-
-    words: str
-    convert: Callable[[str], Any]
-    ok: Callable[[Any], bool]
-
-    def parse(self, text: str):
-        try:
-            value = self.convert(text)
-        except ValueError:
-            value = None
-        if value is None or not self.ok(value):
-            raise argparse.ArgumentTypeError(f"must be {self.words}, got {text}")
-        return value
-
-
-POSITIVE_INT = Check("a positive integer", int, lambda v: _is_int(v) and v >= 1)
-NON_NEGATIVE_INT = Check("a non-negative integer", int, lambda v: _is_int(v) and v >= 0)
-INTEGER = Check("an integer", int, _is_int)
-POSITIVE = Check("a positive number", float, lambda v: _is_real(v) and 0 < v < math.inf)
-NON_NEGATIVE = Check("a finite number >= 0", float,
-                     lambda v: _is_real(v) and 0 <= v < math.inf)
-FRACTION = Check("in [0, 1)", float, lambda v: _is_real(v) and 0 <= v < 1)
-PATH = Check("a path", Path, lambda v: isinstance(v, (str, Path)))
-TEXT = Check("text", str, lambda v: isinstance(v, str))
-OPEN_FRACTION = Check("in (0, 1)", float, lambda v: _is_real(v) and 0 < v < 1)
-
-GROUPS = ("data", "model and guide (defaults depend on --dataset)", "objective", "optimisation",
-          "output and evaluation", "runtime")
-
-
-def option(default, group: int, help: str, check: Optional[Check] = None, *,
-           metavar: Optional[str] = None, runtime: Optional[str] = None,
-           recorded: bool = True):
-    """A :class:`RunConfig` field: ``group`` indexes :data:`GROUPS` (the command line's
-    argument groups); ``runtime``: ``"resume"`` for the options a resume or an evaluation may
-    set anew (saved otherwise), ``"command"`` for how one command runs (a resume takes them
-    from its own command line); ``recorded``: written into ``config.json``."""
-    meta = dict(group=GROUPS[group], help=help, check=check, metavar=metavar, runtime=runtime,
-                recorded=recorded)
-    return field(default=default, metadata=meta)
+from pyro_mmvae.options import (FRACTION, INTEGER, NON_NEGATIVE, NON_NEGATIVE_INT,
+                                OPEN_FRACTION, PATH, POSITIVE, POSITIVE_INT, TEXT, option)
 
 
 def _listing(table) -> str:
@@ -306,8 +251,9 @@ class RunConfig:
         every rule between options; ``ValueError`` naming the option otherwise. Idempotent."""
         self._check_values()
         dataset = DATASETS[self.dataset]
+        skip = self.not_applying()
         config = replace(self, **{k: v for k, v in dataset.defaults.items()
-                                  if getattr(self, k) is None})
+                                  if getattr(self, k) is None and k not in skip})
         bound = BOUNDS[config.bound]
         fill = {k: v for k, v in bound.defaults.items() if getattr(config, k) is None}
         if config.num_particles is None:
@@ -368,6 +314,10 @@ class RunConfig:
             takers = " / ".join(k for k, p in registry.PRIORS.items() if p.components)
             out["prior_components"] = f"--prior-components applies to --prior {takers} only"
         aggregator = self.aggregator or dataset.defaults["aggregator"]
+        if AGGREGATORS[aggregator].experts:
+            out["aggregator_width"] = (f"--aggregator-width does not apply to --aggregator "
+                                       f"{aggregator}, which has no network of its own (the "
+                                       "encoders give it 2 D Gaussian-expert parameters)")
         if not AGGREGATORS[aggregator].mixture:
             out["mixture_components"] = ("--mixture-components applies to --aggregator "
                                          f"{' / '.join(registry.MIXTURE_AGGREGATORS)} only")

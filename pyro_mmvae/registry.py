@@ -11,8 +11,9 @@ there. Older spellings that saved runs and results use are aliases, mapped in on
 - :data:`DATASETS`: how to load a dataset into :class:`PreparedData`, its defaults of the
   dataset-dependent options and which dataset-specific options apply to it;
 - :data:`AGGREGATORS`: how to build each guide aggregator from a configuration
-  (:func:`make_aggregator`; the same network wherever it is built through here: the command
-  line, the experiments, the benchmarks) and what it is (Gaussian or mixture ``q(z | x_S)``,
+  (:func:`build_aggregator` with explicit :class:`AggregatorSizes`, :func:`make_aggregator`
+  from a configuration; the same network wherever it is built: the command line, the
+  experiments, the benchmarks) and what it is (Gaussian or mixture ``q(z | x_S)``,
   learnable, ...);
 - :data:`PRIORS` (:func:`build_prior`), :data:`BOUNDS` (the bound's class, the bound-specific
   options it takes and their defaults) and :data:`LIKELIHOODS` (the image decoders).
@@ -61,7 +62,8 @@ Device = Literal["cpu", "cuda"]
 __all__ = ["AggregatorName", "BoundName", "DatasetName", "Device", "ImageLikelihood",
            "LikelihoodWeights", "MaskingName", "MixtureForm", "Objective", "PriorName", "Scale",
            "PreparedData", "DATASETS", "AGGREGATORS", "PRIORS", "BOUNDS", "LIKELIHOODS",
-           "ALIASES", "canonical", "make_aggregator", "build_prior"]
+           "ALIASES", "canonical", "AggregatorSizes", "build_aggregator", "make_aggregator",
+           "build_prior"]
 
 # the names other modules own must agree with their tables
 assert set(get_args(MaskingName)) == set(MASKINGS), "MaskingName and MASKINGS disagree"
@@ -268,69 +270,89 @@ DATASET_OPTIONS = tuple(dict.fromkeys(o for d in DATASETS.values() for o in d.op
 
 DEFAULT_COMPONENTS = 10  # the Gaussian-mixture prior's clusters, a mixture guide's components
 MAX_SUBSET_MODALITIES = 10  # SubsetEncoders builds 2^M - 1 networks
-# SelfAttention's heads and attention / MLP widths (its slot, hidden and pooling widths are the
-# aggregator width)
-ATTENTION = dict(num_heads=4, attention_dim=256, mlp_dim=256)
+
+
+@dataclass(frozen=True)
+class AggregatorSizes:
+    """The sizes of an aggregator's networks, each read by the aggregators that have it
+    (:func:`build_aggregator`; the defaults are the classes' own): ``width``, the hidden width
+    of SumPooling / SelfAttention (their mixtures, the private heads), SubsetEncoders'
+    branches and hidden layer, JointEncoder's hidden layer; ``pooling_width`` (default:
+    ``width``); SelfAttention's ``attention_width``, ``mlp_width`` (default: the attention
+    width) and ``num_heads``; a mixture's ``num_components``; the Gaussian heads' ``scale``
+    (``"softplus"`` or ``"logvar"``) above ``min_scale``."""
+
+    width: int = 256
+    pooling_width: Optional[int] = None
+    attention_width: int = 256
+    mlp_width: Optional[int] = None
+    num_heads: int = 4
+    num_components: int = DEFAULT_COMPONENTS
+    scale: str = "softplus"
+    min_scale: float = 1e-3
+
+    def heads(self) -> dict:
+        """The Gaussian heads' keyword arguments (every aggregator)."""
+        return dict(scale=self.scale, min_scale=self.min_scale)
+
+    def pooled(self, attention: bool = False) -> dict:
+        """SumPooling's keyword arguments, and SelfAttention's with ``attention``."""
+        out = dict(hidden_dim=self.width, pooling_dim=self.pooling_width or self.width,
+                   **self.heads())
+        if attention:
+            out.update(num_heads=self.num_heads, attention_dim=self.attention_width,
+                       mlp_dim=self.mlp_width or self.attention_width)
+        return out
 
 
 @dataclass(frozen=True)
 class AggregatorEntry:
-    """An ``--aggregator``: ``build(config, features, num_modalities)`` and what it is."""
+    """An ``--aggregator``: ``build(features, latent_dim, num_modalities, sizes)`` and what it
+    is."""
 
     name: str
     display: str
     help: str
-    build: Callable[[RunConfig, int, int], nn.Module]
+    build: Callable[[int, int, int, AggregatorSizes], nn.Module]
     gaussian: bool = True  #: q(z | x_S) is one diagonal Gaussian for every subset S
     experts: bool = False  #: reads Gaussian-expert parameters (2 D features), no width
     mixture: bool = False  #: a mixture aggregator, with --mixture-components
     aliases: Tuple[str, ...] = ()
 
 
-def _pooled(c: RunConfig) -> dict:
-    return dict(hidden_dim=c.aggregator_width, pooling_dim=c.aggregator_width,
-                scale=c.expert_scale)
-
-
 AGGREGATORS: Dict[str, AggregatorEntry] = _keyed(AggregatorName, [
     AggregatorEntry("poe", "PoE", "product of experts with a prior expert",
-                    lambda c, e, m: PoE(scale=c.expert_scale), experts=True),
+                    lambda e, d, m, s: PoE(**s.heads()), experts=True),
     AggregatorEntry("poe-divide", "PoE-divide",
                     "MSNVI's product of beliefs with the prior divided out",
-                    lambda c, e, m: PoE(prior_expert="divide", scale=c.expert_scale),
-                    experts=True),
+                    lambda e, d, m, s: PoE(prior_expert="divide", **s.heads()), experts=True),
     AggregatorEntry("moe", "MoE", "mixture of unimodal experts",
-                    lambda c, e, m: MoE(scale=c.expert_scale), gaussian=False, experts=True),
+                    lambda e, d, m, s: MoE(**s.heads()), gaussian=False, experts=True),
     AggregatorEntry("mopoe", "MoPoE", "mixture of products over all subsets",
-                    lambda c, e, m: MoPoE(scale=c.expert_scale), gaussian=False, experts=True),
+                    lambda e, d, m, s: MoPoE(**s.heads()), gaussian=False, experts=True),
     AggregatorEntry("sumpooling", "SumPooling", "DeepSets",
-                    lambda c, e, m: SumPooling(e, c.latent_dim, **_pooled(c))),
+                    lambda e, d, m, s: SumPooling(e, d, **s.pooled())),
     AggregatorEntry("selfattention", "SelfAttention",
                     "masked self-attention (4 heads, attention and MLP width 256)",
-                    lambda c, e, m: SelfAttention(e, c.latent_dim, **_pooled(c), **ATTENTION)),
+                    lambda e, d, m, s: SelfAttention(e, d, **s.pooled(attention=True))),
     AggregatorEntry("sumpooling-mixture", "SumPoolingMixture",
                     "SumPooling with a mixture q(z | x_S)",
-                    lambda c, e, m: SumPoolingMixture(e, c.latent_dim, c.mixture_components,
-                                                      **_pooled(c)),
+                    lambda e, d, m, s: SumPoolingMixture(e, d, s.num_components, **s.pooled()),
                     gaussian=False, mixture=True, aliases=("sumpooling_mix",)),
     AggregatorEntry("selfattention-mixture", "SelfAttentionMixture",
                     "SelfAttention with a mixture q(z | x_S)",
-                    lambda c, e, m: SelfAttentionMixture(e, c.latent_dim, c.mixture_components,
-                                                         **_pooled(c), **ATTENTION),
+                    lambda e, d, m, s: SelfAttentionMixture(e, d, s.num_components,
+                                                            **s.pooled(attention=True)),
                     gaussian=False, mixture=True, aliases=("selfattention_mix",)),
     AggregatorEntry("subset-encoders", "SubsetEncoders",
                     "M2VAE: one network per non-empty subset, 2^M - 1, on the modality "
                     "encoders' features",
-                    lambda c, e, m: SubsetEncoders(e, c.latent_dim, m,
-                                                   branch_dim=c.aggregator_width,
-                                                   hidden=(c.aggregator_width,),
-                                                   scale=c.expert_scale)),
+                    lambda e, d, m, s: SubsetEncoders(e, d, m, branch_dim=s.width,
+                                                      hidden=(s.width,), **s.heads())),
     AggregatorEntry("joint", "JointEncoder",
                     "one network on all modalities, the unobserved zeroed: JMVAE-Zero with "
                     "--bound mixture --masking zero_augmented",
-                    lambda c, e, m: JointEncoder(e, c.latent_dim, m,
-                                                 hidden=(c.aggregator_width,),
-                                                 scale=c.expert_scale)),
+                    lambda e, d, m, s: JointEncoder(e, d, m, hidden=(s.width,), **s.heads())),
 ])
 MIXTURE_AGGREGATORS = tuple(k for k, a in AGGREGATORS.items() if a.mixture)
 GAUSSIAN_AGGREGATORS = tuple(k for k, a in AGGREGATORS.items() if a.gaussian)
@@ -346,16 +368,29 @@ def check_subset_modalities(aggregator: str, num_modalities: int) -> None:
                          "lower --num-modalities or choose another --aggregator")
 
 
+def build_aggregator(name: str, features: int, latent_dim: int, num_modalities: int = 0,
+                     sizes: AggregatorSizes = AggregatorSizes()) -> nn.Module:
+    """The aggregator ``name`` (any spelling :func:`canonical` knows) on ``features``-
+    dimensional modality features, for a ``latent_dim``-dimensional latent and
+    ``num_modalities`` modalities (read by ``subset-encoders`` and ``joint`` only), with the
+    networks' ``sizes``. The one factory of the command line, the experiments and the
+    benchmarks."""
+    name = canonical("aggregator", name)
+    check_subset_modalities(name, num_modalities)
+    return AGGREGATORS[name].build(features, latent_dim, num_modalities, sizes)
+
+
 def make_aggregator(config: RunConfig, features: int, num_modalities: int) -> nn.Module:
-    """The aggregator named by ``config.aggregator`` on ``features``-dimensional modality
-    features of ``num_modalities`` modalities: its Gaussian heads parameterised by
-    ``--expert-scale``, the learnable ones of width ``--aggregator-width`` (hidden and pooling
-    widths; SubsetEncoders' branches and hidden layer; JointEncoder's hidden layer) and the
-    mixtures with ``--mixture-components`` components; ``poe-divide`` is MSNVI's fusion
-    ``PoE(prior_expert="divide")``."""
+    """The aggregator of a configuration (:func:`build_aggregator`): ``config.aggregator``,
+    its Gaussian heads parameterised by ``--expert-scale``, the learnable ones of width
+    ``--aggregator-width`` and the mixtures with ``--mixture-components`` components;
+    ``poe-divide`` is MSNVI's fusion ``PoE(prior_expert="divide")``."""
     config = config.resolve()
-    check_subset_modalities(config.aggregator, num_modalities)
-    return AGGREGATORS[config.aggregator].build(config, features, num_modalities)
+    sizes = AggregatorSizes(width=config.aggregator_width or AggregatorSizes.width,
+                            num_components=config.mixture_components or DEFAULT_COMPONENTS,
+                            scale=config.expert_scale)
+    return build_aggregator(config.aggregator, features, config.latent_dim, num_modalities,
+                            sizes)
 
 
 # --- priors, likelihoods, bounds --------------------------------------------------------------

@@ -152,3 +152,15 @@ def linear_model_and_guide(data, latent_dim=2, hidden=(16,), seed=0):
 def module_state(module):
     """A detached copy of ``module.state_dict()``."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def with_width(argv, width):
+    """``train`` options ``argv`` and ``--aggregator-width width`` where it applies: to the
+    learnable aggregator they name (or their dataset's default one), not to PoE / MoE / MoPoE,
+    for which it is an error."""
+    from pyro_mmvae import cli
+
+    argv = list(argv)
+    config = cli.config_from_argv(argv)
+    return argv + ([] if "aggregator_width" in config.not_applying()
+                   else ["--aggregator-width", str(width)])

@@ -9,6 +9,7 @@ import torch
 
 from pyro_mmvae import cli
 from pyro_mmvae.train import load_checkpoint
+from tests.helpers import with_width
 
 LINEAR = ["--dataset", "linear-gaussian"]
 TINY = [*LINEAR, "--epochs", "1", "--num-points", "200", "--no-progress"]
@@ -178,10 +179,10 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
                                         "poe-divide", "subset-encoders", "joint"])
 def test_every_aggregator_trains_from_the_command_line(tmp_path, aggregator):
     run = tmp_path / aggregator
-    assert cli.main(["train", *LINEAR, "--aggregator", aggregator, "--epochs", "1",
-                     "--num-points", "200",
-                     "--batch-size", "50", "--aggregator-width", "16", "--hidden", "16",
-                     "--is-samples", "4", "--output-dir", str(run), "--no-progress"]) == 0
+    argv = with_width([*LINEAR, "--aggregator", aggregator, "--epochs", "1", "--num-points",
+                       "200", "--batch-size", "50", "--hidden", "16", "--is-samples", "4",
+                       "--no-progress"], 16)
+    assert cli.main(["train", *argv, "--output-dir", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and math.isfinite(metrics["relative_llh_gap"])
 
@@ -195,10 +196,10 @@ def data_root(tmp_path_factory):
 
 
 def tiny_images(data_root, *extra):
-    return ["--data-root", str(data_root), "--train-points", "128", "--batch-size", "64",
-            "--epochs", "1", "--latent-dim", "4", "--aggregator-width", "16", "--channels", "8",
-            "--eval-points", "40", "--is-samples", "2", "--classifier-epochs", "1",
-            "--no-progress", *extra]
+    return with_width(["--data-root", str(data_root), "--train-points", "128", "--batch-size",
+                       "64", "--epochs", "1", "--latent-dim", "4", "--channels", "8",
+                       "--eval-points", "40", "--is-samples", "2", "--classifier-epochs", "1",
+                       "--no-progress", *extra], 16)
 
 
 EVALUATION_FILES = ("evaluation.json", "classifiers.pt", "coherence.png", "rate_distortion.png",
@@ -404,8 +405,8 @@ def test_beta_option_from_a_saved_configuration():
 @pytest.mark.parametrize("scale", ["softplus", "logvar"])
 def test_expert_scale_reaches_every_aggregator(aggregator, scale):
     from pyro_mmvae.runs import build_guide, load_data
-    config = cli.config_from_argv([*SMALL, "--aggregator", aggregator, "--aggregator-width", "8",
-                                   "--expert-scale", scale])
+    config = cli.config_from_argv(with_width([*SMALL, "--aggregator", aggregator,
+                                              "--expert-scale", scale], 8))
     guide = build_guide(config, load_data(config))
     heads = [m for m in guide.modules() if hasattr(m, "min_scale")]
     assert heads and heads[0] is guide.aggregator

@@ -21,7 +21,7 @@ from pyro_mmvae.runs import (DATASETS, bound_options, build_guide, build_loss, l
 
 # 2 modalities of the linear-Gaussian simulation, 160 train points: 5 steps of 32 per epoch
 SMALL = ["--dataset", "linear-gaussian", "--num-points", "200", "--num-modalities", "2",
-         "--latent-dim", "2", "--hidden", "8", "--aggregator-width", "8", "--is-samples", "4",
+         "--latent-dim", "2", "--hidden", "8", "--is-samples", "4",
          "--batch-size", "32", "--no-progress"]
 
 
@@ -313,7 +313,7 @@ def test_component_counts_are_two_options_each_building_what_it_names():
     from pyro_mmvae.registry import build_prior, make_aggregator
 
     def config(**kw):
-        return RunConfig(**{"aggregator": "poe", "latent_dim": 2, "aggregator_width": 8, **kw})
+        return RunConfig(**{"aggregator": "poe", "latent_dim": 2, **kw})
 
     both = config(prior="gmm", prior_components=3, aggregator="sumpooling-mixture",
                   mixture_components=5)

@@ -48,12 +48,16 @@ def vectors(num_modalities=3, n=6):
 
 
 IMAGES = dict(dataset="polydigits", latent_dim=3, aggregator_width=8, channels=(4,))
-VECTORS = dict(dataset="linear-gaussian", latent_dim=2, aggregator_width=8, hidden=(6,),
-               num_modalities=3)
+VECTORS = dict(dataset="linear-gaussian", latent_dim=2, hidden=(6,), num_modalities=3)
 
 
 def image_build(**options):
-    config = RunConfig(**{**IMAGES, **options})
+    """Model, guide and bound of ``IMAGES`` with ``options`` (no ``--aggregator-width`` for
+    the expert aggregators, which it does not apply to)."""
+    options = {**IMAGES, **options}
+    if registry.AGGREGATORS[options.get("aggregator") or "sumpooling"].experts:
+        options.pop("aggregator_width")
+    config = RunConfig(**options)
     data = images()
     return config.resolve(), build_model(config, data), build_guide(config, data), \
         build_loss(config, data)
@@ -135,8 +139,9 @@ def own_data(tmp_path, monkeypatch):
 def test_dataset_defaults_come_from_the_registry(own_data):
     for name, entry in registry.DATASETS.items():
         resolved = RunConfig(dataset=name, data=own_data if name == "file" else None).resolve()
-        for key, value in entry.defaults.items():
-            assert getattr(resolved, key) == value, (name, key)
+        for key, value in entry.defaults.items():  # the width: the learnable aggregators'
+            expected = None if key in resolved.not_applying() else value
+            assert getattr(resolved, key) == expected, (name, key)
         for key in registry.DATASET_OPTIONS:
             if key not in entry.options:
                 assert getattr(resolved, key) is None, (name, key)
@@ -443,6 +448,40 @@ def test_aggregator_builds_its_type_and_widths(aggregator, width):
             (3 * width, width), (width, 2 * config.latent_dim)]
 
 
+@pytest.mark.parametrize("aggregator", ["poe", "poe-divide", "moe", "mopoe"])
+def test_aggregator_width_is_an_error_where_it_builds_nothing(aggregator):
+    with pytest.raises(ValueError, match="--aggregator-width does not apply to --aggregator"):
+        RunConfig(**IMAGES, aggregator=aggregator).resolve()
+    resolved = RunConfig(dataset="polydigits", aggregator=aggregator).resolve()
+    assert resolved.aggregator_width is None and "aggregator_width" not in resolved.saved()
+    # a config.json of an earlier version recorded the dataset's width: it still loads
+    old = RunConfig.from_saved(dict(dataset="polydigits", aggregator=aggregator,
+                                    aggregator_width=64)).config
+    assert old.aggregator_width is None and old.resolve().aggregator == aggregator
+
+
+def test_build_aggregator_gives_each_size_to_its_network():
+    sizes = registry.AggregatorSizes(width=6, pooling_width=10, attention_width=12,
+                                     mlp_width=14, num_heads=3, num_components=2,
+                                     scale="logvar", min_scale=0.02)
+    agg = registry.build_aggregator("selfattention_mix", 5, 4, 3, sizes)  # an older spelling
+    assert type(agg) is SelfAttentionMixture and agg.num_components == 2
+    assert (agg.scale, agg.min_scale, agg.chi.in_dim, agg.chi.out_dim) == ("logvar", 0.02, 5, 10)
+    assert [lin.out_features for lin in linears(agg.chi)] == [6, 10]
+    (block,) = agg.blocks
+    assert (block.num_heads, block.q.out_features, block.mlp[0].out_features) == (3, 12, 14)
+    pooled = registry.build_aggregator("sumpooling", 5, 4, sizes=sizes)
+    assert [lin.out_features for lin in linears(pooled.chi)] == [6, 6, 10]
+    assert [lin.out_features for lin in linears(pooled.rho)][:2] == [6, 6]
+    poe = registry.build_aggregator("poe", 8, 4, sizes=sizes)
+    assert type(poe) is PoE and (poe.scale, poe.min_scale) == ("logvar", 0.02)
+    # the defaults are the classes' own
+    assert {k: v for k, v in vars(registry.build_aggregator("selfattention", 5, 4)).items()
+            if k in ("min_scale", "scale")} == {"min_scale": 1e-3, "scale": "softplus"}
+    with pytest.raises(ValueError, match="unknown aggregator 'nope'"):
+        registry.build_aggregator("nope", 5, 4)
+
+
 @pytest.mark.parametrize("components", [2, 5])
 def test_mixture_components_reach_both_mixture_aggregators(components):
     for aggregator in registry.MIXTURE_AGGREGATORS:
@@ -574,7 +613,8 @@ def test_widths_of_encoders_and_decoders():
     # vector modalities: MLP encoders with --hidden, 2 D expert features for every aggregator
     data = vectors()
     for aggregator in ("poe", "sumpooling"):
-        config = RunConfig(**{**VECTORS, "hidden": (7, 9)}, aggregator=aggregator)
+        width = {} if aggregator == "poe" else {"aggregator_width": 8}
+        config = RunConfig(**{**VECTORS, "hidden": (7, 9), **width}, aggregator=aggregator)
         guide = build_guide(config, data)
         sizes = [lin.out_features for lin in linears(guide.encoders["m0"])]
         assert sizes == [7, 9, 2 * config.latent_dim]

@@ -115,6 +115,6 @@ def _terms(model, guide, data, mask, subset, num_samples, max_plate_nesting) -> 
         model, guide, data, mask)
     out["reconstruction"] = masked["marginal_reconstruction"]
     out["rate"] = masked["marginal_rate"]
-    out["cross_rate"] = masked["conditional_rate"]
+    out["cross_rate"] = masked["cross_rate"]
     out["conditional_reconstruction"] = masked["conditional_reconstruction"]
     return out

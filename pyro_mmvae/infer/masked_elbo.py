@@ -121,8 +121,11 @@ class MaskedMultimodalELBO(MultimodalELBO):
     ``terms()`` returns per-datapoint ``elbo``, the common ``reconstruction``, ``rate`` and
     ``reconstruction/<m>`` of both parts (:meth:`MultimodalELBO.terms`), ``marginal``
     (:math:`\mathcal L_S`), ``conditional`` (:math:`\mathcal L_{\setminus S}`),
-    ``marginal_reconstruction``, ``marginal_rate``, ``conditional_reconstruction`` and
-    ``conditional_rate`` (particle means), and ``subset_size``.
+    ``marginal_reconstruction``, ``marginal_rate`` (the rate :math:`R_S`),
+    ``conditional_reconstruction`` and ``cross_rate`` (the paper's cross rate
+    :math:`R_{\setminus S} = \mathbb E_q[\log q(z\mid x_O) - \log q(z\mid x_S)]`, Sec. 3.4;
+    the name :func:`~pyro_mmvae.eval.rate_distortion` reports it under), particle means, and
+    ``subset_size``.
     """
 
     def _terms(self, model, guide, data, observed, modalities):
@@ -164,6 +167,6 @@ class MaskedMultimodalELBO(MultimodalELBO):
             "marginal_reconstruction": rec[0].mean(dim).detach(),
             "marginal_rate": kl[0].mean(dim).detach(),
             "conditional_reconstruction": rec[1].mean(dim).detach(),
-            "conditional_rate": kl[1].mean(dim).detach(),
+            "cross_rate": kl[1].mean(dim).detach(),
             "subset_size": subset.sum(-1),
         }, guide_tr, model_tr)

@@ -100,11 +100,15 @@ def test_row_and_aggregator_names_accept_both_spellings(identifiable):
     with pytest.raises(SystemExit):
         identifiable.parse_args(["--rows", "sumpooling_mixture"])
     from pyro_mmvae.guides import SelfAttentionMixture, SumPoolingMixture
-    for name, cls in (("sumpooling-mixture", SumPoolingMixture),
-                      ("sumpooling_mix", SumPoolingMixture),
-                      ("selfattention-mixture", SelfAttentionMixture)):
-        agg = identifiable.make_aggregator(name, 8, 2, 8, 3, 1e-3)
-        assert isinstance(agg, cls) and agg.num_components == 3
+    for row, cls in (("sumpooling-mixture+gmm", SumPoolingMixture),
+                     ("sumpooling_mix+gmm", SumPoolingMixture),
+                     ("selfattention_mix+gmm", SelfAttentionMixture)):
+        spec = dict(row=row, width=8, num_components=3, min_scale=5e-4)
+        agg = identifiable.make_guide(spec, {"x": 5, "y": 4}, 2).aggregator
+        assert isinstance(agg, cls) and agg.num_components == 3 and agg.min_scale == 5e-4
+        assert agg.chi.out_dim == 8  # the width H reaches the registry's network
+        if cls is SelfAttentionMixture:  # H is also the attention and MLP width
+            assert agg.blocks[0].q.out_features == 8
 
 
 def test_paper_numbers_are_read_from_the_data_file(identifiable):

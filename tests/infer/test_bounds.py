@@ -223,7 +223,7 @@ def test_masked_terms_add_up():
     assert torch.allclose(t["elbo"], t["marginal"] + t["conditional"])
     assert torch.allclose(t["marginal"], t["marginal_reconstruction"] - t["marginal_rate"])
     assert torch.allclose(t["conditional"], t["conditional_reconstruction"]
-                          - t["conditional_rate"])
+                          - t["cross_rate"])
     t = SubsampledMultimodalELBO(num_subsets=3).terms(model, guide, data)
     assert torch.allclose(t["elbo"], t["full"] + t["unimodal"] + t["random"])
 
