@@ -93,12 +93,13 @@ from pyro.infer import SVI
 from pyro import poutine
 from torch.distributions import Normal, kl_divergence
 
-from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.guides import MultimodalGuide, expert_encoder
 from pyro_mmvae.models import LinearGaussianModel
 from pyro_mmvae import (MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledMultimodalELBO,
                         full_mask)
 from pyro_mmvae.data.linear_gaussian import shared_latent_study
 from pyro_mmvae.protocol import VECTORIZED, is_vectorized
+from pyro_mmvae.registry import build_aggregator
 from _param_store import ParamStoreSlot
 
 BOUNDS: Dict[str, Callable[[], object]] = {
@@ -107,7 +108,7 @@ BOUNDS: Dict[str, Callable[[], object]] = {
     "subsampled": lambda: SubsampledMultimodalELBO(),
 }
 LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-4  # float32 tolerances of the equality check
-AGGREGATORS: Dict[str, Callable[[], torch.nn.Module]] = {"PoE": PoE, "MoE": MoE, "MoPoE": MoPoE}
+AGGREGATORS = ("PoE", "MoE", "MoPoE")  # the registry's display names (build_aggregator)
 
 
 # --- problem ---------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def make_model_guide(data, latent_dim: int, hidden: Sequence[int], aggregator: s
     dims = {m: x.shape[1] for m, x in data.items()}
     model = LinearGaussianModel(dims, latent_dim)
     encoders = {m: expert_encoder(d, latent_dim, hidden) for m, d in dims.items()}
-    guide = MultimodalGuide(encoders, AGGREGATORS[aggregator]())
+    guide = MultimodalGuide(encoders, build_aggregator(aggregator, 2 * latent_dim, latent_dim))
     return model, guide
 
 
