@@ -59,6 +59,15 @@ class DiagNormalMixture(TorchDistribution):
         super(DiagNormalMixture, new).__init__(batch_shape, self.event_shape, validate_args=False)
         return new
 
+    def pad_rows(self, shard, dim: int) -> "DiagNormalMixture":
+        """This mixture widened to a whole batch around a shard's rows (data points at ``dim``
+        of the draws), for :func:`pyro_mmvae.sharding.sharded`."""
+        from pyro_mmvae.sharding import pad_rows
+
+        return DiagNormalMixture(pad_rows(self.logits, dim, shard),
+                                 pad_rows(self.locs, dim - 1, shard),
+                                 pad_rows(self.scales, dim - 1, shard, 1.0))
+
     @property
     def num_components(self) -> int:
         return self.locs.shape[-2]

@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from pyro_mmvae.batching import check_batch_setting, call_grouped
 from pyro_mmvae.params import NamedPyroModule
+from pyro_mmvae.sharding import sharded
 from pyro_mmvae.protocol import (LATENT_SITE, STL_FN, data_plate, full_mask, num_points,
                                  private_site, stack_mask, validate_batch)
 
@@ -147,7 +148,7 @@ class MultimodalGuide(NamedPyroModule):
         features = self.features(data, mask)
         stacked = stack_mask(mask, self.modalities)
         with data_plate(num_points(data, mask)):
-            z = pyro.sample(self.latent_site, self._shared(features, stacked))
+            z = pyro.sample(self.latent_site, sharded(self._shared(features, stacked)))
             head = self.private
             if head is None:
                 return {self.latent_site: z}
@@ -156,7 +157,8 @@ class MultimodalGuide(NamedPyroModule):
             out = {self.latent_site: z}
             for i, m in enumerate(self.modalities):
                 out[private_site(m)] = pyro.sample(
-                    private_site(m), private[i], infer={STL_FN: lambda values, i=i: stl(values)[i]})
+                    private_site(m), sharded(private[i]),
+                    infer={STL_FN: lambda values, i=i: stl(values)[i]})
             return out
 
 

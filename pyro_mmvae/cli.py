@@ -71,6 +71,7 @@ from pyro_mmvae.report import EVALUATION, evaluate_run, headline, summary
 from pyro_mmvae.runs import (RUN_MARKERS, RUNTIME_KEYS, build_guide, build_loss, build_model,
                              check_same_data, default_run_dir, load_data, load_run, read_config,
                              read_run_config, run_files, saved_config)
+from pyro_mmvae.train.distributed import initialize
 from pyro_mmvae.train import (CHECKPOINT, METRICS, CheckpointError, TrainingDiverged, fit,
                               load_checkpoint, resolve_device, write_json)
 
@@ -334,14 +335,30 @@ def run_train(args, parser: argparse.ArgumentParser) -> int:
         config = _resolved(RunConfig.from_dict(given), parser)
         check_output_dir(output_dir, overwrite, parser)
     device = _device(config.device, parser)
-    if config.iwae and config.num_particles == 1:
+    try:  # under torchrun: join its process group, one process per GPU with --device cuda
+        place = initialize(str(device))
+    except ValueError as err:
+        parser.error(str(err))
+    if place is not None and device.type == "cuda":
+        device = torch.device("cuda", place.local_rank)
+    main_process = place is None or place.is_main
+    if config.iwae and config.num_particles == 1 and main_process:
         print("note: --iwae with --num-particles 1 is the ordinary bound", file=sys.stderr)
-    with _Threads(config.num_threads):
-        return _train(config, parser, device, output_dir, resume is not None, overwrite)
+    try:
+        with _Threads(config.num_threads):
+            return _train(config, parser, device, output_dir, resume is not None, overwrite,
+                          place)
+    finally:
+        if place is not None:
+            torch.distributed.destroy_process_group()
 
 
-def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: bool) -> int:
-    """The body of ``train`` (threads already set): returns 0, or 1 if training diverged."""
+def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: bool,
+           place=None) -> int:
+    """The body of ``train`` (threads already set): returns 0, or 1 if training diverged.
+    Data-parallel (``place``, :mod:`pyro_mmvae.train.distributed`): every process trains its
+    shards; rank 0 alone prepares and writes the run directory, evaluates and reports."""
+    main_process = place is None or place.is_main
     try:
         data = load_data(config)
         if resume:
@@ -362,11 +379,16 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
     except ValueError as err:
         parser.error(str(err))
 
-    open_run_dir(run_dir, parser, "--resume" if resume else "--output-dir", overwrite=overwrite)
-    print(f"{'resuming' if resume else 'training'} {config.aggregator} guide, {config.bound} "
-          f"bound on {config.dataset} ({data.num_train} train points, "
-          f"{len(data.modality_dims)} modalities) to epoch {config.epochs} on {device}; run "
-          f"directory: {run_dir}")
+    if main_process:
+        open_run_dir(run_dir, parser, "--resume" if resume else "--output-dir",
+                     overwrite=overwrite)
+        processes = "" if place is None else f" x {place.world_size} processes"
+        print(f"{'resuming' if resume else 'training'} {config.aggregator} guide, "
+              f"{config.bound} bound on {config.dataset} ({data.num_train} train points, "
+              f"{len(data.modality_dims)} modalities) to epoch {config.epochs} on "
+              f"{device}{processes}; run directory: {run_dir}")
+    if place is not None:
+        torch.distributed.barrier()  # the run directory is ready (and emptied on --overwrite)
     t0 = time.perf_counter()
     try:
         history = fit(model, guide, loss, data.train, mask=data.train_mask,
@@ -375,8 +397,11 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
                       batch_size=config.batch_size, lr=config.lr, clip_norm=config.clip_norm,
                       run_dir=run_dir, seed=config.seed, device=device,
                       progress=not config.no_progress, config=saved_config(config, data),
-                      resume_from=run_dir / CHECKPOINT if resume else None)
+                      resume_from=run_dir / CHECKPOINT if resume else None,
+                      distributed=place if place is not None else False)
     except TrainingDiverged as err:
+        if not main_process:
+            return 1
         print(f"error: {err}", file=sys.stderr)
         message = str(err)
         if err.checkpoint is not None:  # no paths in run files
@@ -388,6 +413,8 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
     except CheckpointError as err:
         parser.error(str(err))
     train_time = time.perf_counter() - t0
+    if not main_process:
+        return 0
     metrics = {"status": "completed", "epochs": len(history["loss"]),
                "train_loss": history["loss"], "final_train_loss": history["loss"][-1],
                "train_time_s": train_time}

@@ -224,7 +224,8 @@ def read_run_config(run_dir, saved: Optional[Mapping] = None) -> SavedConfig:
 # evaluation may set anew (the epochs to reach, where to run, the evaluation's sizes) and the
 # informational entries (and those of earlier versions); a checkpoint must agree with its
 # run's config.json on every other key they both have
-RUNTIME_KEYS = RESUME_OPTIONS + ("dataset_info", "pyro_mmvae_version", "command", "output_dir")
+RUNTIME_KEYS = RESUME_OPTIONS + ("dataset_info", "pyro_mmvae_version", "command", "output_dir",
+                                 "world_size")  # a resume may run on another number of processes
 
 
 def check_same_data(saved: Mapping, data: PreparedData, config: RunConfig) -> None:

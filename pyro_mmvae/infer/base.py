@@ -20,6 +20,7 @@ from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 
 from pyro_mmvae.params import registered_once
+from pyro_mmvae.sharding import current_shard
 from pyro_mmvae.protocol import (is_vectorized, scoring, stack_mask, unstack_mask,
                                  validate_batch)
 
@@ -228,6 +229,18 @@ class MultimodalELBO(ELBO):
         raise NotImplementedError
 
     # --- helpers for subclasses -------------------------------------------------------------
+    def draw_subsets(self, observed: torch.Tensor, modalities) -> torch.Tensor:
+        """``self.masking(observed)`` for ``observed (..., B, M)``; inside a data shard that
+        knows its whole batch's mask (:func:`pyro_mmvae.sharding.data_shard`), drawn for the
+        whole batch and narrowed to the shard's rows, so that each data point's subsets do not
+        depend on how the batch is split across processes."""
+        shard = current_shard()
+        if shard is None or shard.mask is None:
+            return self.masking(observed)
+        whole = stack_mask(shard.mask, modalities).to(observed.device)
+        whole = whole.expand(observed.shape[:-2] + whole.shape)
+        return self.masking(whole).narrow(-2, shard.offset, shard.size)
+
     def common_terms(self, reduce: Callable, recs: Mapping[str, torch.Tensor], kl,
                      modalities) -> dict:
         """``reconstruction``, ``rate`` and ``reconstruction/<m>`` (see :meth:`terms`) from the

@@ -129,7 +129,7 @@ class MaskedMultimodalELBO(MultimodalELBO):
     """
 
     def _terms(self, model, guide, data, observed, modalities):
-        subset = self.masking(observed) & observed
+        subset = self.draw_subsets(observed, modalities) & observed
         rest = observed & ~subset
         encode = self.masks(torch.stack([subset, observed]).unsqueeze(1), modalities)
         score = self.masks(torch.stack([subset, rest]).unsqueeze(1), modalities)

@@ -68,12 +68,14 @@ from typing import Literal, Optional
 
 import torch
 from pyro import poutine
-from pyro.distributions import Categorical, Independent, Laplace, Normal
+from pyro.distributions import Independent, Laplace, Normal
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
+
+from pyro_mmvae.sharding import categorical, sharded
 
 from .base import MultimodalELBO
 from .cells import StackedDistribution, in_data_plate
@@ -164,7 +166,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         return cls(num_particles, **kwargs)
 
     def _terms(self, model, guide, data, observed, modalities):
-        subset = self.masking(observed) & observed
+        subset = self.draw_subsets(observed, modalities) & observed
         s_mask = self.masks(subset, modalities)
         o_mask = self.masks(observed, modalities)
         plates = [self.particle_plate()]
@@ -224,7 +226,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
             if not bool(live.all()):
                 o_mask = {m: o & live.unsqueeze(1) for m, o in o_mask.items()}  # (K, 1, B)
             z_fn = comps
-        z = z_fn.rsample()  # (K or k, S, B, D)
+        z = sharded(z_fn).rsample()  # (K or k, S, B, D)
         unbiased_dreg = (self.form == "stratified" and self.iwae and self.estimator == "dreg"
                          and self.mixture_dreg == "unbiased")
         # The unbiased stratified DReG scores the model at a detached copy of the samples and
@@ -285,14 +287,14 @@ class MixtureMultimodalELBO(MultimodalELBO):
         k = self.num_subsets
         with torch.no_grad():
             if not self.iwae:
-                return Categorical(logits=logits.detach(), validate_args=False).sample((k,))
+                return categorical(logits.detach(), (k,))
             pdim = self.particle_dim - 1  # of the logits, whose last dim is the components'
             first = logits.detach().narrow(pdim, 0, 1)
             if not torch.equal(logits.detach(), first.expand_as(logits)):
                 raise ValueError("num_subsets with iwae=True shares each drawn component among "
                                  "a data point's particles: the mixture weights must be the same "
                                  "for every particle")
-            index = Categorical(logits=first, validate_args=False).sample((k,))  # (k, 1, B)
+            index = categorical(first, (k,))  # (k, 1, B)
             return index.expand((k,) + logits.shape[:-1])
 
     def _drawn_average(self, recs, comps, z, index, logits, weights, z_site, p_site, q_site,

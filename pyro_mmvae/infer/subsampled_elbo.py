@@ -58,7 +58,8 @@ class SubsampledMultimodalELBO(MultimodalELBO):
         parts = [observed.unsqueeze(0),  # the full observed set
                  observed.unsqueeze(0) & eye.unsqueeze(1)]  # (M, B, M) unimodal
         if self.num_subsets:
-            parts.append(self.masking(observed.expand(self.num_subsets, b, m)) & observed)
+            parts.append(self.draw_subsets(observed.expand(self.num_subsets, b, m), modalities)
+                         & observed)
         stacked = torch.cat(parts)  # (T, B, M): full, unimodal, k random
         # {m: (T, 1, B)}: the subsets plate sits left of the particle plate
         masks = self.masks(stacked.unsqueeze(1), modalities)

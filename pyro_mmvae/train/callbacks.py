@@ -49,7 +49,8 @@ class TrainingRun:
     ``epoch``: the 1-based epoch just completed (0 before the first); ``global_step``:
     optimisation steps over the run; ``history``: what :func:`fit` returns, filled as it goes;
     ``checkpoint``: the last checkpoint written (or resumed from); ``stop``: set it to True to
-    end training after this epoch (``stop_reason`` says why, for the history).
+    end training after this epoch (``stop_reason`` says why, for the history); ``writes``:
+    whether this process writes the run's files (in a data-parallel run only rank 0 does).
     """
 
     model: Any
@@ -65,6 +66,7 @@ class TrainingRun:
     checkpoint: Optional[Path] = None
     stop: bool = False
     stop_reason: Optional[str] = None
+    writes: bool = True
 
 
 class Callback:
@@ -194,7 +196,7 @@ class EarlyStopping(Callback):
         if values[-1] < best_value - self.min_delta:
             run.history["best_epoch"] = best = run.epoch
             self.best_state = (_copy_state(run.model), _copy_state(run.guide))
-            if run.run_dir is not None:
+            if run.run_dir is not None and run.writes:
                 save_checkpoint(run.run_dir / BEST_CHECKPOINT, run.model, run.guide, run.optim,
                                 epoch=run.epoch, history=run.history, generator=run.generator,
                                 config=run.config, step=run.global_step)
@@ -224,9 +226,10 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, run: TrainingRun) -> None:
         run.checkpoint = run.run_dir / CHECKPOINT
-        save_checkpoint(run.checkpoint, run.model, run.guide, run.optim, epoch=run.epoch,
-                        history=run.history, generator=run.generator, config=run.config,
-                        step=run.global_step)
+        if run.writes:
+            save_checkpoint(run.checkpoint, run.model, run.guide, run.optim, epoch=run.epoch,
+                            history=run.history, generator=run.generator, config=run.config,
+                            step=run.global_step)
 
 
 class Metrics(Callback):
@@ -234,10 +237,12 @@ class Metrics(Callback):
     epoch and when training ends."""
 
     def on_epoch_end(self, run: TrainingRun) -> None:
-        write_metrics(run.run_dir, run.history)
+        if run.writes:
+            write_metrics(run.run_dir, run.history)
 
     def on_fit_end(self, run: TrainingRun) -> None:
-        write_metrics(run.run_dir, run.history)
+        if run.writes:
+            write_metrics(run.run_dir, run.history)
 
 
 def write_metrics(run_dir: Path, history: Mapping, extra: Optional[Mapping] = None) -> None:

@@ -19,6 +19,8 @@ from pyro_mmvae.protocol import num_points, validate_batch
 from .callbacks import Checkpoint, EarlyStopping, Evaluate, Metrics, TrainingRun, Validate
 from .checkpoints import (CONFIG, PathLike, load_checkpoint, rng_state, set_rng_state,
                           write_json)
+from .distributed import DataParallelStep, all_reduce_sum
+from .distributed import resolve as distributed_place
 from .step import NonFiniteStep, SVIStep, clear_param_grads, make_optimizer
 
 
@@ -180,7 +182,8 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         callbacks: Sequence = (),
         config: Optional[Mapping] = None,
         resume_from: Optional[PathLike] = None, validate: str = "first",
-        transform: Optional[Callable] = None, isolate_params: bool = False) -> dict:
+        transform: Optional[Callable] = None, isolate_params: bool = False,
+        distributed=None) -> dict:
     """Train ``model`` and ``guide`` with SVI on shuffled mini-batches; return the history.
 
     :param model: Pyro program ``model(data, mask)`` (an ``nn.Module``, e.g. a ``PyroModule``).
@@ -236,6 +239,12 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         afterwards, untouched (``pyro.get_param_store().scope()``): for training something
         on the side, such as the coherence classifiers, without clearing a model's
         ``pyro.param`` values. The modules keep their trained parameters either way.
+    :param distributed: data-parallel training (:mod:`pyro_mmvae.train.distributed`): None
+        (default) trains data-parallel when a ``torch.distributed`` process group of more
+        than one process is initialised (as under ``torchrun``), False never, or a
+        :class:`~pyro_mmvae.train.distributed.Distributed`. ``batch_size`` is then the global
+        batch, split over the processes; the steps are those of one process with the same
+        seed, to float tolerance; only rank 0 writes ``run_dir`` and shows progress.
     :returns: history dict: ``epoch`` (list of 1-based epochs), ``loss`` (mean loss per data
         point of each epoch), ``epoch_time`` (seconds), ``step_loss`` (loss per data point of
         every step), ``terms`` (for the library's bounds: ``{name: [epoch mean per data
@@ -280,6 +289,10 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     steps_per_epoch = n // batch_size
 
     dev = resolve_device(device)
+    place = distributed_place(distributed)
+    if place is not None and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", place.local_rank)  # one GPU per process
+    writes = place is None or place.is_main
     pyro.clear_param_store()
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -315,8 +328,9 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     full_config = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                    "clip_norm": clip_norm, "seed": seed, "device": str(dev),
                    "num_train": n, "steps_per_epoch": steps_per_epoch,
-                   "loss": type(loss).__name__, **dict(config or {})}
-    if run_dir is not None:
+                   "loss": type(loss).__name__,
+                   "world_size": 1 if place is None else place.world_size, **dict(config or {})}
+    if run_dir is not None and writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, full_config)
 
@@ -331,7 +345,7 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         hooks += [Checkpoint(), Metrics()]
     run = TrainingRun(model=model, guide=guide, loss=loss, optim=optim, generator=generator,
                       history=history, config=full_config, run_dir=run_dir, epoch=start_epoch,
-                      global_step=global_step, checkpoint=ckpt_path)
+                      global_step=global_step, checkpoint=ckpt_path, writes=writes)
     _call(hooks, "on_fit_start", run)
 
     stepper = SVIStep(model, guide, loss, optim, gradient_transform)
@@ -345,9 +359,12 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
                 copy = torch.Generator().set_state(generator.get_state())
                 first_batch, first_mask = transform(first_batch, first_mask, copy)
             _build_optimizer_state(model, guide, loss, optim, first_batch, first_mask)
+        if place is not None:  # DDP over the parameters the registration pass created
+            stepper = DataParallelStep(model, guide, loss, optim, place, gradient_transform,
+                                       device_ids=[dev.index] if dev.type == "cuda" else None)
     first = True
 
-    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, disable=not progress,
+    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, disable=not (progress and writes),
                unit="step", dynamic_ncols=True, leave=True)
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
@@ -383,6 +400,11 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
             history["epoch"].append(epoch)
             history["loss"].append(total / steps_per_epoch)
             history["epoch_time"].append(time.perf_counter() - t0)
+            if place is not None and sums:  # each process summed its shards' terms
+                keys = sorted(sums)
+                summed = all_reduce_sum(torch.tensor([float(sums[k]) for k in keys],
+                                                     dtype=torch.float64, device=dev))
+                sums = dict(zip(keys, summed.tolist()))
             for k, v in sums.items():
                 history["terms"].setdefault(k, []).append(float(v) / (steps_per_epoch
                                                                       * batch_size))

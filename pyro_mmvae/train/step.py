@@ -96,12 +96,12 @@ class SVIStep:
         known = self._known()
         if known and self.skip_registration:
             with registration_skipped(self.model, self.guide):
-                loss = self.loss.loss_and_grads(self.model, self.guide, *args)
+                loss = self._loss_and_grads(*args)
         elif known:
-            loss = self.loss.loss_and_grads(self.model, self.guide, *args)
+            loss = self._loss_and_grads(*args)
         else:
             with poutine.trace(param_only=True) as capture:
-                loss = self.loss.loss_and_grads(self.model, self.guide, *args)
+                loss = self._loss_and_grads(*args)
             self.params = list({site["value"].unconstrained()
                                 for site in capture.trace.nodes.values()})
             self.entries = registration_entries(self.model, self.guide)
@@ -117,6 +117,10 @@ class SVIStep:
         self.optim(self.params)
         self.grads.zero()  # SVI's zero_grads: every gradient that exists becomes zeros
         return value
+
+    def _loss_and_grads(self, *args) -> float:
+        """The loss, its gradients accumulated into the parameters."""
+        return self.loss.loss_and_grads(self.model, self.guide, *args)
 
 
 def clamp_gradients(limit: float, nan_to_zero: bool = True) -> Callable[[list], None]:

@@ -1,0 +1,104 @@
+"""Data-parallel runs for the tests: ``run_processes(world, spec, out)`` trains
+:func:`problem`'s model on ``world`` gloo processes spawned here and returns rank 0's result;
+``train(spec)`` is the same training on this process alone."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyro
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
+from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
+                              SubsampledMultimodalELBO)
+from pyro_mmvae.models import LinearGaussianModel
+from pyro_mmvae.train import TrainingDiverged, fit
+from pyro_mmvae.train.distributed import Distributed
+
+BOUNDS = {"masked": lambda: MaskedMultimodalELBO(num_particles=2),
+          "mixture": lambda: MixtureMultimodalELBO(form="stratified"),
+          "mixture-average": lambda: MixtureMultimodalELBO(form="average", num_subsets=1),
+          "subsampled": lambda: SubsampledMultimodalELBO(num_subsets=1)}
+AGGREGATORS = {"poe": PoE, "moe": MoE, "mopoe": MoPoE}
+
+
+def problem(spec):
+    """Data, mask, model, guide and bound of ``spec``: a 3-modality linear-Gaussian problem
+    in float64, the default dtype of the suite (``spec["missing"]``: about a third of the
+    entries unobserved)."""
+    torch.manual_seed(0)
+    dims = {"a": 3, "b": 4, "c": 2}
+    data = {m: torch.randn(48, d, dtype=torch.float64) for m, d in dims.items()}
+    mask = None
+    if spec.get("missing"):
+        keep = torch.rand(48, 3) > 0.35
+        keep[torch.arange(48), torch.randint(3, (48,))] = True  # every point observes one
+        mask = {m: keep[:, i] for i, m in enumerate(dims)}
+    torch.manual_seed(spec.get("init_seed", 1))
+    model = LinearGaussianModel(dims, 2).double()
+    guide = MultimodalGuide({m: expert_encoder(d, 2, (8,)) for m, d in dims.items()},
+                            AGGREGATORS[spec.get("aggregator", "poe")]()).double()
+    return data, mask, model, guide, BOUNDS[spec["bound"]]()
+
+
+def train(spec, place=None):
+    """``fit`` of :func:`problem` (``spec``: ``bound``, ``epochs``, ``batch_size``,
+    ``run_dir``, ``resume``, ``nan_at`` and ``nan_rank``: a non-finite loss on that process
+    after ``nan_at`` evaluations); returns ``{"state", "history"}`` or the
+    divergence's ``{"diverged": message, "checkpoint", "history"}``, and ``"grads"``: every
+    step's gradients by parameter name."""
+    data, mask, model, guide, loss = problem(spec)
+    rank = 0 if place is None else place.rank
+    if spec.get("nan_at") is not None and spec.get("nan_rank", rank) == rank:
+        # a non-finite loss from this step on (counting the registration pass as step 0)
+        original, counter = loss.differentiable_loss, [0]
+
+        def poisoned(*args):
+            value = original(*args)
+            counter[0] += 1
+            return value * float("nan") if counter[0] > spec["nan_at"] else value
+        loss.differentiable_loss = poisoned
+    grads = []  # every step's gradients, by parameter name, as the optimiser sees them
+
+    def record(params):
+        names = pyro.get_param_store().param_name
+        grads.append({names(p): p.grad.clone() for p in params if p.grad is not None})
+    kwargs = dict(mask=mask, gradient_transform=record, epochs=spec.get("epochs", 3),
+                  batch_size=spec.get("batch_size", 12), lr=spec.get("lr", 0.02),
+                  seed=spec.get("seed", 0), progress=False, run_dir=spec.get("run_dir"),
+                  resume_from=spec.get("resume"),
+                  distributed=False if place is None else place)
+    try:
+        history = fit(model, guide, loss, data, **kwargs)
+    except TrainingDiverged as err:
+        return {"diverged": str(err), "checkpoint": str(err.checkpoint),
+                "history": err.history, "grads": grads}
+    state = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
+    state.update({f"guide.{k}": v.clone() for k, v in guide.state_dict().items()})
+    return {"state": state, "history": history, "grads": grads}
+
+
+def _worker(rank, world, init_file, spec, out):
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)  # as the suite's processes (conftest.py)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        pyro.clear_param_store()
+        result = train(spec, Distributed(rank, world))
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_processes(world, spec):
+    """Rank 0's and every rank's results of ``train(spec)`` on ``world`` processes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.start_processes(_worker, args=(world, init_file, spec, tmp), nprocs=world,
+                           start_method="spawn")
+        return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False)
+                for r in range(world)]

@@ -1,0 +1,141 @@
+"""Data-parallel training (pyro_mmvae.train.distributed): runs on 2 and 4 gloo processes take
+the steps of the one-process run, resume as it does and stop together."""
+
+import pytest
+import torch
+
+from pyro_mmvae.train import load_checkpoint
+from pyro_mmvae.train.distributed import (Distributed, from_environment, resolve,
+                                          shard_bounds)
+from tests.distributed_worker import problem, run_processes, train
+
+
+def max_relative_difference(a, b):
+    assert a.keys() == b.keys()
+    return max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)).item()
+               for k in a)
+
+
+# --- without processes ------------------------------------------------------------------------
+
+def test_shards_cover_the_batch_in_order():
+    for total, world in [(12, 2), (12, 5), (7, 7), (10, 3)]:
+        bounds = [shard_bounds(total, Distributed(r, world)) for r in range(world)]
+        sizes = [len(part) for part in torch.arange(total).tensor_split(world)]
+        assert [size for _, size in bounds] == sizes
+        assert [offset for offset, _ in bounds] == [sum(sizes[:r]) for r in range(world)]
+    with pytest.raises(ValueError, match="cannot be split over 4 processes"):
+        shard_bounds(3, Distributed(0, 4))
+
+
+def test_the_launcher_environment_and_the_distributed_argument():
+    assert from_environment({}) is None and from_environment({"WORLD_SIZE": "1"}) is None
+    place = from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert place == Distributed(1, 2, 1) and not place.is_main
+    with pytest.raises(ValueError, match="LOCAL_RANK is not set: launch"):
+        from_environment({"RANK": "1", "WORLD_SIZE": "2"})
+    assert resolve(None) is None and resolve(False) is None  # no process group here
+    with pytest.raises(ValueError, match="no torch.distributed process group"):
+        resolve(True)
+    with pytest.raises(ValueError, match="no torch.distributed process group is initialised"):
+        resolve(Distributed(0, 2))
+    with pytest.raises(TypeError, match="distributed must be None, a bool or a Distributed"):
+        resolve("gloo")
+
+
+# --- spawned processes ------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", [
+    {"bound": "masked"},
+    {"bound": "masked", "missing": True},
+    {"bound": "mixture", "aggregator": "moe"},
+    {"bound": "mixture-average", "aggregator": "mopoe"},
+    {"bound": "subsampled"},
+    {"bound": "subsampled", "missing": True},
+], ids=lambda s: "-".join(str(v) for v in s.values()))
+def test_two_processes_take_the_steps_of_one(spec):
+    spec = {**spec, "epochs": 2}
+    one = train(spec)
+    ranks = run_processes(2, spec)
+    for result in ranks:  # both processes hold the one-process parameters
+        assert max_relative_difference(one["state"], result["state"]) < 1e-10
+        # and stepped the whole batch's gradients (Adam alone would hide a scale)
+        assert len(result["grads"]) == len(one["grads"]) == 8
+        for mine, theirs in zip(one["grads"], result["grads"]):
+            assert max_relative_difference(mine, theirs) < 1e-10
+        assert result["history"]["loss"] == pytest.approx(one["history"]["loss"], rel=1e-12)
+        assert result["history"]["terms"]["rate"] == pytest.approx(
+            one["history"]["terms"]["rate"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_four_processes_take_the_steps_of_one_with_uneven_shards():
+    spec = {"bound": "masked", "epochs": 1, "batch_size": 10}  # shards of 3, 3, 2, 2 rows
+    one = train(spec)
+    for result in run_processes(4, spec):
+        assert max_relative_difference(one["state"], result["state"]) < 1e-10
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_run_equals_the_uninterrupted_one(tmp_path):
+    whole = run_processes(2, {"bound": "masked", "epochs": 3})[0]
+    run_dir = tmp_path / "run"
+    first = run_processes(2, {"bound": "masked", "epochs": 2, "run_dir": str(run_dir)})[0]
+    assert first["history"]["epoch"] == [1, 2] and (run_dir / "checkpoint.pt").is_file()
+    assert load_checkpoint(run_dir / "checkpoint.pt")["config"]["world_size"] == 2
+    resumed = run_processes(2, {"bound": "masked", "epochs": 3, "run_dir": str(run_dir),
+                                "resume": str(run_dir / "checkpoint.pt")})
+    for result in resumed:
+        assert max_relative_difference(whole["state"], result["state"]) < 1e-12
+        assert result["history"]["loss"] == pytest.approx(whole["history"]["loss"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
+    run_dir = tmp_path / "run"
+    steps = 48 // 12  # per epoch; the loss is evaluated once before the first step
+    ranks = run_processes(2, {"bound": "masked", "epochs": 3, "run_dir": str(run_dir),
+                              "nan_at": 1 + steps + 1, "nan_rank": 1})  # epoch 2, step 2
+    for result in ranks:
+        assert "training diverged: non-finite loss" in result["diverged"]
+        assert "epoch 2, step 2" in result["diverged"]
+        assert result["checkpoint"] == str(run_dir / "checkpoint.pt")
+    saved = load_checkpoint(run_dir / "checkpoint.pt")
+    assert saved["epoch"] == 1  # the last good epoch
+    data, mask, model, guide, loss = problem({"bound": "masked"})
+    load_checkpoint(run_dir / "checkpoint.pt", model, guide)  # it loads, checksums verified
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_command_line_as_one_process_does(tmp_path):
+    """``torchrun --nproc_per_node 2 pyro-mmvae train ...`` trains the run of one process:
+    the same parameters, rank 0's run files, ``world_size`` recorded."""
+    import json
+    import subprocess
+    import sys
+
+    argv = ["train", "--dataset", "linear-gaussian", "--num-points", "150",
+            "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8", "--epochs", "2",
+            "--batch-size", "20", "--no-evaluate", "--no-progress", "--num-threads", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "pyro_mmvae.cli", *argv, "--output-dir", str(one)],
+                   check=True, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", *argv,
+                           "--output-dir", str(two)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run directory:") == 1  # rank 0 reports
+    assert "x 2 processes" in done.stdout
+    a, b = load_checkpoint(one / "checkpoint.pt"), load_checkpoint(two / "checkpoint.pt")
+    for part in ("model", "guide"):
+        assert max_relative_difference(a[part], b[part]) < 1e-5
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    assert json.loads((one / "config.json").read_text())["world_size"] == 1
+    # a run of two processes resumes on one (the steps do not depend on the world size)
+    resumed = subprocess.run([sys.executable, "-m", "pyro_mmvae.cli", "train", "--resume",
+                              str(two), "--epochs", "3", "--no-progress"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_checkpoint(two / "checkpoint.pt")["epoch"] == 3
