@@ -46,13 +46,10 @@ directory, a checkpoint — is one line ``pyro-mmvae COMMAND: error: ...`` with 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import re
-import signal
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -65,12 +62,12 @@ from pyro_mmvae import __version__
 from pyro_mmvae.config import (FIELDS, PER_COMMAND, RESUME_OPTIONS, TUPLE_FIELDS, RunConfig,
                                choices, default_help, field_type)
 from pyro_mmvae.diagnostics.plots import save_generation_grid
-from pyro_mmvae.io import remove_stale_temp_files
+from pyro_mmvae.io import sigterm_as_exit
 from pyro_mmvae.options import GROUPS, POSITIVE_INT
 from pyro_mmvae.report import EVALUATION, evaluate_run, headline, summary
-from pyro_mmvae.runs import (RUN_MARKERS, RUNTIME_KEYS, build_guide, build_loss, build_model,
-                             check_same_data, default_run_dir, load_data, load_run, read_config,
-                             read_run_config, run_files, saved_config)
+from pyro_mmvae.runs import (RUNTIME_KEYS, build_guide, build_loss, build_model,
+                             check_output_dir, check_same_data, default_run_dir, load_data,
+                             load_run, open_run_dir, read_config, read_run_config, saved_config)
 from pyro_mmvae.train.distributed import initialize
 from pyro_mmvae.train import (CHECKPOINT, METRICS, CheckpointError, TrainingDiverged, fit,
                               load_checkpoint, resolve_device, write_json)
@@ -238,37 +235,6 @@ def config_from_argv(argv: Sequence[str]) -> RunConfig:
 
 # --- commands ----------------------------------------------------------------------------------
 
-def check_output_dir(out: Optional[Path], overwrite: bool, parser) -> None:
-    """A parser error when ``--output-dir`` is a file, or already holds a run and
-    ``--overwrite`` was not given."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        parser.error(f"--output-dir {out} is a file, not a directory")
-    held = [name for name in RUN_MARKERS if (out / name).exists()]
-    if held and not overwrite:
-        parser.error(f"--output-dir {out} already holds a run ({', '.join(held)}); continue it "
-                     f"with --resume {out}, or train afresh there with --overwrite")
-
-
-def open_run_dir(run_dir: Path, parser, option: str, overwrite: bool = False) -> None:
-    """Create ``run_dir``; with ``overwrite`` delete the files an earlier run wrote there
-    (:func:`run_files`); remove the temporary files of writes that were killed
-    (:func:`~pyro_mmvae.io.remove_stale_temp_files`)."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # a component is a file, no permission, ...
-        parser.error(f"{option} {run_dir}: cannot create the run directory "
-                     f"({err.strerror or err})")
-    if overwrite:
-        for path in run_files(run_dir):
-            path.unlink()
-    removed = remove_stale_temp_files(run_dir)
-    if removed:
-        print(f"note: removed {len(removed)} temporary file(s) of an interrupted earlier write "
-              f"from {run_dir}: {', '.join(p.name for p in removed)}", file=sys.stderr)
-
-
 class _Threads:
     """Set torch's thread count for a command and restore it afterwards."""
 
@@ -333,7 +299,10 @@ def run_train(args, parser: argparse.ArgumentParser) -> int:
         if given.get("data") is not None and "dataset" not in given:
             given["dataset"] = "file"  # --data PATH means --dataset file
         config = _resolved(RunConfig.from_dict(given), parser)
-        check_output_dir(output_dir, overwrite, parser)
+        try:
+            check_output_dir(output_dir, overwrite)
+        except ValueError as err:
+            parser.error(str(err))
     device = _device(config.device, parser)
     try:  # under torchrun: join its process group, one process per GPU with --device cuda
         place = initialize(str(device))
@@ -346,8 +315,11 @@ def run_train(args, parser: argparse.ArgumentParser) -> int:
         print("note: --iwae with --num-particles 1 is the ordinary bound", file=sys.stderr)
     try:
         with _Threads(config.num_threads):
-            return _train(config, parser, device, output_dir, resume is not None, overwrite,
-                          place)
+            status = _train(config, parser, device, output_dir, resume is not None, overwrite,
+                            place)
+        if place is not None:
+            torch.distributed.barrier()  # rank 0 has evaluated: every process leaves together
+        return status
     finally:
         if place is not None:
             torch.distributed.destroy_process_group()
@@ -380,8 +352,10 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
         parser.error(str(err))
 
     if main_process:
-        open_run_dir(run_dir, parser, "--resume" if resume else "--output-dir",
-                     overwrite=overwrite)
+        try:
+            open_run_dir(run_dir, "--resume" if resume else "--output-dir", overwrite)
+        except ValueError as err:
+            parser.error(str(err))
         processes = "" if place is None else f" x {place.world_size} processes"
         print(f"{'resuming' if resume else 'training'} {config.aggregator} guide, "
               f"{config.bound} bound on {config.dataset} ({data.num_train} train points, "
@@ -489,25 +463,6 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
     return one_line(err)
-
-
-@contextlib.contextmanager
-def sigterm_as_exit():
-    """While the command runs, ``SIGTERM`` raises ``SystemExit(143)`` in the main thread, as
-    ``Ctrl-C`` raises ``KeyboardInterrupt``: a write in progress removes its temporary file and
-    the previous file stays intact. The previous handler is restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -12,9 +12,12 @@ directory).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, List
 
@@ -106,3 +109,22 @@ def remove_stale_temp_files(directory) -> List[Path]:
                 continue
             removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """While the command runs, ``SIGTERM`` raises ``SystemExit(143)`` in the main thread, as
+    ``Ctrl-C`` raises ``KeyboardInterrupt``: a write in progress removes its temporary file and
+    the previous file stays intact. The previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

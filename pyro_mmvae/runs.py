@@ -28,6 +28,7 @@ Every builder takes a configuration and resolves it first
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from pyro_mmvae import __version__
 from pyro_mmvae.config import RESUME_OPTIONS, RunConfig, SavedConfig
 from pyro_mmvae.guides import ConvImageEncoder, MLPEncoder, MultimodalGuide, TextEncoder
 from pyro_mmvae.infer import linear_warmup
+from pyro_mmvae.io import remove_stale_temp_files
 from pyro_mmvae.models import MultimodalModel, dimension_likelihood_weights
 from pyro_mmvae.models.decoders import CategoricalDecoder
 from pyro_mmvae.models.networks import ConvImageDecoder, TextDecoder
@@ -54,7 +56,8 @@ from pyro_mmvae.train import (BEST_CHECKPOINT, CHECKPOINT, CONFIG, LOSS_CURVE, M
 
 __all__ = ["load_data", "build_guide", "build_model", "build_loss", "feature_dim",
            "likelihood_weights", "beta_option", "bound_options", "saved_config", "read_config",
-           "read_run_config", "load_run", "check_same_data", "RUNTIME_KEYS"]
+           "read_run_config", "load_run", "check_same_data", "RUNTIME_KEYS", "check_output_dir",
+           "open_run_dir"]
 
 
 def load_data(config: RunConfig) -> PreparedData:
@@ -297,3 +300,35 @@ def default_run_dir(config: RunConfig) -> Path:
         k += 1
         path = base.with_name(f"{base.name}-{k}")
     return path
+
+
+def check_output_dir(out: Optional[Path], overwrite: bool) -> None:
+    """``ValueError`` when ``--output-dir`` is a file, or already holds a run and
+    ``--overwrite`` was not given."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} is a file, not a directory")
+    held = [name for name in RUN_MARKERS if (out / name).exists()]
+    if held and not overwrite:
+        raise ValueError(f"--output-dir {out} already holds a run ({', '.join(held)}); "
+                         f"continue it with --resume {out}, or train afresh there with "
+                         "--overwrite")
+
+
+def open_run_dir(run_dir: Path, option: str, overwrite: bool = False) -> None:
+    """Create ``run_dir`` (``ValueError`` naming ``option`` if it cannot be); with
+    ``overwrite`` delete the files an earlier run wrote there (:func:`run_files`); remove the
+    temporary files of writes that were killed (:func:`~pyro_mmvae.io.remove_stale_temp_files`)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a component is a file, no permission, ...
+        raise ValueError(f"{option} {run_dir}: cannot create the run directory "
+                         f"({err.strerror or err})") from None
+    if overwrite:
+        for path in run_files(run_dir):
+            path.unlink()
+    removed = remove_stale_temp_files(run_dir)
+    if removed:
+        print(f"note: removed {len(removed)} temporary file(s) of an interrupted earlier write "
+              f"from {run_dir}: {', '.join(p.name for p in removed)}", file=sys.stderr)

@@ -25,10 +25,31 @@ BOUNDS = {"masked": lambda: MaskedMultimodalELBO(num_particles=2),
 AGGREGATORS = {"poe": PoE, "moe": MoE, "mopoe": MoPoE}
 
 
+def image_problem(spec):
+    """Two 1 x 8 x 8 image modalities and the command line's image model and guide
+    (convolutional encoders and decoders, Laplace likelihood, SumPooling) in float64."""
+    from pyro_mmvae.config import RunConfig
+    from pyro_mmvae.registry import PreparedData
+    from pyro_mmvae.runs import build_guide, build_model
+
+    torch.manual_seed(0)
+    data = {m: torch.rand(48, 1, 8, 8, dtype=torch.float64) for m in ("left", "right")}
+    prepared = PreparedData(data, {m: x[:4] for m, x in data.items()},
+                            {m: "image" for m in data})
+    config = RunConfig(dataset="polydigits", latent_dim=2, aggregator="sumpooling",
+                       aggregator_width=8, channels=(4,), image_size=8)
+    torch.manual_seed(spec.get("init_seed", 1))
+    model = build_model(config, prepared).double()
+    guide = build_guide(config, prepared).double()
+    return data, None, model, guide, BOUNDS[spec["bound"]]()
+
+
 def problem(spec):
     """Data, mask, model, guide and bound of ``spec``: a 3-modality linear-Gaussian problem
     in float64, the default dtype of the suite (``spec["missing"]``: about a third of the
-    entries unobserved)."""
+    entries unobserved; ``spec["image"]``: :func:`image_problem`)."""
+    if spec.get("image"):
+        return image_problem(spec)
     torch.manual_seed(0)
     dims = {"a": 3, "b": 4, "c": 2}
     data = {m: torch.randn(48, d, dtype=torch.float64) for m, d in dims.items()}
@@ -81,6 +102,22 @@ def train(spec, place=None):
     return {"state": state, "history": history, "grads": grads}
 
 
+def evaluate(spec, place=None):
+    """Per-point log-likelihoods of :func:`problem`'s (untrained) model: the joint and
+    ``log p(x_b | x_a)``, 16 particles in chunks of 4, gathered over the processes."""
+    from pyro_mmvae.eval import log_likelihood
+    from pyro_mmvae.train.distributed import gather_rows
+
+    data, mask, model, guide, _ = problem(spec)
+    pyro.set_rng_seed(5)
+    joint = gather_rows(lambda d, m: log_likelihood(model, guide, d, m, num_samples=16,
+                                                    chunk_size=4), data, mask, place)
+    given = gather_rows(lambda d, m: log_likelihood(model, guide, d, m, given="a",
+                                                    targets="b", num_samples=16,
+                                                    chunk_size=4), data, mask, place)
+    return {"joint": joint, "conditional": given}
+
+
 def _worker(rank, world, init_file, spec, out):
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)  # as the suite's processes (conftest.py)
@@ -88,8 +125,10 @@ def _worker(rank, world, init_file, spec, out):
                             world_size=world)
     try:
         pyro.clear_param_store()
-        result = train(spec, Distributed(rank, world))
+        task = evaluate if spec.get("task") == "evaluate" else train
+        result = task(spec, Distributed(rank, world))
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        dist.barrier()  # every process is done before any leaves the group
     finally:
         dist.destroy_process_group()
 

@@ -6,7 +6,7 @@ import pyro
 import pytest
 import torch
 
-from tests.helpers import load_script
+from tests.helpers import ROOT, load_script
 
 
 @pytest.fixture
@@ -47,3 +47,22 @@ def test_param_store_slots_keep_each_variant_s_parameters():
     a.activate()
     assert pyro.param("w") is pa
     slots.ParamStoreSlot.release()
+
+
+@pytest.mark.slow
+def test_the_scaling_benchmark_runs_and_one_and_two_processes_agree(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "scaling.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"),
+                           "--quick", "--output", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r[0]) for r in rows] == [32, 128]
+    for row in rows:  # the same objective and steps: final losses agree to float32
+        one, two = float(row[-2]), float(row[-1])
+        assert abs(one - two) <= 1e-5 * abs(one)
+        assert float(row[1]) > 0 and float(row[2]) > 0

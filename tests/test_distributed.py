@@ -7,7 +7,7 @@ import torch
 from pyro_mmvae.train import load_checkpoint
 from pyro_mmvae.train.distributed import (Distributed, from_environment, resolve,
                                           shard_bounds)
-from tests.distributed_worker import problem, run_processes, train
+from tests.distributed_worker import evaluate, problem, run_processes, train
 
 
 def max_relative_difference(a, b):
@@ -53,7 +53,9 @@ def test_the_launcher_environment_and_the_distributed_argument():
     {"bound": "mixture-average", "aggregator": "mopoe"},
     {"bound": "subsampled"},
     {"bound": "subsampled", "missing": True},
-], ids=lambda s: "-".join(str(v) for v in s.values()))
+    {"bound": "masked", "image": True},
+    {"bound": "mixture", "image": True},
+], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
 def test_two_processes_take_the_steps_of_one(spec):
     spec = {**spec, "epochs": 2}
     one = train(spec)
@@ -139,3 +141,16 @@ def test_torchrun_runs_the_command_line_as_one_process_does(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(two / "checkpoint.pt")["epoch"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("missing", [False, True])
+def test_sharded_evaluation_equals_the_unsharded_one(missing):
+    spec = {"bound": "masked", "task": "evaluate", "missing": missing}
+    alone = evaluate(spec)
+    assert alone["joint"].shape == (48,)
+    for world in (2, 3):
+        for result in run_processes(world, spec):
+            for key in ("joint", "conditional"):
+                assert torch.allclose(result[key], alone[key], rtol=1e-12, atol=1e-12,
+                                      equal_nan=True), (world, key)

@@ -63,7 +63,7 @@ def test_the_core_imports_nothing_from_models_or_guides():
     core = [p for d in ("infer", "eval", "diagnostics", "data", "train")
             for p in (root / d).rglob("*.py")]
     core += [root / f for f in ("nn.py", "protocol.py", "checks.py", "io.py", "params.py",
-                                "optim.py")]
+                                "sharding.py", "optim.py")]
     assert all(p.is_file() for p in core) and len(core) > 40
     offenders = []
     for path in core:

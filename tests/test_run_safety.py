@@ -368,7 +368,7 @@ def test_sigterm_during_a_write_removes_the_temp_file(tmp_path):
     target.write_text("old")
     script = textwrap.dedent(f"""
         import time
-        from pyro_mmvae.cli import sigterm_as_exit
+        from pyro_mmvae.io import sigterm_as_exit
         from pyro_mmvae.io import atomic_write
 
         def write(f):

@@ -141,6 +141,40 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gather_rows(fn, data: Mapping[str, torch.Tensor],
+                mask: Optional[Mapping[str, torch.Tensor]] = None,
+                place: Optional[Distributed] = None) -> torch.Tensor:
+    """``fn(data, mask)``, a per-data-point result ``(N, ...)``, evaluated data-parallel:
+    every process evaluates its contiguous shard of the ``N`` points (under
+    :func:`~pyro_mmvae.sharding.data_shard`, so the library's draws are those of the whole
+    evaluation) and the shards are gathered, in order, on every process. Without a process
+    group (``place`` None and none initialised), ``fn(data, mask)`` itself.
+
+    The result equals the one-process evaluation where ``fn``'s draws are shard-invariant and
+    do not depend on the number of points otherwise: for
+    :func:`~pyro_mmvae.eval.log_likelihood` give ``chunk_size`` (its default chunk follows
+    the memory a shard's points need, so each process may chunk its particles differently;
+    the estimates then agree in distribution).
+    """
+    place = place or Distributed.current()
+    if place is None:
+        return fn(data, mask)
+    local, local_mask, offset, total = shard_rows(data, mask, place)
+    size = next(iter(local.values())).shape[0]
+    whole = mask if mask is not None else {
+        m: torch.ones(total, dtype=torch.bool, device=x.device) for m, x in data.items()}
+    with data_shard(offset, size, total, whole):
+        part = fn(local, local_mask)
+    most = -(-total // place.world_size)  # the largest shard: all_gather wants equal sizes
+    padded = part.new_zeros((most,) + part.shape[1:])
+    padded[:size] = part
+    parts = [torch.empty_like(padded) for _ in range(place.world_size)]
+    dist.all_gather(parts, padded.contiguous())
+    sizes = [shard_bounds(total, Distributed(r, place.world_size))[1]
+             for r in range(place.world_size)]
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
 class DataParallelStep(SVIStep):
     """:class:`~pyro_mmvae.train.SVIStep` on this process's shard of every global batch, with
     the gradients of the whole batch's summed loss (module docstring); returns that loss.
@@ -182,5 +216,5 @@ class DataParallelStep(SVIStep):
         return float(all_reduce_sum(local))
 
 
-__all__ = ["Distributed", "DataParallelStep", "ENVIRONMENT", "all_reduce_sum",
+__all__ = ["Distributed", "DataParallelStep", "ENVIRONMENT", "all_reduce_sum", "gather_rows",
            "from_environment", "initialize", "resolve", "shard_bounds", "shard_rows"]
