@@ -154,3 +154,26 @@ def test_sharded_evaluation_equals_the_unsharded_one(missing):
             for key in ("joint", "conditional"):
                 assert torch.allclose(result[key], alone[key], rtol=1e-12, atol=1e-12,
                                       equal_nan=True), (world, key)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_and_evaluates_an_image_run(tmp_path):
+    """Under torchrun rank 0 evaluates alone, coherence classifiers included (trained on that
+    process only, not data-parallel), while the other processes wait to leave together."""
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    argv = ["train", "--data-root", str(tmp_path / "cache"), "--train-points", "128",
+            "--batch-size", "64", "--epochs", "1", "--latent-dim", "4", "--channels", "8",
+            "--aggregator-width", "16", "--eval-points", "40", "--is-samples", "2",
+            "--classifier-epochs", "1", "--no-progress", "--num-threads", "1",
+            "--output-dir", str(run)]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", *argv],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["conditional_coherence"]["leave_one_out_mean"] is not None
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"

@@ -217,7 +217,7 @@ def train_conditional_vae(images: torch.Tensor, labels: torch.Tensor, *, epochs:
         with pyro.get_param_store().scope():
             cvae.history = fit(cvae.model, cvae.guide, TraceMeanField_ELBO(), data,
                                epochs=epochs, batch_size=min(batch_size, len(images)), lr=lr,
-                               seed=seed, progress=progress)
+                               seed=seed, progress=progress, distributed=False)
     finally:
         set_rng_state(state)
         torch.set_num_threads(threads)

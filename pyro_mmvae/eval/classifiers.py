@@ -210,7 +210,7 @@ def train_modality_classifiers(data: Mapping[str, torch.Tensor], labels: torch.T
         fit(_Supervised(clf), _NoLatents(), Trace_ELBO(), {"x": x_m, "y": y_m}, epochs=epochs,
             batch_size=min(batch_size, len(x_m)), lr=lr, seed=None,
             generator=torch.Generator().manual_seed(seed), device=dev, progress=progress,
-            isolate_params=True)
+            isolate_params=True, distributed=False)  # on this process alone, in any group
         clf.eval()
         classifiers[m] = clf
     return classifiers
