@@ -90,7 +90,8 @@ def train(spec, place=None):
     kwargs = dict(mask=mask, gradient_transform=record, epochs=spec.get("epochs", 3),
                   batch_size=spec.get("batch_size", 12), lr=spec.get("lr", 0.02),
                   seed=spec.get("seed", 0), progress=False, run_dir=spec.get("run_dir"),
-                  resume_from=spec.get("resume"),
+                  resume_from=spec.get("resume"), val_fraction=spec.get("val_fraction"),
+                  early_stopping=spec.get("early_stopping"),
                   distributed=False if place is None else place)
     try:
         history = fit(model, guide, loss, data, **kwargs)

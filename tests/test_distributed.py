@@ -72,6 +72,20 @@ def test_two_processes_take_the_steps_of_one(spec):
 
 
 @pytest.mark.slow
+def test_validation_and_early_stopping_agree_across_processes():
+    spec = {"bound": "masked", "epochs": 6, "val_fraction": 0.25, "early_stopping": 1,
+            "lr": 0.2}
+    one = train(spec)
+    assert one["history"]["status"] == "stopped_early"  # the test exercises the stop
+    for result in run_processes(2, spec):
+        assert result["history"]["val_loss"] == pytest.approx(one["history"]["val_loss"],
+                                                              rel=1e-12)
+        assert result["history"]["best_epoch"] == one["history"]["best_epoch"]
+        assert result["history"]["epoch"] == one["history"]["epoch"]
+        assert max_relative_difference(one["state"], result["state"]) < 1e-10
+
+
+@pytest.mark.slow
 def test_four_processes_take_the_steps_of_one_with_uneven_shards():
     spec = {"bound": "masked", "epochs": 1, "batch_size": 10}  # shards of 3, 3, 2, 2 rows
     one = train(spec)

@@ -244,7 +244,9 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
         than one process is initialised (as under ``torchrun``), False never, or a
         :class:`~pyro_mmvae.train.distributed.Distributed`. ``batch_size`` is then the global
         batch, split over the processes; the steps are those of one process with the same
-        seed, to float tolerance; only rank 0 writes ``run_dir`` and shows progress.
+        seed, to float tolerance; only rank 0 writes ``run_dir`` and shows progress. Every
+        process of the group must call ``fit`` then: a fit on some of them only (a side model
+        trained on rank 0) needs ``distributed=False``.
     :returns: history dict: ``epoch`` (list of 1-based epochs), ``loss`` (mean loss per data
         point of each epoch), ``epoch_time`` (seconds), ``step_loss`` (loss per data point of
         every step), ``terms`` (for the library's bounds: ``{name: [epoch mean per data
