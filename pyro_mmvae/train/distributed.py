@@ -87,8 +87,11 @@ def initialize(device: str = "cpu") -> Optional[Distributed]:
     if place is None:
         return None
     if not dist.is_initialized():
-        backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend, rank=place.rank, world_size=place.world_size)
+        cuda = str(device).startswith("cuda")
+        if cuda:  # NCCL's communicator of this process on its own GPU
+            torch.cuda.set_device(place.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo", rank=place.rank,
+                                world_size=place.world_size)
     return place
 
 
