@@ -53,7 +53,8 @@ EVALUATION = "evaluation.json"
 
 
 @torch.no_grad()
-def evaluate_linear_gaussian(config: RunConfig, data, model, guide) -> Dict[str, float]:
+def evaluate_linear_gaussian(config: RunConfig, data, model, guide,
+                             per_point=None) -> Dict[str, float]:
     """Exact and IS log-likelihoods per data point, the PCA MLE and the relative LLH gap.
 
     Exact log-likelihoods and PCA run in float64 on copies; the IS estimate runs the trained
@@ -75,8 +76,9 @@ def evaluate_linear_gaussian(config: RunConfig, data, model, guide) -> Dict[str,
         cov = w @ w.T + sigma2 * torch.eye(x_test.shape[-1], dtype=torch.float64)
         out["pca_mle_test_log_likelihood"] = gaussian_log_likelihood(x_test, b, cov).mean().item()
         test = {m: x.to(device) for m, x in data.test.items()}
-        out["test_is_log_likelihood"] = log_likelihood(
-            model, guide, test, num_samples=config.is_samples).nanmean().item()
+        out["test_is_log_likelihood"] = _rows(per_point)(
+            lambda d, m: log_likelihood(model, guide, d, m, num_samples=config.is_samples),
+            test, None).nanmean().item()
         out["is_num_samples"] = config.is_samples
     return out
 
@@ -139,24 +141,34 @@ def _sub(tensors: Mapping[str, torch.Tensor], n: Optional[int], device):
 
 @torch.no_grad()
 def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, device,
-                      progress: bool = False, log=print) -> dict:
-    """All metrics and pictures of a labelled image/text run (module docstring)."""
+                      progress: bool = False, log=print, per_point=None,
+                      main_process: bool = True) -> Optional[dict]:
+    """All metrics and pictures of a labelled image/text run (module docstring); on a
+    process that is not the main one, only its share of the log-likelihoods (None)."""
     n = config.eval_points
     test = _sub(data.test, n, device)
     labels = data.test_labels[:n].to(device) if n else data.test_labels.to(device)
     out: Dict[str, object] = {"num_eval_points": len(labels), "is_num_samples": config.is_samples}
     t0 = time.perf_counter()
 
-    log(f"evaluating on {len(labels)} test points: log-likelihoods (K={config.is_samples})")
+    if main_process:
+        log(f"evaluating on {len(labels)} test points: log-likelihoods "
+            f"(K={config.is_samples})")
     modalities = list(test)
     observed = {m: torch.ones(len(labels), dtype=torch.bool, device=device) for m in modalities}
-    joint = log_marginal(model, guide, test, observed, config.is_samples)
+    rows = _rows(per_point)
+
+    def marginal(mask):
+        return rows(lambda d, m: log_marginal(model, guide, d, m, config.is_samples), test,
+                    mask)
+    joint = marginal(observed)
     out["test_log_likelihood"] = joint.mean().item()  # every test point fully observed
     if len(modalities) > 1:  # log p(x_m | x_rest) = log p(x) - log p(x_rest): one joint for all
         out["test_leave_one_out_log_likelihood"] = {
-            m: (joint - log_marginal(model, guide, test, observed | {m: ~observed[m]},
-                                     config.is_samples)).mean().item()
+            m: (joint - marginal(observed | {m: ~observed[m]})).mean().item()
             for m in modalities}
+    if not main_process:
+        return None
     rd = rate_distortion(model, guide, test, masking=config.masking or "iid_half")
     out["rate_distortion"] = {k: v.float().mean().item() for k, v in rd.items()
                               if k != "subset_size"}
@@ -197,7 +209,7 @@ def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, devi
 
 
 @torch.no_grad()
-def evaluate_masked(config: RunConfig, data, model, guide, device) -> dict:
+def evaluate_masked(config: RunConfig, data, model, guide, device, per_point=None) -> dict:
     r"""Log-likelihoods of test data with missing entries (``--data``): the joint
     :math:`\log p(x_O)` of each point's observed modalities, and for every modality ``m`` the
     conditional :math:`\log p(x_m\mid x_{O\setminus m})` over the points observing ``m`` and
@@ -205,8 +217,12 @@ def evaluate_masked(config: RunConfig, data, model, guide, device) -> dict:
     test = _sub(data.test, config.eval_points, device)
     mask = _sub(data.test_mask, config.eval_points, device)
     k = config.is_samples
+    rows = _rows(per_point)
+
+    def marginal(given):
+        return rows(lambda d, m: log_marginal(model, guide, d, m, k), test, given)
     # log p(x_m | x_{O minus m}) = log p(x_O) - log p(x_{O minus m}): one joint for all m
-    joint = log_marginal(model, guide, test, mask, k)  # every point observes something
+    joint = marginal(mask)  # every point observes something
     out = {"num_eval_points": int(joint.shape[0]), "is_num_samples": k,
            "test_log_likelihood": joint.mean().item(),
            "test_conditional_log_likelihood": {}, "observed_fraction": {
@@ -214,7 +230,7 @@ def evaluate_masked(config: RunConfig, data, model, guide, device) -> dict:
     for m in (test if len(test) > 1 else ()):
         others = torch.stack([mask[o] for o in test if o != m]).any(0)
         scored = mask[m] & others
-        rest = log_marginal(model, guide, test, {**mask, m: torch.zeros_like(mask[m])}, k)
+        rest = marginal({**mask, m: torch.zeros_like(mask[m])})
         value = (joint - rest)[scored]
         out["test_conditional_log_likelihood"][m] = {
             "mean": value.mean().item() if scored.any() else None,
@@ -244,26 +260,43 @@ def headline(metrics: Mapping) -> Dict[str, float]:
 
 
 def evaluate_run(config: RunConfig, data, model, guide, run_dir, device, progress: bool = False,
-                 log=print) -> dict:
+                 log=print, per_point=None, main_process: bool = True) -> Optional[dict]:
     """Evaluate a trained run of ``config`` and write ``evaluation.json`` (and pictures) into
-    ``run_dir``."""
+    ``run_dir``.
+
+    ``per_point``: how the importance-sampled log-likelihoods are computed, as
+    ``per_point(fn, data, mask)`` for a per-data-point ``fn(data, mask)`` (default: called
+    as it is); a data-parallel run passes
+    :func:`~pyro_mmvae.train.distributed.gather_rows`, and every process calls this, the
+    ones that are not ``main_process`` computing only their shards of the log-likelihoods
+    (they return None; the main process computes and writes the rest)."""
     config = config.resolve()
     run_dir = Path(run_dir)
     model.eval()
     guide.eval()
     if config.dataset == "linear-gaussian":
-        metrics = evaluate_linear_gaussian(config, data, model, guide)
+        metrics = evaluate_linear_gaussian(config, data, model, guide, per_point)
     elif data.test_labels is not None:
-        metrics = evaluate_labelled(config, data, model, guide, run_dir, device, progress, log)
-        metrics["modalities"] = list(data.test)
+        metrics = evaluate_labelled(config, data, model, guide, run_dir, device, progress, log,
+                                    per_point, main_process)
+        if metrics is not None:
+            metrics["modalities"] = list(data.test)
     elif data.test_mask is not None:  # your own data, missing entries: likelihoods
-        metrics = evaluate_masked(config, data, model, guide, device)
+        metrics = evaluate_masked(config, data, model, guide, device, per_point)
     else:  # unlabelled data: likelihoods only
         test = _sub(data.test, config.eval_points, device)
-        metrics = {"test_log_likelihood": log_likelihood(
-            model, guide, test, num_samples=config.is_samples).nanmean().item()}
+        metrics = {"test_log_likelihood": _rows(per_point)(
+            lambda d, m: log_likelihood(model, guide, d, m, num_samples=config.is_samples),
+            test, None).nanmean().item()}
+    if not main_process:
+        return None
     write_json(run_dir / EVALUATION, metrics)
     return metrics
+
+
+def _rows(per_point):
+    """``per_point``, or the plain call ``fn(data, mask)``."""
+    return per_point or (lambda fn, data, mask: fn(data, mask))
 
 
 def read_evaluation(run_dir) -> dict:

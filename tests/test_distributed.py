@@ -125,15 +125,16 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_runs_the_command_line_as_one_process_does(tmp_path):
-    """``torchrun --nproc_per_node 2 pyro-mmvae train ...`` trains the run of one process:
-    the same parameters, rank 0's run files, ``world_size`` recorded."""
+    """``torchrun --nproc_per_node 2 pyro-mmvae train ...`` trains and evaluates the run of
+    one process: the same parameters and log-likelihoods, rank 0's run files, ``world_size``
+    recorded."""
     import json
     import subprocess
     import sys
 
     argv = ["train", "--dataset", "linear-gaussian", "--num-points", "150",
             "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8", "--epochs", "2",
-            "--batch-size", "20", "--no-evaluate", "--no-progress", "--num-threads", "1"]
+            "--batch-size", "20", "--is-samples", "50", "--no-progress", "--num-threads", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "pyro_mmvae.cli", *argv, "--output-dir", str(one)],
                    check=True, capture_output=True, timeout=300)
@@ -147,6 +148,13 @@ def test_torchrun_runs_the_command_line_as_one_process_does(tmp_path):
     a, b = load_checkpoint(one / "checkpoint.pt"), load_checkpoint(two / "checkpoint.pt")
     for part in ("model", "guide"):
         assert max_relative_difference(a[part], b[part]) < 1e-5
+    # the importance-sampled test log-likelihood, each process estimating its shard of the
+    # test points with the draws of the whole evaluation, is the one-process estimate
+    same = [json.loads((run / "evaluation.json").read_text()) for run in (one, two)]
+    assert same[1]["test_is_log_likelihood"] == pytest.approx(same[0]["test_is_log_likelihood"],
+                                                              rel=1e-5)
+    assert same[1]["test_exact_log_likelihood"] == pytest.approx(
+        same[0]["test_exact_log_likelihood"], rel=1e-5)
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
     assert json.loads((one / "config.json").read_text())["world_size"] == 1
     # a run of two processes resumes on one (the steps do not depend on the world size)
