@@ -68,7 +68,7 @@ from pyro_mmvae.report import EVALUATION, evaluate_run, headline, summary
 from pyro_mmvae.runs import (RUNTIME_KEYS, build_guide, build_loss, build_model,
                              check_output_dir, check_same_data, default_run_dir, load_data,
                              load_run, open_run_dir, read_config, read_run_config, saved_config)
-from pyro_mmvae.train.distributed import gather_rows, initialize
+from pyro_mmvae.train.distributed import initialize
 from pyro_mmvae.train import (CHECKPOINT, METRICS, CheckpointError, TrainingDiverged, fit,
                               load_checkpoint, resolve_device, write_json)
 
@@ -387,10 +387,9 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
     except CheckpointError as err:
         parser.error(str(err))
     train_time = time.perf_counter() - t0
-    if not main_process:  # its share of the evaluation's log-likelihoods, then done
+    if not main_process:  # its shares of the evaluation, then done
         if not config.no_evaluate:
-            evaluate_run(config, data, model, guide, run_dir, device, per_point=gather_rows,
-                         main_process=False)
+            evaluate_run(config, data, model, guide, run_dir, device, place=place)
         return 0
     metrics = {"status": "completed", "epochs": len(history["loss"]),
                "train_loss": history["loss"], "final_train_loss": history["loss"][-1],
@@ -398,7 +397,7 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
     if not config.no_evaluate:
         evaluation = evaluate_run(config, data, model, guide, run_dir, device,
                                   progress=not config.no_progress,
-                                  per_point=gather_rows if place is not None else None)
+                                  place=place)
         metrics.update(headline(evaluation))
         if config.dataset == "linear-gaussian":
             metrics.update(evaluation)

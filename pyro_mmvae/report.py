@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
+import pyro
 import torch
 
 from pyro_mmvae.models import pca_maximum_likelihood, relative_llh_gap
@@ -47,6 +48,7 @@ from pyro_mmvae.eval.coherence import (conditional_coherence, joint_coherence,
                                        latent_classification)
 from pyro_mmvae.config import RunConfig
 from pyro_mmvae.train import CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, write_json
+from pyro_mmvae.train.distributed import all_reduce_sum, gather_rows, local_shard
 
 CLASSIFIERS = "classifiers.pt"
 EVALUATION = "evaluation.json"
@@ -54,7 +56,7 @@ EVALUATION = "evaluation.json"
 
 @torch.no_grad()
 def evaluate_linear_gaussian(config: RunConfig, data, model, guide,
-                             per_point=None) -> Dict[str, float]:
+                             place=None) -> Dict[str, float]:
     """Exact and IS log-likelihoods per data point, the PCA MLE and the relative LLH gap.
 
     Exact log-likelihoods and PCA run in float64 on copies; the IS estimate runs the trained
@@ -76,7 +78,7 @@ def evaluate_linear_gaussian(config: RunConfig, data, model, guide,
         cov = w @ w.T + sigma2 * torch.eye(x_test.shape[-1], dtype=torch.float64)
         out["pca_mle_test_log_likelihood"] = gaussian_log_likelihood(x_test, b, cov).mean().item()
         test = {m: x.to(device) for m, x in data.test.items()}
-        out["test_is_log_likelihood"] = _rows(per_point)(
+        out["test_is_log_likelihood"] = _rows(place)(
             lambda d, m: log_likelihood(model, guide, d, m, num_samples=config.is_samples),
             test, None).nanmean().item()
         out["is_num_samples"] = config.is_samples
@@ -141,10 +143,11 @@ def _sub(tensors: Mapping[str, torch.Tensor], n: Optional[int], device):
 
 @torch.no_grad()
 def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, device,
-                      progress: bool = False, log=print, per_point=None,
-                      main_process: bool = True) -> Optional[dict]:
-    """All metrics and pictures of a labelled image/text run (module docstring); on a
-    process that is not the main one, only its share of the log-likelihoods (None)."""
+                      progress: bool = False, log=print, place=None) -> Optional[dict]:
+    """All metrics and pictures of a labelled image/text run (module docstring). In a
+    data-parallel run (``place``) every process computes its shards of the log-likelihoods
+    and of the conditional coherence; the others return None, the main process the rest."""
+    main_process = place is None or place.is_main
     n = config.eval_points
     test = _sub(data.test, n, device)
     labels = data.test_labels[:n].to(device) if n else data.test_labels.to(device)
@@ -156,7 +159,7 @@ def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, devi
             f"(K={config.is_samples})")
     modalities = list(test)
     observed = {m: torch.ones(len(labels), dtype=torch.bool, device=device) for m in modalities}
-    rows = _rows(per_point)
+    rows = _rows(place)
 
     def marginal(mask):
         return rows(lambda d, m: log_marginal(model, guide, d, m, config.is_samples), test,
@@ -167,19 +170,32 @@ def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, devi
         out["test_leave_one_out_log_likelihood"] = {
             m: (joint - marginal(observed | {m: ~observed[m]})).mean().item()
             for m in modalities}
+    if main_process:
+        rd = rate_distortion(model, guide, test, masking=config.masking or "iid_half")
+        out["rate_distortion"] = {k: v.float().mean().item() for k, v in rd.items()
+                                  if k != "subset_size"}
+        out["rate_distortion_by_subset_size"] = rate_distortion_by_subset_size(
+            rd, len(modalities))
+        log("per-modality classifiers")
+        classifiers = get_classifiers(run_dir, data, device, seed=config.seed,
+                                      epochs=config.classifier_epochs, progress=progress)
+        out["classifier_test_accuracy"] = classifier_accuracy(classifiers, test, labels)
+        log("coherence and latent classification for every subset of inputs")
+    if place is not None:  # the main process's classifiers and random state, for every one
+        state = [pyro.util.get_rng_state() if main_process else None]
+        torch.distributed.broadcast_object_list(state, src=0)  # sent once classifiers.pt is
+        if not main_process:
+            pyro.util.set_rng_state(state[0])  # the draws of a one-process evaluation
+            classifiers = load_classifiers(run_dir / CLASSIFIERS, device=device)
+    if place is None:
+        coherence = conditional_coherence(model, guide, test, labels, classifiers)
+    else:  # each process its shard of the points, the counts summed
+        with local_shard(test, None, place) as (x, _, shard):
+            coherence = conditional_coherence(model, guide, x, labels[shard], classifiers,
+                                              reduce=all_reduce_sum)
     if not main_process:
         return None
-    rd = rate_distortion(model, guide, test, masking=config.masking or "iid_half")
-    out["rate_distortion"] = {k: v.float().mean().item() for k, v in rd.items()
-                              if k != "subset_size"}
-    out["rate_distortion_by_subset_size"] = rate_distortion_by_subset_size(rd, len(modalities))
-
-    log("per-modality classifiers")
-    classifiers = get_classifiers(run_dir, data, device, seed=config.seed,
-                                  epochs=config.classifier_epochs, progress=progress)
-    out["classifier_test_accuracy"] = classifier_accuracy(classifiers, test, labels)
-    log("coherence and latent classification for every subset of inputs")
-    out["conditional_coherence"] = conditional_coherence(model, guide, test, labels, classifiers)
+    out["conditional_coherence"] = coherence
     out["joint_coherence"] = joint_coherence(model, classifiers, num_samples=1000,
                                              modalities=modalities)
     train = _sub(data.train, n and 4 * n, device)
@@ -209,7 +225,7 @@ def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, devi
 
 
 @torch.no_grad()
-def evaluate_masked(config: RunConfig, data, model, guide, device, per_point=None) -> dict:
+def evaluate_masked(config: RunConfig, data, model, guide, device, place=None) -> dict:
     r"""Log-likelihoods of test data with missing entries (``--data``): the joint
     :math:`\log p(x_O)` of each point's observed modalities, and for every modality ``m`` the
     conditional :math:`\log p(x_m\mid x_{O\setminus m})` over the points observing ``m`` and
@@ -217,7 +233,7 @@ def evaluate_masked(config: RunConfig, data, model, guide, device, per_point=Non
     test = _sub(data.test, config.eval_points, device)
     mask = _sub(data.test_mask, config.eval_points, device)
     k = config.is_samples
-    rows = _rows(per_point)
+    rows = _rows(place)
 
     def marginal(given):
         return rows(lambda d, m: log_marginal(model, guide, d, m, k), test, given)
@@ -260,43 +276,45 @@ def headline(metrics: Mapping) -> Dict[str, float]:
 
 
 def evaluate_run(config: RunConfig, data, model, guide, run_dir, device, progress: bool = False,
-                 log=print, per_point=None, main_process: bool = True) -> Optional[dict]:
+                 log=print, place=None) -> Optional[dict]:
     """Evaluate a trained run of ``config`` and write ``evaluation.json`` (and pictures) into
     ``run_dir``.
 
-    ``per_point``: how the importance-sampled log-likelihoods are computed, as
-    ``per_point(fn, data, mask)`` for a per-data-point ``fn(data, mask)`` (default: called
-    as it is); a data-parallel run passes
-    :func:`~pyro_mmvae.train.distributed.gather_rows`, and every process calls this, the
-    ones that are not ``main_process`` computing only their shards of the log-likelihoods
-    (they return None; the main process computes and writes the rest)."""
+    Data-parallel (``place``, a :class:`~pyro_mmvae.train.distributed.Distributed`): every
+    process calls this and estimates its shards of the importance-sampled log-likelihoods
+    (:func:`~pyro_mmvae.train.distributed.gather_rows`) and of the conditional coherence
+    (counts summed over the processes); the main process computes the rest and writes the
+    files, the others return None."""
     config = config.resolve()
     run_dir = Path(run_dir)
     model.eval()
     guide.eval()
     if config.dataset == "linear-gaussian":
-        metrics = evaluate_linear_gaussian(config, data, model, guide, per_point)
+        metrics = evaluate_linear_gaussian(config, data, model, guide, place)
     elif data.test_labels is not None:
         metrics = evaluate_labelled(config, data, model, guide, run_dir, device, progress, log,
-                                    per_point, main_process)
+                                    place)
         if metrics is not None:
             metrics["modalities"] = list(data.test)
     elif data.test_mask is not None:  # your own data, missing entries: likelihoods
-        metrics = evaluate_masked(config, data, model, guide, device, per_point)
+        metrics = evaluate_masked(config, data, model, guide, device, place)
     else:  # unlabelled data: likelihoods only
         test = _sub(data.test, config.eval_points, device)
-        metrics = {"test_log_likelihood": _rows(per_point)(
+        metrics = {"test_log_likelihood": _rows(place)(
             lambda d, m: log_likelihood(model, guide, d, m, num_samples=config.is_samples),
             test, None).nanmean().item()}
-    if not main_process:
+    if place is not None and not place.is_main:
         return None
     write_json(run_dir / EVALUATION, metrics)
     return metrics
 
 
-def _rows(per_point):
-    """``per_point``, or the plain call ``fn(data, mask)``."""
-    return per_point or (lambda fn, data, mask: fn(data, mask))
+def _rows(place):
+    """``rows(fn, data, mask)``: the per-data-point ``fn(data, mask)``, gathered over the
+    processes of a data-parallel run (``place``), else called as it is."""
+    if place is None:
+        return lambda fn, data, mask: fn(data, mask)
+    return lambda fn, data, mask: gather_rows(fn, data, mask, place)
 
 
 def read_evaluation(run_dir) -> dict:

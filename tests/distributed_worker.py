@@ -104,8 +104,9 @@ def train(spec, place=None):
 
 
 def evaluate(spec, place=None):
-    """Per-point log-likelihoods of :func:`problem`'s (untrained) model: the joint and
-    ``log p(x_b | x_a)``, 16 particles in chunks of 4, gathered over the processes."""
+    """Per-point log-likelihoods of :func:`problem`'s (untrained) model, the joint and
+    ``log p(x_b | x_a)`` with 16 particles in chunks of 4, gathered over the processes; and
+    its conditional coherence, counts summed over the processes."""
     from pyro_mmvae.eval import log_likelihood
     from pyro_mmvae.train.distributed import gather_rows
 
@@ -116,7 +117,16 @@ def evaluate(spec, place=None):
     given = gather_rows(lambda d, m: log_likelihood(model, guide, d, m, given="a",
                                                     targets="b", num_samples=16,
                                                     chunk_size=4), data, mask, place)
-    return {"joint": joint, "conditional": given}
+    from pyro_mmvae.eval import conditional_coherence
+    from pyro_mmvae.train.distributed import all_reduce_sum, local_shard
+
+    labels = (data["a"].sum(-1) > 0).long()  # a label each point's modalities can tell
+    classifiers = {m: (lambda x: (x.sum(-1) > 0).long()) for m in data}
+    with local_shard(data, mask, place) as (x, x_mask, rows):
+        coherence = conditional_coherence(
+            model, guide, x, labels[rows], classifiers, mask=x_mask, batch_size=48,
+            reduce=None if place is None else all_reduce_sum)
+    return {"joint": joint, "conditional": given, "coherence": coherence}
 
 
 def _worker(rank, world, init_file, spec, out):

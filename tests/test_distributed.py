@@ -176,26 +176,35 @@ def test_sharded_evaluation_equals_the_unsharded_one(missing):
             for key in ("joint", "conditional"):
                 assert torch.allclose(result[key], alone[key], rtol=1e-12, atol=1e-12,
                                       equal_nan=True), (world, key)
+            assert result["coherence"] == alone["coherence"]  # the same counts, summed
 
 
 @pytest.mark.slow
 def test_torchrun_trains_and_evaluates_an_image_run(tmp_path):
-    """Under torchrun rank 0 evaluates alone, coherence classifiers included (trained on that
-    process only, not data-parallel), while the other processes wait to leave together."""
+    """Under torchrun the processes share the evaluation's log-likelihoods and conditional
+    coherence; rank 0 trains the classifiers (on that process only, not data-parallel) and
+    the rest; the result is the one-process evaluation's."""
     import json
     import subprocess
     import sys
 
-    run = tmp_path / "run"
     argv = ["train", "--data-root", str(tmp_path / "cache"), "--train-points", "128",
             "--batch-size", "64", "--epochs", "1", "--latent-dim", "4", "--channels", "8",
             "--aggregator-width", "16", "--eval-points", "40", "--is-samples", "2",
-            "--classifier-epochs", "1", "--no-progress", "--num-threads", "1",
-            "--output-dir", str(run)]
+            "--classifier-epochs", "1", "--no-progress", "--num-threads", "1"]
+    one, run = tmp_path / "one", tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "pyro_mmvae.cli", *argv, "--output-dir", str(one)],
+                   check=True, capture_output=True, timeout=600)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", *argv],
-                          capture_output=True, text=True, timeout=600)
+                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", *argv,
+                           "--output-dir", str(run)], capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    evaluation = json.loads((run / "evaluation.json").read_text())
-    assert evaluation["conditional_coherence"]["leave_one_out_mean"] is not None
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    alone, shared = (json.loads((d / "evaluation.json").read_text()) for d in (one, run))
+    assert shared["test_log_likelihood"] == pytest.approx(alone["test_log_likelihood"],
+                                                          rel=1e-4)
+    a, b = alone["conditional_coherence"], shared["conditional_coherence"]
+    assert a["num_points"] == b["num_points"] and b["leave_one_out_mean"] is not None
+    for m, value in a["leave_one_out"].items():  # float32 training: a point may flip
+        assert abs(b["leave_one_out"][m] - value) <= 1 / 40 + 1e-9

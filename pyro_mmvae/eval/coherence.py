@@ -38,7 +38,7 @@ data order), ready for ``json.dump``; quantities with nothing to average are ``N
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -216,7 +216,9 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
                           mask: Optional[Mapping[str, torch.Tensor]] = None,
                           num_samples: int = 1, use_mean: bool = True,
                           batch_size: Optional[int] = None, max_plate_nesting: int = 1,
-                          memory_budget: Optional[int] = None) -> dict:
+                          memory_budget: Optional[int] = None,
+                          reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                          ) -> dict:
     r"""Conditional generation coherence for every input subset and every target modality.
 
     For each subset ``S`` (default: all :math:`2^M-1`) and each target ``m`` with a classifier:
@@ -241,6 +243,10 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
         from ``memory_budget``).
     :param memory_budget: bytes a chunk may hold (default 256 MiB), used when ``batch_size``
         is None.
+    :param reduce: applied to the counts (correct predictions, evaluated points) before the
+        fractions are taken: a data-parallel evaluation passes
+        :func:`~pyro_mmvae.train.distributed.all_reduce_sum`, each process its shard of the
+        points (:func:`~pyro_mmvae.train.distributed.local_shard`).
     :returns: ``{"coherence": {subset: {target: acc}},
         "self": {subset: mean over targets in S},
         "cross": {subset: mean over targets outside S} (subsets with such a target),
@@ -297,6 +303,8 @@ def conditional_coherence(model, guide, data: Mapping[str, torch.Tensor], labels
                 correct[:, t] += ((pred == y_b) & valid[:, None, :]).sum((1, 2))
             del model_tr
         count += valid.sum(-1)
+    if reduce is not None:
+        correct, count = reduce(correct), reduce(count)
     correct, count = correct.tolist(), count.tolist()
 
     coherence, self_coh, cross_coh = {}, {}, {}

@@ -29,6 +29,7 @@ all-reduces); a ``pyro.param`` outside them is an error.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
@@ -144,14 +145,33 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@contextmanager
+def local_shard(data: Mapping[str, torch.Tensor],
+                mask: Optional[Mapping[str, torch.Tensor]] = None,
+                place: Optional[Distributed] = None):
+    """This process's contiguous shard of ``N`` data points, under
+    :func:`~pyro_mmvae.sharding.data_shard` (so the library's draws are those of the whole
+    evaluation): yields ``(data, mask, rows)``, ``rows`` the shard's ``slice`` of the points
+    (for labels and other per-point arrays). Without a process group, everything."""
+    place = place or Distributed.current()
+    if place is None:
+        yield data, mask, slice(None)
+        return
+    local, local_mask, offset, total = shard_rows(data, mask, place)
+    size = next(iter(local.values())).shape[0]
+    whole = mask if mask is not None else {
+        m: torch.ones(total, dtype=torch.bool, device=x.device) for m, x in data.items()}
+    with data_shard(offset, size, total, whole):
+        yield local, local_mask, slice(offset, offset + size)
+
+
 def gather_rows(fn, data: Mapping[str, torch.Tensor],
                 mask: Optional[Mapping[str, torch.Tensor]] = None,
                 place: Optional[Distributed] = None) -> torch.Tensor:
     """``fn(data, mask)``, a per-data-point result ``(N, ...)``, evaluated data-parallel:
-    every process evaluates its contiguous shard of the ``N`` points (under
-    :func:`~pyro_mmvae.sharding.data_shard`, so the library's draws are those of the whole
-    evaluation) and the shards are gathered, in order, on every process. Without a process
-    group (``place`` None and none initialised), ``fn(data, mask)`` itself.
+    every process evaluates its shard of the ``N`` points (:func:`local_shard`) and the
+    shards are gathered, in order, on every process. Without a process group (``place`` None
+    and none initialised), ``fn(data, mask)`` itself.
 
     The result equals the one-process evaluation where ``fn``'s draws are shard-invariant and
     do not depend on the number of points otherwise: for
@@ -162,15 +182,12 @@ def gather_rows(fn, data: Mapping[str, torch.Tensor],
     place = place or Distributed.current()
     if place is None:
         return fn(data, mask)
-    local, local_mask, offset, total = shard_rows(data, mask, place)
-    size = next(iter(local.values())).shape[0]
-    whole = mask if mask is not None else {
-        m: torch.ones(total, dtype=torch.bool, device=x.device) for m, x in data.items()}
-    with data_shard(offset, size, total, whole):
+    with local_shard(data, mask, place) as (local, local_mask, rows):
         part = fn(local, local_mask)
+    total = next(iter(data.values())).shape[0]
     most = -(-total // place.world_size)  # the largest shard: all_gather wants equal sizes
     padded = part.new_zeros((most,) + part.shape[1:])
-    padded[:size] = part
+    padded[:rows.stop - rows.start] = part
     parts = [torch.empty_like(padded) for _ in range(place.world_size)]
     dist.all_gather(parts, padded.contiguous())
     sizes = [shard_bounds(total, Distributed(r, place.world_size))[1]
@@ -196,11 +213,7 @@ class DataParallelStep(SVIStep):
         self.checked = None
 
     def __call__(self, batch, mask=None) -> float:
-        local, local_mask, offset, total = shard_rows(batch, mask, self.place)
-        size = next(iter(local.values())).shape[0]
-        whole = mask if mask is not None else {
-            m: torch.ones(total, dtype=torch.bool, device=x.device) for m, x in batch.items()}
-        with data_shard(offset, size, total, whole):
+        with local_shard(batch, mask, self.place) as (local, local_mask, _):
             value = super().__call__(local, local_mask)
         if self.params is not self.checked:
             self.checked = self.params
@@ -220,4 +233,5 @@ class DataParallelStep(SVIStep):
 
 
 __all__ = ["Distributed", "DataParallelStep", "ENVIRONMENT", "all_reduce_sum", "gather_rows",
-           "from_environment", "initialize", "resolve", "shard_bounds", "shard_rows"]
+           "local_shard", "from_environment", "initialize", "resolve", "shard_bounds",
+           "shard_rows"]
