@@ -343,6 +343,10 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
         parser.error(f"--batch-size {config.batch_size} exceeds the {num_train} training "
                      "points (after --val-fraction); lower --batch-size or use more data")
     run_dir = run_dir or default_run_dir(config)
+    if place is not None:  # rank 0's choice (a default name holds the time of day)
+        chosen = [str(run_dir)]
+        torch.distributed.broadcast_object_list(chosen, src=0)
+        run_dir = Path(chosen[0])
     pyro.set_rng_seed(config.seed)  # parameter initialisation (fit re-seeds for training)
     try:
         model = build_model(config, data).to(data.dtype)

@@ -181,12 +181,19 @@ def evaluate_labelled(config: RunConfig, data, model, guide, run_dir: Path, devi
                                       epochs=config.classifier_epochs, progress=progress)
         out["classifier_test_accuracy"] = classifier_accuracy(classifiers, test, labels)
         log("coherence and latent classification for every subset of inputs")
-    if place is not None:  # the main process's classifiers and random state, for every one
-        state = [pyro.util.get_rng_state() if main_process else None]
-        torch.distributed.broadcast_object_list(state, src=0)  # sent once classifiers.pt is
+    if place is not None:  # rank 0's classifiers and random state, for every process
+        sent = [None]
+        if main_process:
+            cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+            sent = [({m: copy.deepcopy(c).cpu() for m, c in classifiers.items()},
+                     pyro.util.get_rng_state(), cuda)]
+        torch.distributed.broadcast_object_list(sent, src=0)
         if not main_process:
-            pyro.util.set_rng_state(state[0])  # the draws of a one-process evaluation
-            classifiers = load_classifiers(run_dir / CLASSIFIERS, device=device)
+            shared, state, cuda = sent[0]
+            classifiers = {m: c.to(device) for m, c in shared.items()}
+            pyro.util.set_rng_state(state)  # the draws of a one-process evaluation
+            if cuda is not None and device.type == "cuda":
+                torch.cuda.set_rng_state(cuda, device)
     if place is None:
         coherence = conditional_coherence(model, guide, test, labels, classifiers)
     else:  # each process its shard of the points, the counts summed

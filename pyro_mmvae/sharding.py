@@ -35,12 +35,15 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 class Shard(NamedTuple):
     """Rows ``offset .. offset + size`` of a global batch of ``total`` data points; ``mask``:
     the whole batch's mask ``{m: (total,)}``, from which the bounds draw their subsets
-    (:meth:`~pyro_mmvae.infer.MultimodalELBO.draw_subsets`), or None."""
+    (:meth:`~pyro_mmvae.infer.MultimodalELBO.draw_subsets`), or None; ``any_in_batch``: the
+    elementwise OR of a bool tensor over every shard of the batch (in a data-parallel run an
+    all-reduce over the processes), or None."""
 
     offset: int
     size: int
     total: int
     mask: Optional[Mapping[str, torch.Tensor]] = None
+    any_in_batch: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 _SHARD: list = [None]
@@ -48,13 +51,15 @@ _SHARD: list = [None]
 
 @contextmanager
 def data_shard(offset: int, size: int, total: int,
-               mask: Optional[Mapping[str, torch.Tensor]] = None):
+               mask: Optional[Mapping[str, torch.Tensor]] = None,
+               any_in_batch: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
     """Within this context the library's draws see rows ``offset .. offset + size`` of a
-    ``total``-point batch (whose mask is ``mask``, if given)."""
+    ``total``-point batch (whose mask is ``mask``, and whose shards ``any_in_batch`` combines,
+    if given: :class:`Shard`)."""
     if not (0 <= offset and size >= 1 and offset + size <= total):
         raise ValueError(f"a shard of rows {offset} .. {offset + size} does not fit a batch "
                          f"of {total}")
-    previous, _SHARD[0] = _SHARD[0], Shard(offset, size, total, mask)
+    previous, _SHARD[0] = _SHARD[0], Shard(offset, size, total, mask, any_in_batch)
     try:
         yield _SHARD[0]
     finally:
@@ -64,6 +69,16 @@ def data_shard(offset: int, size: int, total: int,
 def current_shard() -> Optional[Shard]:
     """The active :class:`Shard`, or None (the batch is the whole batch)."""
     return _SHARD[0]
+
+
+def any_in_batch(flags: torch.Tensor) -> torch.Tensor:
+    """``flags`` (a bool tensor found from this shard's rows, e.g. which mixture components
+    some data point gives weight), OR-ed over the whole batch's shards where the shard knows
+    how (:class:`Shard`): a decision about the batch that every shard takes alike."""
+    shard = current_shard()
+    if shard is None or shard.any_in_batch is None:
+        return flags
+    return shard.any_in_batch(flags)
 
 
 def _global(shape: Sequence[int], data_dim: int, shard: Shard) -> torch.Size:
@@ -110,9 +125,9 @@ def categorical(logits: torch.Tensor, sample_shape: Sequence[int] = ()) -> torch
 
 def padded(fn: Distribution, shard: Shard, dim: int) -> Optional[Distribution]:
     """``fn`` (without :func:`sharded`'s draws) with the data-point dimension ``dim`` of its
-    draws widened to the whole batch: the shard's rows in place, filler elsewhere; None for a
-    distribution it cannot widen (a ``Normal``, an ``Independent`` of one, or one with a
-    ``pad_rows(shard, dim)`` method)."""
+    draws widened to the whole batch: the shard's rows in place, filler elsewhere. It widens a
+    ``Normal``, an ``Independent`` of one and any distribution with a ``pad_rows(shard, dim)``
+    method; None for any other."""
     if isinstance(fn, Independent):
         base = padded(fn.base_dist, shard, dim)
         return None if base is None else dist.Independent(base, fn.reinterpreted_batch_ndims)
@@ -167,5 +182,5 @@ def sharded(fn: Distribution) -> Distribution:
     return fn
 
 
-__all__ = ["Shard", "data_shard", "current_shard", "draw_rows", "pad_rows",
+__all__ = ["Shard", "data_shard", "current_shard", "any_in_batch", "draw_rows", "pad_rows",
            "categorical", "padded", "sharded"]

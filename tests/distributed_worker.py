@@ -21,6 +21,8 @@ from pyro_mmvae.train.distributed import Distributed
 BOUNDS = {"masked": lambda: MaskedMultimodalELBO(num_particles=2),
           "mixture": lambda: MixtureMultimodalELBO(form="stratified"),
           "mixture-average": lambda: MixtureMultimodalELBO(form="average", num_subsets=1),
+          # random subsets leave some components unweighted in a shard but not in the batch
+          "mixture-iid": lambda: MixtureMultimodalELBO(form="stratified", masking="iid_half"),
           "subsampled": lambda: SubsampledMultimodalELBO(num_subsets=1)}
 AGGREGATORS = {"poe": PoE, "moe": MoE, "mopoe": MoPoE}
 

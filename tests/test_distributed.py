@@ -51,6 +51,8 @@ def test_the_launcher_environment_and_the_distributed_argument():
     {"bound": "masked", "missing": True},
     {"bound": "mixture", "aggregator": "moe"},
     {"bound": "mixture-average", "aggregator": "mopoe"},
+    {"bound": "mixture-iid", "aggregator": "moe", "missing": True},
+    {"bound": "mixture-iid", "aggregator": "mopoe"},
     {"bound": "subsampled"},
     {"bound": "subsampled", "missing": True},
     {"bound": "masked", "image": True},

@@ -20,6 +20,8 @@ from pyro.distributions import Independent, Laplace, Normal
 from pyro.distributions.util import broadcast_shape
 from torch.utils.checkpoint import checkpoint
 
+from pyro_mmvae.sharding import any_in_batch
+
 from .cells import StackedDistribution
 
 #: Elements of the pairwise (draw x component x latent) tensor one chunk may hold when the
@@ -97,8 +99,10 @@ def select_components(comps, keep: torch.Tensor):
 
 def live_components(weights: torch.Tensor) -> Optional[torch.Tensor]:
     """Indices ``(k,)`` of the components with a positive weight somewhere in ``weights``
-    ``(K, ...)``, or None when every component has one (nothing to drop)."""
-    alive = (weights > 0).reshape(weights.shape[0], -1).any(1)
+    ``(K, ...)``, or None when every component has one (nothing to drop). Inside a data
+    shard, somewhere in the whole batch (:func:`pyro_mmvae.sharding.any_in_batch`), so that
+    every shard keeps the same components."""
+    alive = any_in_batch((weights > 0).reshape(weights.shape[0], -1).any(1))
     return None if bool(alive.all()) else alive.nonzero().squeeze(-1)
 
 

@@ -78,6 +78,8 @@ def rng_state(generator: Optional[torch.Generator] = None) -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        if torch.cuda.is_initialized():  # the device this process trains on
+            state["cuda_device"] = torch.cuda.current_device()
     if generator is not None:
         state["shuffle"] = generator.get_state()
     return state

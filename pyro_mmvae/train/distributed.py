@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Mapping, Optional, Tuple
 
 import torch
@@ -42,6 +43,9 @@ from pyro_mmvae.sharding import data_shard
 from .step import SVIStep
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+#: how long a process of :func:`initialize`'s group waits at a collective: the others wait
+#: for rank 0's part of an evaluation (classifiers, plots), longer than torch's default
+TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,9 @@ def from_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[Di
 
 def initialize(device: str = "cpu") -> Optional[Distributed]:
     """Join the process group of the launcher's environment (gloo for ``device="cpu"``,
-    NCCL for CUDA, ``init_method="env://"``) unless already joined; None when not launched
-    by ``torchrun`` with more than one process."""
+    NCCL for CUDA, ``init_method="env://"``, collectives waiting up to :data:`TIMEOUT`)
+    unless already joined; None when not launched by ``torchrun`` with more than one
+    process."""
     place = from_environment()
     if place is None:
         return None
@@ -92,7 +97,7 @@ def initialize(device: str = "cpu") -> Optional[Distributed]:
         if cuda:  # NCCL's communicator of this process on its own GPU
             torch.cuda.set_device(place.local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", rank=place.rank,
-                                world_size=place.world_size)
+                                world_size=place.world_size, timeout=TIMEOUT)
     return place
 
 
@@ -161,8 +166,15 @@ def local_shard(data: Mapping[str, torch.Tensor],
     size = next(iter(local.values())).shape[0]
     whole = mask if mask is not None else {
         m: torch.ones(total, dtype=torch.bool, device=x.device) for m, x in data.items()}
-    with data_shard(offset, size, total, whole):
+    with data_shard(offset, size, total, whole, any_in_batch=_any_over_processes):
         yield local, local_mask, slice(offset, offset + size)
+
+
+def _any_over_processes(flags: torch.Tensor) -> torch.Tensor:
+    """The elementwise OR of a bool tensor over the processes (an all-reduce)."""
+    out = flags.to(torch.uint8)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out.bool()
 
 
 def gather_rows(fn, data: Mapping[str, torch.Tensor],

@@ -314,6 +314,10 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, model, guide, optim, map_location=dev)
         set_rng_state(ckpt["rng"], generator)
+        saved_device = ckpt["rng"].get("cuda_device")
+        if place is not None and dev.type == "cuda" and saved_device is not None:
+            # rank 0 saved the stream of its own GPU: every process continues it on its own
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][saved_device], dev)
         saved = ckpt["history"]
         history.update({k: saved[k] for k in HISTORY_LISTS + HISTORY_TABLES + ("best_epoch",)
                         if k in saved})
