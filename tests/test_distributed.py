@@ -210,3 +210,21 @@ def test_torchrun_trains_and_evaluates_an_image_run(tmp_path):
     assert a["num_points"] == b["num_points"] and b["leave_one_out_mean"] is not None
     for m, value in a["leave_one_out"].items():  # float32 training: a point may flip
         assert abs(b["leave_one_out"][m] - value) <= 1 / 40 + 1e-9
+
+
+@pytest.mark.slow
+def test_torchrun_without_output_dir_makes_one_run_directory(tmp_path):
+    """The default run directory's name holds the time of day: rank 0 chooses it for all."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", "train",
+                           "--dataset", "linear-gaussian", "--num-points", "80",
+                           "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8",
+                           "--epochs", "1", "--batch-size", "16", "--no-evaluate",
+                           "--no-progress", "--num-threads", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "checkpoint.pt").is_file()
