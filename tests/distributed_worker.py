@@ -1,6 +1,6 @@
-"""Data-parallel runs for the tests: ``run_processes(world, spec, out)`` trains
-:func:`problem`'s model on ``world`` gloo processes spawned here and returns rank 0's result;
-``train(spec)`` is the same training on this process alone."""
+"""Data-parallel runs for the tests: ``run_processes(world, spec)`` trains (or evaluates)
+:func:`problem`'s model on ``world`` gloo processes spawned here and returns every process's
+result; ``train(spec)`` and ``evaluate(spec)`` are the same on this process alone."""
 
 import os
 import tempfile
@@ -10,11 +10,15 @@ import pyro
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from pyro.nn import PyroModule
+from torch import nn
 
+from pyro_mmvae import observe
 from pyro_mmvae.guides import MoE, MoPoE, MultimodalGuide, PoE, expert_encoder
 from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
                               SubsampledMultimodalELBO)
 from pyro_mmvae.models import LinearGaussianModel
+from pyro_mmvae.protocol import num_points
 from pyro_mmvae.train import TrainingDiverged, fit
 from pyro_mmvae.train.distributed import Distributed
 
@@ -46,10 +50,28 @@ def image_problem(spec):
     return data, None, model, guide, BOUNDS[spec["bound"]]()
 
 
+class HandWrittenModel(PyroModule):
+    """A user's model as the README writes one: plain ``(N,)`` masks (the bounds call it per
+    subset and particle), ``observe`` sites, linear decoders."""
+
+    def __init__(self, dims, latent):
+        super().__init__()
+        self.latent = latent
+        self.decoders = nn.ModuleDict({m: nn.Linear(latent, d) for m, d in dims.items()})
+
+    def forward(self, data, mask):
+        with pyro.plate("data", num_points(data, mask)):
+            loc = torch.zeros(self.latent, dtype=torch.float64)
+            z = pyro.sample("z", pyro.distributions.Normal(loc, 1.0).to_event(1))
+            for m, decoder in self.decoders.items():
+                observe(m, pyro.distributions.Normal(decoder(z), 1.0).to_event(1), data, mask)
+
+
 def problem(spec):
     """Data, mask, model, guide and bound of ``spec``: a 3-modality linear-Gaussian problem
     in float64, the default dtype of the suite (``spec["missing"]``: about a third of the
-    entries unobserved; ``spec["image"]``: :func:`image_problem`)."""
+    entries unobserved; ``spec["hand_written"]``: :class:`HandWrittenModel` for the model;
+    ``spec["image"]``: :func:`image_problem`)."""
     if spec.get("image"):
         return image_problem(spec)
     torch.manual_seed(0)
@@ -61,7 +83,8 @@ def problem(spec):
         keep[torch.arange(48), torch.randint(3, (48,))] = True  # every point observes one
         mask = {m: keep[:, i] for i, m in enumerate(dims)}
     torch.manual_seed(spec.get("init_seed", 1))
-    model = LinearGaussianModel(dims, 2).double()
+    model = (HandWrittenModel(dims, 2) if spec.get("hand_written")
+             else LinearGaussianModel(dims, 2)).double()
     guide = MultimodalGuide({m: expert_encoder(d, 2, (8,)) for m, d in dims.items()},
                             AGGREGATORS[spec.get("aggregator", "poe")]()).double()
     return data, mask, model, guide, BOUNDS[spec["bound"]]()

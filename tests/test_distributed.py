@@ -55,6 +55,7 @@ def test_the_launcher_environment_and_the_distributed_argument():
     {"bound": "mixture-iid", "aggregator": "mopoe"},
     {"bound": "subsampled"},
     {"bound": "subsampled", "missing": True},
+    {"bound": "masked", "missing": True, "hand_written": True},
     {"bound": "masked", "image": True},
     {"bound": "mixture", "image": True},
 ], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
