@@ -329,8 +329,12 @@ def _train(config: RunConfig, parser, device, run_dir, resume: bool, overwrite: 
            place=None) -> int:
     """The body of ``train`` (threads already set): returns 0, or 1 if training diverged.
     Data-parallel (``place``, :mod:`pyro_mmvae.train.distributed`): every process trains its
-    shards; rank 0 alone prepares and writes the run directory, evaluates and reports."""
+    shards and estimates its shares of the evaluation; rank 0 alone prepares and writes the
+    run directory, computes the rest of the evaluation and reports."""
     main_process = place is None or place.is_main
+    if place is not None and config.batch_size < place.world_size:
+        parser.error(f"--batch-size {config.batch_size} is smaller than the "
+                     f"{place.world_size} processes: each needs a data point of every batch")
     try:
         data = load_data(config)
         if resume:

@@ -17,9 +17,8 @@ they are exactly the plain draws (the same functions, the same values). A hand-w
 whose sites draw otherwise still trains correctly across processes (each row's draw is a valid
 draw); its runs are then equal in distribution, not draw for draw.
 
-Shapes: ``data_dim`` is the (negative) dimension of the data points in a tensor (``-2`` for a
-mask ``(..., B, M)``, ``-1`` for per-point indices ``(..., B)``); for a distribution it is the
-data plate's batch dimension, the rightmost one.
+Shapes: the data points are the rightmost batch dimension of a guide site's distribution, the
+second-to-last dimension of the logits ``(..., B, K)`` that :func:`categorical` draws from.
 """
 
 from __future__ import annotations
@@ -79,25 +78,6 @@ def any_in_batch(flags: torch.Tensor) -> torch.Tensor:
     if shard is None or shard.any_in_batch is None:
         return flags
     return shard.any_in_batch(flags)
-
-
-def _global(shape: Sequence[int], data_dim: int, shard: Shard) -> torch.Size:
-    shape = list(shape)
-    if shape[data_dim] != shard.size:
-        raise ValueError(f"a draw of shape {tuple(shape)} has {shape[data_dim]} data points at "
-                         f"dim {data_dim}, but the shard holds {shard.size}")
-    shape[data_dim] = shard.total
-    return torch.Size(shape)
-
-
-def draw_rows(draw: Callable[[torch.Size], torch.Tensor], shape: Sequence[int],
-              data_dim: int) -> torch.Tensor:
-    """``draw(shape)``; inside a shard, ``draw`` of the whole batch's shape narrowed to the
-    shard's rows."""
-    shard = current_shard()
-    if shard is None:
-        return draw(torch.Size(shape))
-    return draw(_global(shape, data_dim, shard)).narrow(data_dim, shard.offset, shard.size)
 
 
 def pad_rows(tensor: torch.Tensor, dim: int, shard: Shard, value: float = 0.0) -> torch.Tensor:
@@ -182,5 +162,5 @@ def sharded(fn: Distribution) -> Distribution:
     return fn
 
 
-__all__ = ["Shard", "data_shard", "current_shard", "any_in_batch", "draw_rows", "pad_rows",
+__all__ = ["Shard", "data_shard", "current_shard", "any_in_batch", "pad_rows",
            "categorical", "padded", "sharded"]

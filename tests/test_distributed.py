@@ -1,13 +1,24 @@
 """Data-parallel training (pyro_mmvae.train.distributed): runs on 2 and 4 gloo processes take
 the steps of the one-process run, resume as it does and stop together."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from pyro_mmvae.train import load_checkpoint
+from pyro_mmvae.train import fit, load_checkpoint
 from pyro_mmvae.train.distributed import (Distributed, from_environment, resolve,
                                           shard_bounds)
 from tests.distributed_worker import evaluate, problem, run_processes, train
+
+
+def run_cli(argv, *, processes=1, timeout=300, cwd=None):
+    """``pyro-mmvae ARGV`` in a subprocess: alone, or under torchrun with ``processes``."""
+    launcher = [] if processes == 1 else ["-m", "torch.distributed.run", "--standalone",
+                                          "--nproc_per_node", str(processes)]
+    return subprocess.run([sys.executable, *launcher, "-m", "pyro_mmvae.cli", *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def max_relative_difference(a, b):
@@ -41,6 +52,21 @@ def test_the_launcher_environment_and_the_distributed_argument():
         resolve(Distributed(0, 2))
     with pytest.raises(TypeError, match="distributed must be None, a bool or a Distributed"):
         resolve("gloo")
+
+
+def test_a_batch_smaller_than_the_world_is_refused_before_any_step(tmp_path):
+    import torch.distributed as dist
+
+    data, mask, model, guide, loss = problem({"bound": "masked"})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        with pytest.raises(ValueError, match=r"batch_size \(1\) is smaller than the 2 "
+                                             "processes"):
+            fit(model, guide, loss, data, epochs=1, batch_size=1, progress=False,
+                distributed=Distributed(0, 2))
+    finally:
+        dist.destroy_process_group()
 
 
 # --- spawned processes ------------------------------------------------------------------------
@@ -132,19 +158,14 @@ def test_torchrun_runs_the_command_line_as_one_process_does(tmp_path):
     one process: the same parameters and log-likelihoods, rank 0's run files, ``world_size``
     recorded."""
     import json
-    import subprocess
-    import sys
 
     argv = ["train", "--dataset", "linear-gaussian", "--num-points", "150",
             "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8", "--epochs", "2",
             "--batch-size", "20", "--is-samples", "50", "--no-progress", "--num-threads", "1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "pyro_mmvae.cli", *argv, "--output-dir", str(one)],
-                   check=True, capture_output=True, timeout=300)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", *argv,
-                           "--output-dir", str(two)], capture_output=True, text=True,
-                          timeout=300)
+    alone = run_cli([*argv, "--output-dir", str(one)])
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    done = run_cli([*argv, "--output-dir", str(two)], processes=2)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("run directory:") == 1  # rank 0 reports
     assert "x 2 processes" in done.stdout
@@ -161,9 +182,7 @@ def test_torchrun_runs_the_command_line_as_one_process_does(tmp_path):
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
     assert json.loads((one / "config.json").read_text())["world_size"] == 1
     # a run of two processes resumes on one (the steps do not depend on the world size)
-    resumed = subprocess.run([sys.executable, "-m", "pyro_mmvae.cli", "train", "--resume",
-                              str(two), "--epochs", "3", "--no-progress"],
-                             capture_output=True, text=True, timeout=300)
+    resumed = run_cli(["train", "--resume", str(two), "--epochs", "3", "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert load_checkpoint(two / "checkpoint.pt")["epoch"] == 3
 
@@ -188,20 +207,15 @@ def test_torchrun_trains_and_evaluates_an_image_run(tmp_path):
     coherence; rank 0 trains the classifiers (on that process only, not data-parallel) and
     the rest; the result is the one-process evaluation's."""
     import json
-    import subprocess
-    import sys
 
     argv = ["train", "--data-root", str(tmp_path / "cache"), "--train-points", "128",
             "--batch-size", "64", "--epochs", "1", "--latent-dim", "4", "--channels", "8",
             "--aggregator-width", "16", "--eval-points", "40", "--is-samples", "2",
             "--classifier-epochs", "1", "--no-progress", "--num-threads", "1"]
     one, run = tmp_path / "one", tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "pyro_mmvae.cli", *argv, "--output-dir", str(one)],
-                   check=True, capture_output=True, timeout=600)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", *argv,
-                           "--output-dir", str(run)], capture_output=True, text=True,
-                          timeout=600)
+    alone = run_cli([*argv, "--output-dir", str(one)], timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    done = run_cli([*argv, "--output-dir", str(run)], processes=2, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
     alone, shared = (json.loads((d / "evaluation.json").read_text()) for d in (one, run))
@@ -216,16 +230,10 @@ def test_torchrun_trains_and_evaluates_an_image_run(tmp_path):
 @pytest.mark.slow
 def test_torchrun_without_output_dir_makes_one_run_directory(tmp_path):
     """The default run directory's name holds the time of day: rank 0 chooses it for all."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "pyro_mmvae.cli", "train",
-                           "--dataset", "linear-gaussian", "--num-points", "80",
-                           "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8",
-                           "--epochs", "1", "--batch-size", "16", "--no-evaluate",
-                           "--no-progress", "--num-threads", "1"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = run_cli(["train", "--dataset", "linear-gaussian", "--num-points", "80",
+                    "--num-modalities", "2", "--latent-dim", "2", "--hidden", "8",
+                    "--epochs", "1", "--batch-size", "16", "--no-evaluate", "--no-progress",
+                    "--num-threads", "1"], processes=2, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "checkpoint.pt").is_file()

@@ -134,13 +134,14 @@ def shard_bounds(total: int, place: Distributed) -> Tuple[int, int]:
 
 def shard_rows(batch: Mapping[str, torch.Tensor], mask: Optional[Mapping[str, torch.Tensor]],
                place: Distributed):
-    """This process's rows of a global ``(batch, mask)``: ``(batch, mask, offset, total)``."""
+    """This process's rows of a global ``(batch, mask)``: ``(batch, mask, rows, total)``,
+    ``rows`` the shard's ``slice`` of the ``total`` points."""
     total = next(iter(batch.values())).shape[0]
     offset, size = shard_bounds(total, place)
     rows = slice(offset, offset + size)
     local = {m: x[rows] for m, x in batch.items()}
     local_mask = None if mask is None else {m: v[rows] for m, v in mask.items()}
-    return local, local_mask, offset, total
+    return local, local_mask, rows, total
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -162,12 +163,12 @@ def local_shard(data: Mapping[str, torch.Tensor],
     if place is None:
         yield data, mask, slice(None)
         return
-    local, local_mask, offset, total = shard_rows(data, mask, place)
-    size = next(iter(local.values())).shape[0]
+    local, local_mask, rows, total = shard_rows(data, mask, place)
     whole = mask if mask is not None else {
         m: torch.ones(total, dtype=torch.bool, device=x.device) for m, x in data.items()}
-    with data_shard(offset, size, total, whole, any_in_batch=_any_over_processes):
-        yield local, local_mask, slice(offset, offset + size)
+    with data_shard(rows.start, rows.stop - rows.start, total, whole,
+                    any_in_batch=_any_over_processes):
+        yield local, local_mask, rows
 
 
 def _any_over_processes(flags: torch.Tensor) -> torch.Tensor:

@@ -294,6 +294,9 @@ def fit(model, guide, loss, train_data: Mapping[str, torch.Tensor], *,
     place = distributed_place(distributed)
     if place is not None and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", place.local_rank)  # one GPU per process
+    if place is not None and batch_size < place.world_size:
+        raise ValueError(f"batch_size ({batch_size}) is smaller than the {place.world_size} "
+                         "processes of the data-parallel run: each needs a data point")
     writes = place is None or place.is_main
     pyro.clear_param_store()
     if seed is not None:
