@@ -2,8 +2,11 @@
 
 Each decoder wraps a network ``net: z -> parameters`` whose output has the modality's shape
 after the batch dims, e.g. ``(..., B, D_m)`` or ``(..., B, C, H, W)``; all trailing output
-dimensions beyond ``z``'s batch dims are treated as event dimensions. Networks must broadcast
-over leading (particle, subset) dimensions, as ``nn.Linear`` and :class:`~pyro_mmvae.nn.MLP` do.
+dimensions beyond ``z``'s batch dims are treated as event dimensions. The network sees one
+batch dim: the leading dims of ``z`` (particles, subsets, data points) are flattened into one for
+the call and restored on its output (:func:`~pyro_mmvae.nn.apply_batched`), so any network taking
+``(R, D)`` codes works, and ``nn.Linear`` layers run without the reshapes they would otherwise
+make on every call (and their backward nodes).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from pyro.distributions import Bernoulli, Laplace, Normal, OneHotCategorical
 from torch import nn
 
-from pyro_mmvae.nn import inverse_positive_scale, positive_scale
+from pyro_mmvae.nn import apply_batched, inverse_positive_scale, positive_scale
 
 
 def _event_dims(z: torch.Tensor, out: torch.Tensor) -> int:
@@ -50,7 +53,7 @@ class _LocScaleDecoder(nn.Module):
         return cached[1]
 
     def forward(self, z):
-        return self.likelihood(self.net(z), z)
+        return self.likelihood(apply_batched(self.net, z, 1), z)
 
     def likelihood(self, loc, z):
         """The distribution from the network's output ``loc`` at ``z`` (``forward`` is
@@ -84,7 +87,7 @@ class BernoulliDecoder(nn.Module):
         self.net = net
 
     def forward(self, z):
-        return self.likelihood(self.net(z), z)
+        return self.likelihood(apply_batched(self.net, z, 1), z)
 
     def likelihood(self, logits, z):
         """The distribution from the network's output at ``z`` (see ``GaussianDecoder``)."""
@@ -110,7 +113,7 @@ class CategoricalDecoder(nn.Module):
         self.net = net
 
     def forward(self, z):
-        return self.likelihood(self.net(z), z)
+        return self.likelihood(apply_batched(self.net, z, 1), z)
 
     def likelihood(self, logits, z):
         """The distribution from the network's output at ``z`` (see ``GaussianDecoder``)."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from pyro_mmvae.batching import call_grouped, check_batch_setting, should_batch
 from pyro_mmvae.decoding import decode_rows, scored_rows
+from pyro_mmvae.nn import apply_batched
 from pyro_mmvae.params import NamedPyroModule
 from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, enclosing_plate_shape, full_mask,
                                  is_scoring, num_points, observe, private_site)
@@ -123,7 +124,8 @@ class MultimodalModel(NamedPyroModule):
             whole = {m: code for m, code in codes.items()
                      if rows[m] is None and hasattr(decoders[m], "likelihood")}
             outs = call_grouped({m: decoders[m].net for m in whole}, whole,
-                                self.batch_modalities)
+                                self.batch_modalities,
+                                call=lambda m, net, code: apply_batched(net, code, 1))
             for m, decoder in decoders.items():
                 if m in outs:
                     fn = decoder.likelihood(outs[m], codes[m])

@@ -101,6 +101,8 @@ def apply_batched(net: nn.Module, x: torch.Tensor, event_dims: int) -> torch.Ten
     batch dim for the call and restored on the output: ``(..., *out)``. This is how
     convolutional networks broadcast over particle plates like ``nn.Linear`` does.
     """
+    if x.dim() == event_dims + 1:  # one batch dim already: no reshapes (nor their graph nodes)
+        return net(x)
     lead = x.shape[:x.dim() - event_dims]
     y = net(x.reshape((-1,) + x.shape[len(lead):]))
     return y.reshape(lead + y.shape[1:])

@@ -30,7 +30,7 @@ from torch.distributions import kl_divergence
 from .base import MultimodalELBO
 from .cells import StackedDistribution
 from .traces import (check_model_guide, check_scorable, latent_sites, latent_values, local_latents,
-                     reconstructions, rate, stl_distribution, trace_guide, trace_model)
+                     rate, reconstructions, stl_distribution, total, trace_guide, trace_model)
 
 
 def swap_pair(fn):
@@ -147,7 +147,7 @@ class MaskedMultimodalELBO(MultimodalELBO):
 
         recs = reconstructions(model_tr, latent_sites(guide_tr),
                                self.likelihood_weights)  # {m: (2, S, B)}
-        rec = sum(recs.values())
+        rec = total(recs.values())
         kl_s = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient,
                     values)[0]
         s_pair = self.masks(torch.stack([subset, subset]).unsqueeze(1), modalities)

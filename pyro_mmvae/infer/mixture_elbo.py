@@ -83,8 +83,8 @@ from .mixtures import (chunked, components_first, draw_chunk, gather_components,
                        live_components, mixture_logits, select_components)
 from .stratified_dreg import stratified_dreg
 from .traces import (check_model_guide, check_scorable, global_latents, kl_estimate, latent_sites,
-                     latent_values, local_latents, reconstructions, prior_factors, rate,
-                     site_log_prob, stl_distribution, trace_guide, trace_model)
+                     latent_values, local_latents, prior_factors, rate, reconstructions,
+                     site_log_prob, stl_distribution, total, trace_guide, trace_model)
 
 Form = Literal["stratified", "average", "sampled"]
 
@@ -191,7 +191,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         if is_validation_enabled():
             check_model_guide(model_s, guide_s, data)
         recs = reconstructions(model_s, latent_sites(guide_s), self.likelihood_weights)
-        rec = sum(recs.values())
+        rec = total(recs.values())
         values = latent_values(guide_s, latent_sites(guide_s))
         kl = rate(guide_s, model_s, latents, self.analytic_kl, self.stop_gradient, values)
         elbo = self.reduce_particles(rec - self.beta * kl, [values[n] for n in latents])
@@ -247,13 +247,13 @@ class MixtureMultimodalELBO(MultimodalELBO):
         if is_validation_enabled():
             check_model_guide(model_tr, fake, data)
         recs = reconstructions(model_tr, latent_sites(fake), self.likelihood_weights)
-        rec = sum(recs.values())  # (K, S, B)
         p_site = model_tr.nodes[name]
         if drawn:
             return self.with_globals(self._drawn_average(recs, comps, z, index, logits,
                                                          weights, fake.nodes[name], p_site,
                                                          q_site, model_tr, modalities),
                                      guide_s, model_tr)
+        rec = total(recs.values())  # (K, S, B)
         if self.form == "stratified":
             # log q(z_k | x_S) is the mixture density, so KL is the sampled log-ratio; the
             # (draws x components) pairwise evaluation runs in chunks of draws.
@@ -302,7 +302,7 @@ class MixtureMultimodalELBO(MultimodalELBO):
         """``form="average"`` with ``num_subsets``: the terms of the drawn components, the KL
         exact over all components where it is analytic (class docstring)."""
         dim = self.particle_dim
-        rec = sum(recs.values())  # (k, S, B)
+        rec = total(recs.values())  # (k, S, B)
         exact = None
         prior = _first_draw(p_site["fn"], comps.batch_shape[0]) if self.analytic_kl else None
         if prior is not None:

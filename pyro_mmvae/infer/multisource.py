@@ -52,8 +52,9 @@ from pyro_mmvae.protocol import check_weights, unstack_mask
 
 from .base import MultimodalELBO
 from .stratified_dreg import stratified_dreg
-from .traces import (check_scorable, latent_sites, latent_values, local_latents, reconstructions,
-                     log_mean_exp, prior_factors, rate, site_log_prob, trace_guide, trace_model)
+from .traces import (check_scorable, latent_sites, latent_values, local_latents, log_mean_exp,
+                     prior_factors, rate, reconstructions, site_log_prob, total, trace_guide,
+                     trace_model)
 
 Objective = Literal["ind", "moe", "poe", "hybrid"]
 OBJECTIVES = ("ind", "moe", "poe", "hybrid")
@@ -189,7 +190,7 @@ class MultiSourceELBO(MultimodalELBO):
         else:
             recs = reconstructions(model_tr, latent_sites(guide_tr),
                                    self.likelihood_weights)  # {m: (T, K, B)}
-            rec = sum(recs.values())
+            rec = total(recs.values())
             values = latent_values(guide_tr, latent_sites(guide_tr))
             kl = rate(guide_tr, model_tr, latents, False, dreg, values)  # log q - log p
             value = self.reduce_particles(rec - self.beta * kl,
@@ -231,7 +232,7 @@ class MultiSourceELBO(MultimodalELBO):
         fake.add_node(name, **{**site, "value": z_in})
         model_tr = trace_model(model, fake, data, mask, plates, vectorize=self.vectorized(model))
         recs = reconstructions(model_tr, [name], self.likelihood_weights)
-        rec = sum(recs.values())  # (M, K, B)
+        rec = total(recs.values())  # (M, K, B)
         log_pi = pi.log().unsqueeze(1)  # (M, 1, B)
         comps = detach(q) if dreg else q
         # log q_m'(z_m k) for every draw (m) and belief (m'): (M, M', K, B)

@@ -66,7 +66,7 @@ from torch.distributions import kl_divergence
 from pyro_mmvae.protocol import check_weights, subset_members, unstack_mask
 
 from .base import MultimodalELBO
-from .traces import latent_sites, latent_values, local_latents, reconstructions, rate
+from .traces import (latent_sites, latent_values, local_latents, rate, reconstructions, total)
 
 
 # the M2VAE's working value (its (beta, alpha) study: alpha <= 1e-2 works, alpha = 1
@@ -178,7 +178,7 @@ class RecursiveMultimodalELBO(MultimodalELBO):
         guide_tr, model_tr = self.trace_stacked(model, guide, data, masks, k)
         latents = local_latents(guide_tr)
         recs = reconstructions(model_tr, latent_sites(guide_tr), self.likelihood_weights)
-        rec = sum(recs.values())  # (K, S, B)
+        rec = total(recs.values())  # (K, S, B)
         values = latent_values(guide_tr, latent_sites(guide_tr))
         kl = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient, values)
         elbo_s = self.reduce_particles(rec - self._betas(members, data, values, latents)

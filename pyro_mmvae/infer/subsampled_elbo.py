@@ -20,8 +20,8 @@ import torch
 from pyro.infer.util import is_validation_enabled
 
 from .base import MultimodalELBO
-from .traces import (check_model_guide, latent_sites, latent_values, local_latents,
-                     reconstructions, rate)
+from .traces import (check_model_guide, latent_sites, latent_values, local_latents, rate,
+                     reconstructions, total)
 
 
 class SubsampledMultimodalELBO(MultimodalELBO):
@@ -69,7 +69,7 @@ class SubsampledMultimodalELBO(MultimodalELBO):
             check_model_guide(model_tr, guide_tr, data)
         recs = reconstructions(model_tr, latent_sites(guide_tr),
                                self.likelihood_weights)  # {m: (T, S, B)}
-        rec = sum(recs.values())
+        rec = total(recs.values())
         values = latent_values(guide_tr, latent_sites(guide_tr))
         kl = rate(guide_tr, model_tr, latents, self.analytic_kl, self.stop_gradient, values)
         value = self.reduce_particles(rec - self.beta * kl,

@@ -25,6 +25,39 @@ def test_loc_scale_decoders(cls, base):
     assert dec.raw_scale.grad is not None
 
 
+class _TwoDimOnly(torch.nn.Module):
+    """A network that takes only one batch dim, ``(R, D)`` (as a ``BatchNorm1d`` would)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.shapes = []
+
+    def forward(self, z):
+        assert z.dim() == 2, z.shape
+        self.shapes.append(tuple(z.shape))
+        return self.net(z)
+
+
+@pytest.mark.parametrize("cls", [GaussianDecoder, LaplaceDecoder, BernoulliDecoder])
+def test_decoders_run_their_network_on_one_batch_dim(cls):
+    """The leading dims of the code (particles, subsets, data points) are flattened for the
+    network and restored on its output: a network taking (R, D) only works under any plates,
+    with the values of the broadcasting network."""
+    torch.manual_seed(0)
+    net = MLP(2, (8,), 5)
+    flat = _TwoDimOnly(net)
+    dec, ref = cls(flat), cls(net)
+    z = torch.randn(2, 3, 4, 2)  # (subsets, particles, batch, D)
+    p = dec(z)
+    assert flat.shapes == [(24, 2)]
+    assert p.batch_shape == (2, 3, 4) and p.event_shape == (5,)
+    x = (torch.rand(4, 5) < 0.5).float()
+    assert torch.equal(p.log_prob(x), ref(z).log_prob(x))
+    dec(torch.randn(4, 2))  # one batch dim already: called as it is
+    assert flat.shapes[-1] == (4, 2)
+
+
 def test_fixed_scale_is_a_buffer_and_per_feature_scales_work():
     dec = GaussianDecoder(MLP(2, (), 3), scale=[0.1, 1.0, 2.0])
     assert "raw_scale" not in dict(dec.named_parameters())
