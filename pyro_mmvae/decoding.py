@@ -63,8 +63,8 @@ def scored_rows(mask: Optional[Mapping], modality: str, batch_shape,
     if not is_scoring() or not mask:
         return None
     on = mask.get(modality)
-    if not torch.is_tensor(on) or on.dim() == 0:
-        return None
+    if not torch.is_tensor(on) or on.dim() == 0 or bool(on.all()):
+        return None  # (every row scored: no fewer rows than decoding the code once)
     if plate_shape is None:
         plate_shape = enclosing_plate_shape()
     shape = torch.Size(broadcast_shape(tuple(batch_shape), on.shape, plate_shape))

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import pyro.distributions as dist
-from torch.distributions import Categorical, Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal
 
 
 class Shard(NamedTuple):
@@ -99,8 +99,17 @@ def categorical(logits: torch.Tensor, sample_shape: Sequence[int] = ()) -> torch
     shard = current_shard()
     if shard is not None:
         logits = pad_rows(logits, -2, shard)
-    drawn = Categorical(logits=logits, validate_args=False).sample(torch.Size(sample_shape))
+    drawn = _categorical_draw(logits, torch.Size(sample_shape))
     return drawn if shard is None else drawn.narrow(-1, shard.offset, shard.size)
+
+
+def _categorical_draw(logits: torch.Tensor, sample_shape: torch.Size) -> torch.Tensor:
+    """``Categorical(logits=logits).sample(sample_shape)`` — the same operations, so the same
+    draws from the same random state — without building the distribution."""
+    k = logits.shape[-1]
+    probs = torch.softmax(logits - logits.logsumexp(-1, keepdim=True), -1)
+    flat = torch.multinomial(probs.reshape(-1, k), sample_shape.numel(), True).T
+    return flat.reshape(sample_shape + logits.shape[:-1])
 
 
 def padded(fn: Distribution, shard: Shard, dim: int) -> Optional[Distribution]:

@@ -9,7 +9,7 @@ import torch
 from pyro_mmvae.guides import MoE, MoPoE, PoE, SumPoolingMixture
 from pyro_mmvae.infer import (MaskedMultimodalELBO, MixtureMultimodalELBO,
                               SubsampledMultimodalELBO)
-from pyro_mmvae.sharding import Shard, current_shard, data_shard, pad_rows, sharded
+from pyro_mmvae.sharding import Shard, categorical, current_shard, data_shard, pad_rows, sharded
 from tests.helpers import DIMS, linear_problem, make_guide, random_mask
 
 BOUNDS = {
@@ -93,3 +93,19 @@ def test_pad_rows_and_shard_checks():
     with pytest.raises(ValueError, match="does not fit a batch of 4"):
         with data_shard(3, 2, 4):
             pass
+
+
+@pytest.mark.parametrize("sample_shape", [(), (1,), (3,), (2, 2)])
+@pytest.mark.parametrize("batch", [(5,), (2, 5), ()])
+def test_categorical_draws_what_torch_categorical_draws(sample_shape, batch):
+    """``sharding.categorical`` skips building the distribution but makes its draws: the same
+    indices from the same random state, the same shape, also with -inf logits."""
+    torch.manual_seed(0)
+    logits = torch.randn(batch + (4,), dtype=torch.float64) * 3
+    logits[..., 1] = -float("inf")
+    torch.manual_seed(7)
+    expected = torch.distributions.Categorical(logits=logits).sample(torch.Size(sample_shape))
+    torch.manual_seed(7)
+    drawn = categorical(logits, sample_shape)
+    assert drawn.shape == expected.shape and torch.equal(drawn, expected)
+    assert not (drawn == 1).any()
