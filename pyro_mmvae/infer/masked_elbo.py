@@ -53,7 +53,8 @@ def conditional_kl(site, prior_fn, prior_log_prob, analytic: bool, stop_gradient
     encodings are stacked as rows ``[S, O]`` (batch ``(2, ...)``); returns shape ``(...)``.
 
     ``prior_fn`` is the conditional prior with the same batch shape (row 1 is used; None if
-    unknown) and ``prior_log_prob`` its log-density at the full-path sample (row 1). Analytic
+    unknown) and ``prior_log_prob()`` returns its log-density at the full-path sample (row 1;
+    called only where the KL is not analytic). Analytic
     where the registry has the KL, else the one-sample log-ratio at the full-path sample, the
     conditional prior never detached; under STL the own density is
     :func:`~pyro_mmvae.infer.traces.stl_distribution` at the upstream samples ``values``.
@@ -67,11 +68,12 @@ def conditional_kl(site, prior_fn, prior_log_prob, analytic: bool, stop_gradient
         else:
             return scale_and_mask(kl, site["scale"], site["mask"])[1]
     own = (stl_distribution(site, values) if stop_gradient else fn).log_prob(z)
-    return scale_and_mask(own - prior_log_prob, site["scale"], site["mask"])[1]
+    return scale_and_mask(own - prior_log_prob(), site["scale"], site["mask"])[1]
 
 
 def conditional_priors(guide, data, guide_tr, latents, s_mask, plates, vectorize=None):
-    r"""``{site: (fn, log_prob)}`` of the conditional prior, rows aligned with ``guide_tr``.
+    r"""``{site: (fn, log_prob)}`` of the conditional prior, rows aligned with ``guide_tr``
+    (``log_prob()``: its log-density at the guide's sample, computed when called).
 
     With one latent site :math:`q(z\mid x_S)` does not depend on samples: it is row 0 of the
     pair, swapped into row 1. With several (private latents, Algorithm 2 of Hirt et al.), the
@@ -82,7 +84,7 @@ def conditional_priors(guide, data, guide_tr, latents, s_mask, plates, vectorize
     if len(latents) == 1:
         site = guide_tr.nodes[latents[0]]
         fn, z = site["fn"], site["value"]
-        return {latents[0]: (swap_pair(fn), fn.log_prob(z.flip(0)).flip(0))}
+        return {latents[0]: (swap_pair(fn), lambda: fn.log_prob(z.flip(0)).flip(0))}
     full_path = poutine.Trace()
     for name in latent_sites(guide_tr):
         site = dict(guide_tr.nodes[name])
@@ -92,8 +94,8 @@ def conditional_priors(guide, data, guide_tr, latents, s_mask, plates, vectorize
     prior_tr = trace_guide(guide, data, s_mask, plates, upstream=full_path, vectorize=vectorize)
     out = {}
     for name in latents:
-        site = prior_tr.nodes[name]
-        out[name] = (site["fn"], site["fn"].log_prob(guide_tr.nodes[name]["value"]))
+        fn, z = prior_tr.nodes[name]["fn"], guide_tr.nodes[name]["value"]
+        out[name] = (fn, lambda fn=fn, z=z: fn.log_prob(z))
     return out
 
 
