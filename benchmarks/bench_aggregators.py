@@ -307,7 +307,7 @@ def profile(args, spec: str) -> None:
     data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
     model, guide = make_model_guide(data, name, args)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=MaskedMultimodalELBO())
-    profile_steps(args, svi, data, mask, f"masked bound, {name}, M={m_count}")
+    profile_steps(args, svi.step, data, mask, f"masked bound, {name}, M={m_count}")
 
 
 # --- entry point -----------------------------------------------------------------------------

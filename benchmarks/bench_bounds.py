@@ -2,23 +2,31 @@ r"""Step-time benchmark of the multimodal bounds, and of Pyro's overhead over pl
 
 Two tables:
 
-1. **Bounds × aggregators.** Median wall time of one ``pyro.infer.SVI.step`` (forward, backward
-   and a ``pyro.optim.Adam`` step) for each bound (``MaskedMultimodalELBO``,
+1. **Bounds × aggregators.** Median wall time of one step of ``fit`` (``SVIStep`` with
+   ``make_optimizer``: forward, backward and one ``torch.optim.Adam`` step) for each bound
+   (``MaskedMultimodalELBO``,
    ``MixtureMultimodalELBO(form="stratified")``, ``SubsampledMultimodalELBO``), each with its
    default masking, and each aggregator (``PoE``, ``MoE``, ``MoPoE``) at ``M`` modalities; the
    ratio of each to the masked-bound/PoE step at the same ``M``; and the growth factor from the
    smallest to the largest ``M``.
 2. **Pyro overhead.** The masked bound with a PoE guide (analytic KL, STL: the library's
-   defaults) run three ways on identical networks and data:
+   defaults) run five ways on identical networks and data:
 
-   - ``svi``: ``SVI(model, guide, pyro.optim.Adam, MaskedMultimodalELBO()).step``;
+   - ``step``: ``fit``'s step, ``SVIStep(model, guide, MaskedMultimodalELBO(),
+     make_optimizer(lr))``;
+   - ``svi``: Pyro's ``SVI(model, guide, pyro.optim.Adam, MaskedMultimodalELBO()).step`` (one
+     optimiser per parameter, the parameters found at every step);
    - ``loss+adam``: ``elbo.differentiable_loss(model, guide, data, mask)`` and a single
      ``torch.optim.Adam`` over all parameters (the library's traces, without ``SVI`` or
      ``pyro.optim``);
    - ``torch``: a hand-written PyTorch loss doing what the library's step does: encoders run
      once, both PoEs (of S and of O) built from the same features and stacked as rows
      ``[S, O]``, one reparameterised draw for both rows, decoders run once on the stacked
-     draws.
+     draws;
+   - ``plain Pyro``: that hand-written bound as a minimal Pyro program on the same networks
+     (:class:`PyroMaskedPoE`: Pyro's own ``TraceMeanField_ELBO``, the same Adam), the floor of
+     any Pyro-native step for this work, so ``step / plain Pyro`` is what the library itself
+     costs.
 
    Before timing, the script checks that the library and the hand-written loss agree: same seed,
    validation on; the hand-written loss draws its random numbers in the library's order and
@@ -86,6 +94,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import pyro.optim
 import torch
 import torch.nn.functional as F
@@ -100,6 +109,7 @@ from pyro_mmvae import (MaskedMultimodalELBO, MixtureMultimodalELBO, SubsampledM
 from pyro_mmvae.data.linear_gaussian import shared_latent_study
 from pyro_mmvae.protocol import VECTORIZED, is_vectorized
 from pyro_mmvae.registry import build_aggregator
+from pyro_mmvae.train import SVIStep, make_optimizer
 from _param_store import ParamStoreSlot
 
 BOUNDS: Dict[str, Callable[[], object]] = {
@@ -200,7 +210,15 @@ def median_ms(v: Variant) -> float:
     return 1e3 * statistics.median(v.times)
 
 
+def step_variant(name: str, bound: str, data, mask, model, guide, lr: float) -> Variant:
+    """``fit``'s step: :class:`~pyro_mmvae.train.SVIStep` with
+    :func:`~pyro_mmvae.train.make_optimizer` (one ``torch.optim.Adam`` over all parameters)."""
+    step = SVIStep(model, guide, BOUNDS[bound](), make_optimizer(lr))
+    return Variant(name, lambda: step(data, mask))
+
+
 def svi_variant(name: str, bound: str, data, mask, model, guide, lr: float) -> Variant:
+    """Pyro's own ``SVI.step`` with ``pyro.optim.Adam`` (one optimiser per parameter)."""
     svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss=BOUNDS[bound]())
     return Variant(name, lambda: svi.step(data, mask))
 
@@ -278,6 +296,61 @@ class TorchMaskedPoE:
         return loss.item()
 
 
+class PyroMaskedPoE:
+    r""":class:`TorchMaskedPoE`'s bound as a minimal plain Pyro program on its networks: the
+    guide samples ``z`` for the rows ``[S, O]`` of the stacked PoE inside a pair and a data
+    plate; the model's prior on the rows is ``[N(0, I), q_S]`` (the conditional prior, built
+    from the guide's ``q_S`` and never detached); each modality is observed under
+    ``poutine.mask`` of its scored rows (``x_S`` with ``z_S``, ``x_{O\setminus S}`` with
+    ``z_O``); Pyro's own ``TraceMeanField_ELBO`` (analytic KLs, the conditional one masked out
+    where S = O through the guide site's mask) and the same ``torch.optim.Adam``. The floor of
+    any Pyro-native step for this work: the same objective, Pyro's effect handlers and nothing
+    of the library."""
+
+    def __init__(self, model, guide, lr: float):
+        self.t = TorchMaskedPoE(model, guide, lr)
+        self.encoders = torch.nn.ModuleList(self.t.encoders)
+        self.decoders = torch.nn.ModuleList(self.t.decoders)
+        self.elbo = pyro.infer.TraceMeanField_ELBO()
+        self.q_s = None
+
+    def guide(self, xs, observed, subset):
+        pyro.module("encoders", self.encoders)
+        loc, prec = self.t._experts(xs, observed)
+        w = torch.stack([subset, observed]).to(prec.dtype).unsqueeze(-1)  # (2, B, M, 1)
+        total = (w * prec).sum(-2) + 1.0  # (2, B, D); prior expert N(0, I)
+        q_loc, q_scale = (w * prec * loc).sum(-2) / total, total.rsqrt()
+        self.q_s = (q_loc[0], q_scale[0])
+        differs = (observed & ~subset).any(-1)  # S != O: the conditional KL counts
+        with pyro.plate("pair", 2, dim=-2), pyro.plate("data", loc.shape[0], dim=-1), \
+                poutine.mask(mask=torch.stack([torch.ones_like(differs), differs])):
+            pyro.sample("z", dist.Normal(q_loc, q_scale).to_event(1))
+
+    def model(self, xs, observed, subset):
+        pyro.module("decoders", self.decoders)
+        loc_s, scale_s = self.q_s
+        prior_loc = torch.stack([torch.zeros_like(loc_s), loc_s])
+        prior_scale = torch.stack([torch.ones_like(scale_s), scale_s])
+        score = torch.stack([subset, observed & ~subset])  # (2, B, M)
+        with pyro.plate("pair", 2, dim=-2), pyro.plate("data", loc_s.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(prior_loc, prior_scale).to_event(1))
+            for i, (dec, x, sigma) in enumerate(zip(self.decoders, xs, self.t.noise_scales)):
+                with poutine.mask(mask=score[..., i]):
+                    pyro.sample(f"x_{i}", dist.Normal(dec(z), sigma).to_event(1), obs=x)
+
+    def loss(self, xs, observed, subset=None):
+        if subset is None:
+            subset = observed & (torch.rand(observed.shape) < 0.5)  # S ~ iid_half, inside O
+        return self.elbo.differentiable_loss(self.model, self.guide, xs, observed, subset)
+
+    def step(self, xs, observed) -> float:
+        self.t.optim.zero_grad(set_to_none=True)
+        loss = self.loss(xs, observed)
+        loss.backward()
+        self.t.optim.step()
+        return loss.item()
+
+
 def library_parameters(model, guide):
     """Library parameters in the order of ``TorchMaskedPoE.parameters``."""
     return ([p for m in guide.modalities for p in guide.encoders[m].parameters()]
@@ -309,6 +382,9 @@ def check_equal(data, mask, model, guide, seed: int) -> dict:
       S is read from the mask, the noise recovered as ``(z - loc) / scale`` from the traced
       distribution, and the hand-written loss evaluated at them: a check that does not depend
       on the two drawing random numbers alike.
+
+    - ``plain Pyro, same seed``: :class:`PyroMaskedPoE` (Pyro's ``TraceMeanField_ELBO``) from
+      the same seed; it draws S and the noise in the same order and shapes.
 
     Returns ``{name: {"library", "value", "rel_loss_diff", "max_rel_grad_diff", "ok"}}``.
     """
@@ -342,13 +418,15 @@ def check_equal(data, mask, model, guide, seed: int) -> dict:
     if not torch.equal(pair[1, 0], observed):
         raise RuntimeError("row 1 of the guide's mask is not the observed set")
     hand = TorchMaskedPoE(model, guide, lr=1e-3)
+    plain = PyroMaskedPoE(model, guide, lr=1e-3)
     alternatives = {
-        "same seed": lambda: hand.loss(xs, observed),
-        "traced S, z": lambda: hand.loss(xs, observed, subset=subset, noise=noise),
+        "same seed": (lambda: hand.loss(xs, observed), hand),
+        "traced S, z": (lambda: hand.loss(xs, observed, subset=subset, noise=noise), hand),
+        "plain Pyro, same seed": (lambda: plain.loss(xs, observed), plain.t),
     }
     out = {}
-    for name, loss_fn in alternatives.items():
-        value, grads = run(loss_fn, hand.parameters())
+    for name, (loss_fn, owner) in alternatives.items():
+        value, grads = run(loss_fn, owner.parameters())
         grad_diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
                         for a, b in zip(lib_grads, grads))
         rel = abs(lib - value) / abs(value)
@@ -389,7 +467,7 @@ def bounds_table(args) -> dict:
                 sub = {key: x[:b] for key, x in data.items()}
                 sub_mask = {key: x[:b] for key, x in mask.items()}
                 model, guide = make_model_guide(sub, args.latent_dim, args.hidden, agg, args.seed)
-                variants.append(svi_variant(name, bound, sub, sub_mask, model, guide, args.lr))
+                variants.append(step_variant(name, bound, sub, sub_mask, model, guide, args.lr))
                 batches[name] = b
     print(f"[bounds] timing {len(variants)} cases interleaved ...", flush=True)
     t0 = time.perf_counter()
@@ -429,8 +507,12 @@ def overhead_table(args) -> dict:
             elbo.differentiable_loss(m2, g2, data, mask).backward()
             adam.step()
 
-        variants = [svi_variant("svi", "masked", data, mask, model, guide, args.lr),
+        plain = PyroMaskedPoE(model, guide, args.lr)
+        variants = [step_variant("step", "masked", data, mask, model, guide, args.lr),
+                    svi_variant("svi", "masked", copy.deepcopy(data), mask,
+                                *copy.deepcopy((model, guide)), args.lr),
                     Variant("loss+adam", loss_adam),
+                    Variant("plain Pyro", lambda: plain.step(xs, observed)),
                     Variant("torch", lambda: hand.step(xs, observed), own_store=False)]
         print(f"[overhead M={m_count}] timing ...", flush=True)
         time_interleaved(variants, args.warmup, args.repeats, args.min_repeats, args.max_seconds,
@@ -481,15 +563,18 @@ def format_bounds(results, modalities, batch: int) -> str:
 
 
 def format_overhead(results) -> str:
-    head = ["M", "svi ms", "loss+adam ms", "torch ms", "**svi / torch**", "svi / loss+adam",
-            "loss+adam / torch"]
+    names = ("step", "svi", "loss+adam", "plain Pyro", "torch")
+    ratios = (("step", "torch"), ("plain Pyro", "torch"), ("step", "plain Pyro"),
+              ("svi", "step"))
+    head = (["M"] + [f"{n} ms" for n in names]
+            + [f"**{a} / {b}**" if (a, b) == ("step", "plain Pyro") else f"{a} / {b}"
+               for a, b in ratios])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in results.items():
-        lines.append("| " + " | ".join(
-            [str(m)] + [f"{r[k]:.1f}" for k in ("svi", "loss+adam", "torch")]
-            + [f"**{r['svi'] / r['torch']:.2f}×**"]
-            + [f"{r[a] / r[b]:.2f}×" for a, b in (("svi", "loss+adam"), ("loss+adam", "torch"))])
-            + " |")
+        cells = [f"{r[a] / r[b]:.2f}×" for a, b in ratios]
+        cells[2] = f"**{cells[2]}**"
+        lines.append("| " + " | ".join([str(m)] + [f"{r[k]:.1f}" for k in names] + cells)
+                     + " |")
     lines.append("")
     lines.append(f"Timed steps per variant: {min(r['n'] for r in results.values())}–"
                  f"{max(r['n'] for r in results.values())}.")
@@ -500,7 +585,9 @@ def format_overhead(results) -> str:
                  "rows `[z_S, z_O]`, as the library does, so both see the same S and noise. "
                  "`traced S, z`: the hand-written loss evaluated at the S and the noise "
                  "`(z - loc) / scale` read from a `poutine.trace` of the library's (single) guide "
-                 "call, independent of how either draws random numbers. `rel`: relative "
+                 "call, independent of how either draws random numbers. `plain Pyro, same "
+                 "seed`: the plain-Pyro program from the same seed (it draws S and the noise "
+                 "alike), against the library. `rel`: relative "
                  "difference of the loss; `grad`: the largest over parameters of max|Δgrad| / "
                  f"max|grad|; pass means rel ≤ {LOSS_RTOL:g} and grad ≤ {GRAD_RTOL:g}.")
     lines.append("")
@@ -568,7 +655,8 @@ def render(args, argv, bounds, overhead, elapsed) -> str:
         f"took under {args.prime_below_ms:g} ms runs one untimed step before each timed one", ""]
     if bounds is not None:
         parts += ["## 1. Step time of each bound and aggregator", "",
-                  "`SVI.step` (forward + backward + `pyro.optim.Adam`). Bounds with their default "
+                  "`fit`'s step, `SVIStep` with `make_optimizer` (forward + backward + one "
+                  "`torch.optim.Adam`). Bounds with their default "
                   "masking: masked = `MaskedMultimodalELBO()` (iid_half, analytic KL, STL); "
                   "mixture = `MixtureMultimodalELBO(form='stratified')` (S = O); subsampled = "
                   "`SubsampledMultimodalELBO()` (full + M unimodal + 1 random subset). In "
@@ -576,8 +664,13 @@ def render(args, argv, bounds, overhead, elapsed) -> str:
                   format_bounds(bounds, args.modalities, args.batch), ""]
     if overhead is not None:
         parts += ["## 2. Pyro overhead: masked bound, PoE guide", "",
-                  "`svi`: `SVI(..., pyro.optim.Adam, MaskedMultimodalELBO()).step`; "
-                  "`loss+adam`: `differentiable_loss` + one `torch.optim.Adam`; `torch`: "
+                  "`step`: `fit`'s step (`SVIStep(model, guide, MaskedMultimodalELBO(), "
+                  "make_optimizer(lr))`); `svi`: Pyro's `SVI(..., pyro.optim.Adam, "
+                  "MaskedMultimodalELBO()).step`; `loss+adam`: `differentiable_loss` + one "
+                  "`torch.optim.Adam`; `plain Pyro`: the hand-written bound as a minimal Pyro "
+                  "program (a pair and a data plate, prior rows `[N(0, I), q_S]`, each "
+                  "modality masked to its scored rows, Pyro's `TraceMeanField_ELBO`) + "
+                  "`torch.optim.Adam`, the floor of any Pyro-native step; `torch`: "
                   "hand-written PyTorch doing the library's work (encoders once, the PoEs of S "
                   "and O stacked as two rows, one draw, decoders once on both rows) + "
                   "`torch.optim.Adam`. Same networks, same initial weights, same data.", "",
@@ -586,18 +679,19 @@ def render(args, argv, bounds, overhead, elapsed) -> str:
 
 
 # --- profiling -------------------------------------------------------------------------------
-def profile_steps(args, svi, data, mask, what: str) -> None:
-    """Print cProfile's table of ``--repeats`` SVI steps (after ``--warmup`` untimed ones)."""
+def profile_steps(args, step, data, mask, what: str) -> None:
+    """Print cProfile's table of ``--repeats`` steps of ``fit``'s step (after ``--warmup``
+    untimed ones)."""
     for _ in range(args.warmup):
-        svi.step(data, mask)
+        step(data, mask)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(args.repeats):
-        svi.step(data, mask)
+        step(data, mask)
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats(args.profile_sort).print_stats(args.profile_lines)
-    print(f"cProfile of {args.repeats} SVI steps, {what}, batch {args.batch}, sorted by "
+    print(f"cProfile of {args.repeats} steps (SVIStep), {what}, batch {args.batch}, sorted by "
           f"{args.profile_sort}")
     print(out.getvalue())
 
@@ -607,8 +701,8 @@ def profile(args, spec: str) -> None:
     m_count = int(m_count)
     data, mask = make_data(m_count, args.dim, args.latent_dim, args.batch, args.seed)
     model, guide = make_model_guide(data, args.latent_dim, args.hidden, agg, args.seed)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=BOUNDS[bound]())
-    profile_steps(args, svi, data, mask, f"{bound} bound, {agg}, M={m_count}")
+    step = SVIStep(model, guide, BOUNDS[bound](), make_optimizer(args.lr))
+    profile_steps(args, step, data, mask, f"{bound} bound, {agg}, M={m_count}")
 
 
 # --- entry point -----------------------------------------------------------------------------
