@@ -4,9 +4,11 @@ Each decoder wraps a network ``net: z -> parameters`` whose output has the modal
 after the batch dims, e.g. ``(..., B, D_m)`` or ``(..., B, C, H, W)``; all trailing output
 dimensions beyond ``z``'s batch dims are treated as event dimensions. The network sees one
 batch dim: the leading dims of ``z`` (particles, subsets, data points) are flattened into one for
-the call and restored on its output (:func:`~pyro_mmvae.nn.apply_batched`), so any network taking
-``(R, D)`` codes works, and ``nn.Linear`` layers run without the reshapes they would otherwise
-make on every call (and their backward nodes).
+the call and restored on its output (:func:`~pyro_mmvae.decoding.run_network`), so any network
+taking ``(R, D)`` codes works, and ``nn.Linear`` layers run without the reshapes they would
+otherwise make on every call (and their backward nodes); inside
+:func:`~pyro_mmvae.decoding.recomputed_decoders` its activations are recomputed in the backward
+pass instead of kept.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from pyro.distributions import Bernoulli, Laplace, Normal, OneHotCategorical
 from torch import nn
 
-from pyro_mmvae.nn import apply_batched, inverse_positive_scale, positive_scale
+from pyro_mmvae.decoding import run_network
+from pyro_mmvae.nn import inverse_positive_scale, positive_scale
 
 
 def _event_dims(z: torch.Tensor, out: torch.Tensor) -> int:
@@ -53,7 +56,7 @@ class _LocScaleDecoder(nn.Module):
         return cached[1]
 
     def forward(self, z):
-        return self.likelihood(apply_batched(self.net, z, 1), z)
+        return self.likelihood(run_network(self.net, z), z)
 
     def likelihood(self, loc, z):
         """The distribution from the network's output ``loc`` at ``z`` (``forward`` is
@@ -87,7 +90,7 @@ class BernoulliDecoder(nn.Module):
         self.net = net
 
     def forward(self, z):
-        return self.likelihood(apply_batched(self.net, z, 1), z)
+        return self.likelihood(run_network(self.net, z), z)
 
     def likelihood(self, logits, z):
         """The distribution from the network's output at ``z`` (see ``GaussianDecoder``)."""
@@ -113,7 +116,7 @@ class CategoricalDecoder(nn.Module):
         self.net = net
 
     def forward(self, z):
-        return self.likelihood(apply_batched(self.net, z, 1), z)
+        return self.likelihood(run_network(self.net, z), z)
 
     def likelihood(self, logits, z):
         """The distribution from the network's output at ``z`` (see ``GaussianDecoder``)."""

@@ -12,8 +12,7 @@ from pyro.distributions.util import broadcast_shape
 from torch import nn
 
 from pyro_mmvae.batching import call_grouped, check_batch_setting, should_batch
-from pyro_mmvae.decoding import decode_rows, scored_rows
-from pyro_mmvae.nn import apply_batched
+from pyro_mmvae.decoding import decode_rows, run_network, scored_rows
 from pyro_mmvae.params import NamedPyroModule
 from pyro_mmvae.protocol import (DATA_PLATE, LATENT_SITE, enclosing_plate_shape, full_mask,
                                  is_scoring, num_points, observe, private_site)
@@ -125,7 +124,7 @@ class MultimodalModel(NamedPyroModule):
                      if rows[m] is None and hasattr(decoders[m], "likelihood")}
             outs = call_grouped({m: decoders[m].net for m in whole}, whole,
                                 self.batch_modalities,
-                                call=lambda m, net, code: apply_batched(net, code, 1))
+                                call=lambda m, net, code: run_network(net, code))
             for m, decoder in decoders.items():
                 if m in outs:
                     fn = decoder.likelihood(outs[m], codes[m])
