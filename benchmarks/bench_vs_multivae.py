@@ -199,7 +199,9 @@ class OursEncoder(nn.Module):
         return torch.cat(self.net(x), dim=-1)
 
 
-def ours_setup(kind: str, nets: Nets, num_subsets_mopoe: Optional[int] = 1):
+def ours_setup(kind: str, nets: Nets, num_subsets_mopoe: Optional[int] = 1, **mixture):
+    """Our model, guide and bound for ``kind``; ``mixture``: further arguments of MoPoE's
+    ``MixtureMultimodalELBO`` (``form``, ``recompute_decoders``)."""
     encs, decs = nets.copy()
     agg = {"MVAE": PoE, "MMVAE": MoE, "MoPoE": MoPoE}[kind](scale="logvar", min_scale=0.0)
     guide = MultimodalGuide({m: OursEncoder(e) for m, e in encs.items()}, agg)
@@ -210,7 +212,9 @@ def ours_setup(kind: str, nets: Nets, num_subsets_mopoe: Optional[int] = 1):
     elif kind == "MMVAE":
         elbo = MixtureMultimodalELBO(form="stratified")
     else:
-        elbo = MixtureMultimodalELBO(form="average", num_subsets=num_subsets_mopoe)
+        mixture = {"form": "average", **mixture}
+        elbo = MixtureMultimodalELBO(num_subsets=num_subsets_mopoe if mixture["form"] == "average"
+                                     else None, **mixture)
     return model, guide, elbo
 
 
@@ -674,7 +678,7 @@ def child_main(spec: dict) -> dict:
     torch.set_num_threads(1)
     pyro.enable_validation(False)
     args = argparse.Namespace(**spec["args"])
-    kind = spec["kind"]
+    kind = spec.get("kind", "MoPoE")
     if spec["what"] == "train":
         train = make_data(args.modalities, args.dim, args.latent_dim, args.train, args.seed)
         nets = Nets(list(train), args.dim, args.hidden, args.latent_dim, args.seed)
@@ -685,6 +689,22 @@ def child_main(spec: dict) -> dict:
             for _ in range(spec["epochs"]):
                 r.run_epoch()
         return {"extra_mb": (peak_rss_bytes() - base) / 2 ** 20,
+                "peak_mb": peak_rss_bytes() / 2 ** 20, "base_mb": base / 2 ** 20}
+    if spec["what"] == "stratified":  # one MoPoE step after another, stratified form
+        data = make_data(spec["m"], args.dim, args.latent_dim, args.batch, args.seed)
+        nets = Nets(list(data), args.dim, args.hidden, args.latent_dim, args.seed)
+        model, guide, elbo = ours_setup("MoPoE", nets, form="stratified",
+                                        recompute_decoders=spec["recompute"])
+        step = SVIStep(model, guide, elbo, make_optimizer(args.lr))
+        base = rss_bytes()
+        reset_peak_rss()
+        times = []
+        for i in range(spec["steps"]):
+            torch.manual_seed(i)
+            t0 = time.perf_counter()
+            step(data, full_mask(data))
+            times.append(time.perf_counter() - t0)
+        return {"seconds": times[-1], "extra_mb": (peak_rss_bytes() - base) / 2 ** 20,
                 "peak_mb": peak_rss_bytes() / 2 ** 20, "base_mb": base / 2 ** 20}
     # log_likelihood: points x particles
     n, k = spec["points"], spec["particles"]
@@ -714,8 +734,8 @@ def child_main(spec: dict) -> dict:
             "peak_mb": peak / 2 ** 20, "base_mb": base / 2 ** 20}
 
 
-def run_child(spec: dict, timeout: float = 600) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def run_child(spec: dict, timeout: float = 600, **env_vars) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_vars)
     try:
         res = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child",
                               json.dumps(spec)], capture_output=True, text=True,
@@ -1003,8 +1023,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                    help="models whose peak RSS is measured (two subprocesses each)")
     p.add_argument("--ll-points", type=int, default=1000)
     p.add_argument("--ll-particles", type=int, default=1000)
-    p.add_argument("--tables", default="check,train,memory,scaling,ll",
-                   help="comma list of check, train, memory, scaling, ll")
+    p.add_argument("--stratified-m", type=int, default=10,
+                   help="modalities of the stratified-MoPoE memory table")
+    p.add_argument("--tables", default="check,train,memory,scaling,stratified,ll",
+                   help="comma list of check, train, memory, scaling, stratified, ll")
     p.add_argument("--check-draws", type=int, default=50)
     p.add_argument("--profile", choices=MODELS,
                    help="time one model's step in parts, cProfile it (ours, torch, MultiVae), "
@@ -1022,6 +1044,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         args.nll_particles, args.scaling_ms, args.scaling_steps = 100, "2,5", 2
         args.ll_points, args.ll_particles, args.max_seconds = 200, 200, 10.0
         args.memory_models, args.check_draws, args.nll_seeds = "MVAE", 10, 2
+        args.stratified_m = 5
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)  # also turns off torch.distributions' checks, for both
     models = [m for m in args.models.split(",") if m]
@@ -1167,6 +1190,34 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             lines.append(f"| {kind} | {o['extra_mb']:.1f} | {t['extra_mb']:.1f} | "
                          f"{o['extra_mb'] / max(t['extra_mb'], 1e-9):.2f} | {o['peak_mb']:.0f} | "
                          f"{t['peak_mb']:.0f} |")
+        lines.append("")
+        print("\n".join(lines[mark:]), flush=True)
+
+    if "stratified" in tables and "MoPoE" in models:
+        mark = len(lines)
+        m = args.stratified_m
+        lines += [f"## Stratified MoPoE at M = {m}, batch {args.batch}: decoder activations kept "
+                  "or recomputed (fresh subprocess each)", "",
+                  "`MixtureMultimodalELBO(form=\"stratified\", recompute_decoders=...)`: every "
+                  f"one of the {2 ** m - 1} subset components is decoded for every data point. "
+                  "Peak RSS over the RSS before the first step, with the default glibc (which "
+                  "keeps freed memory) and with `MALLOC_MMAP_THRESHOLD_=65536` (freed blocks "
+                  "returned: close to the live tensors; slower, one step).", "",
+                  "| decoders | s per step | extra MiB | extra MiB, freed blocks returned | "
+                  "process peak MiB, freed blocks returned |", "|---|---|---|---|---|"]
+        spec_args = vars(args).copy()
+        spec_args.pop("_child", None)
+        for recompute in (False, True):
+            spec = {"what": "stratified", "m": m, "recompute": recompute, "steps": 2,
+                    "args": spec_args}
+            a = run_child(spec, timeout=1200)
+            b = run_child({**spec, "steps": 1}, timeout=1200, MALLOC_MMAP_THRESHOLD_="65536")
+            name = "recomputed" if recompute else "kept"
+            if "error" in a or "error" in b:
+                lines.append(f"| {name} | {a} | {b} | | |")
+                continue
+            lines.append(f"| {name} | {a['seconds']:.1f} | {a['extra_mb']:.0f} | "
+                         f"{b['extra_mb']:.0f} | {b['peak_mb']:.0f} |")
         lines.append("")
         print("\n".join(lines[mark:]), flush=True)
 
