@@ -509,8 +509,8 @@ def overhead_table(args) -> dict:
 
         plain = PyroMaskedPoE(model, guide, args.lr)
         variants = [step_variant("step", "masked", data, mask, model, guide, args.lr),
-                    svi_variant("svi", "masked", copy.deepcopy(data), mask,
-                                *copy.deepcopy((model, guide)), args.lr),
+                    svi_variant("svi", "masked", data, mask, *copy.deepcopy((model, guide)),
+                                args.lr),
                     Variant("loss+adam", loss_adam),
                     Variant("plain Pyro", lambda: plain.step(xs, observed)),
                     Variant("torch", lambda: hand.step(xs, observed), own_store=False)]

@@ -66,7 +66,7 @@ from torch.distributions import kl_divergence
 from pyro_mmvae.protocol import check_weights, subset_members, unstack_mask
 
 from .base import MultimodalELBO
-from .traces import (latent_sites, latent_values, local_latents, rate, reconstructions, total)
+from .traces import latent_sites, latent_values, local_latents, rate, reconstructions, total
 
 
 # the M2VAE's working value (its (beta, alpha) study: alpha <= 1e-2 works, alpha = 1
